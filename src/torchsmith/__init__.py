@@ -1,0 +1,40 @@
+"""torchsmith: define, inspect, modify, save and load PyTorch models.
+
+    >>> import torchsmith
+    >>> model = torchsmith.create_model("resnet50", num_classes=20)
+    >>> torchsmith.list_models("resnet*")
+    ['resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50']
+"""
+
+from .errors import DuplicateModelError, ModelConfigError, TorchsmithError, UnknownModelError
+from .layers import (
+    FeatureInfo,
+    FeaturePyramidNetwork,
+    FrozenBatchNorm2d,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+)
+from .registry import create_model, get_model_builder, list_models, model_config, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # errors
+    "TorchsmithError",
+    "UnknownModelError",
+    "DuplicateModelError",
+    "ModelConfigError",
+    # registry
+    "create_model",
+    "list_models",
+    "register_model",
+    "get_model_builder",
+    "model_config",
+    # layers
+    "FeatureInfo",
+    "FrozenBatchNorm2d",
+    "FeaturePyramidNetwork",
+    "LastLevelMaxPool",
+    "LastLevelP6P7",
+]

@@ -1,0 +1,53 @@
+"""One root for every error torchsmith raises.
+
+Each area has its own subclass so callers can catch narrowly, and everything
+can be caught with :class:`TorchsmithError`. Messages say what was asked, what
+was found, and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "TorchsmithError",
+    "UnknownModelError",
+    "DuplicateModelError",
+    "ModelConfigError",
+    "closest",
+]
+
+
+class TorchsmithError(Exception):
+    """Root of every error raised by torchsmith."""
+
+
+class UnknownModelError(TorchsmithError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateModelError(TorchsmithError, ValueError):
+    """A second registration under a name that is already taken."""
+
+
+class ModelConfigError(TorchsmithError, ValueError):
+    """Arguments that cannot build the requested model (bad widths, sizes, names)."""
+
+
+def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The registered names most like ``word`` (for "did you mean" hints).
+
+    >>> closest("resnet5O", ["resnet50", "resnet18", "unet"])
+    ['resnet50']
+    """
+    choices = list(choices)
+    hits = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)
+    if not hits:
+        hits = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=n, cutoff=0.4)
+        lower = {c.lower(): c for c in choices}
+        hits = [lower[h] for h in hits]
+    return hits

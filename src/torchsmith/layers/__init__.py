@@ -1,0 +1,24 @@
+"""Reusable building blocks. Never imports the zoo."""
+
+from .create import ACT_LAYERS, NORM_LAYERS, get_act_layer, get_norm_layer
+from .blocks import BasicBlock, Bottleneck, conv1x1, conv3x3
+from .fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from .info import FeatureInfo
+from .norm import FrozenBatchNorm2d
+
+__all__ = [
+    "get_act_layer",
+    "get_norm_layer",
+    "ACT_LAYERS",
+    "NORM_LAYERS",
+    "BasicBlock",
+    "Bottleneck",
+    "conv1x1",
+    "conv3x3",
+    "ExtraFPNBlock",
+    "FeaturePyramidNetwork",
+    "LastLevelMaxPool",
+    "LastLevelP6P7",
+    "FeatureInfo",
+    "FrozenBatchNorm2d",
+]

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    """Facts read off torchvision's models (copied from shared/fixtures)."""
+    return json.loads((DATA / "torchvision_reference.json").read_text())["models"]
+
+
+def formula_weights_(model: torch.nn.Module) -> torch.nn.Module:
+    """Fill a model with the fixture's implementation-independent formula weights."""
+    sd = model.state_dict()
+    new = {}
+    for i, key in enumerate(sorted(sd)):
+        t = sd[key]
+        if not t.is_floating_point():
+            new[key] = t
+            continue
+        base = torch.sin(torch.arange(t.numel(), dtype=torch.float64) * 0.7 + i)
+        if key.endswith("running_var"):
+            v = 1 + 0.5 * base**2
+        elif t.dim() > 1:
+            v = base * math.sqrt(2 / math.prod(t.shape[1:]))
+        elif key.endswith("weight"):
+            v = 1 + 0.1 * base
+        else:
+            v = 0.1 * base
+        new[key] = v.reshape(t.shape).to(t.dtype)
+    model.load_state_dict(new)
+    return model
+
+
+def formula_input() -> torch.Tensor:
+    n = 3 * 224 * 224
+    return torch.sin(torch.arange(n, dtype=torch.float64) * 0.01).reshape(1, 3, 224, 224).float()
+
+
+def state_dict_signature(model: torch.nn.Module) -> list[list]:
+    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
