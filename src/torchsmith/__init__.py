@@ -15,6 +15,7 @@ from .layers import (
     LastLevelP6P7,
 )
 from .registry import create_model, get_model_builder, list_models, model_config, register_model
+from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,10 @@ __all__ = [
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",
     "LastLevelP6P7",
+    # zoo classes (builders are reached by name through create_model, or in torchsmith.zoo)
+    "ResNet",
+    "BackboneWithFPN",
+    "UNet",
+    "EncoderUNet",
+    "MLP",
 ]

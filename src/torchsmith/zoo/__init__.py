@@ -3,7 +3,27 @@
 Builders live here and are reached by name through ``torchsmith.create_model``.
 """
 
-from . import resnet
+from .fpn import BackboneWithFPN, LayerGetter, resnet_fpn_backbone
+from .mlp import MLP, mlp
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .unet import EncoderUNet, UNet, unet, unet_resnet18, unet_resnet34, unet_resnet50
 
-__all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = [
+    "ResNet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "BackboneWithFPN",
+    "LayerGetter",
+    "resnet_fpn_backbone",
+    "UNet",
+    "EncoderUNet",
+    "unet",
+    "unet_resnet18",
+    "unet_resnet34",
+    "unet_resnet50",
+    "MLP",
+    "mlp",
+]

@@ -192,3 +192,6 @@ resnet34 = _entry_point("resnet34", BasicBlock, [3, 4, 6, 3], "21.8M")
 resnet50 = _entry_point("resnet50", Bottleneck, [3, 4, 6, 3], "25.6M")
 resnet101 = _entry_point("resnet101", Bottleneck, [3, 4, 23, 3], "44.5M")
 resnet152 = _entry_point("resnet152", Bottleneck, [3, 8, 36, 3], "60.2M")
+
+# builders by architecture name, for composite models (FPN, U-Net encoders); not the registry
+RESNET_BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101, "resnet152": resnet152}

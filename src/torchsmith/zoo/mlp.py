@@ -1,0 +1,87 @@
+"""A multi-layer perceptron: Linear -> act -> dropout, repeated, then a Linear.
+
+``create_model("mlp")`` is the tutorial's 784-256-ReLU-10 network.
+
+Example::
+
+    >>> from torchsmith import create_model
+    >>> m = create_model("mlp")
+    >>> m(torch.randn(1, 784)).shape                      # (B, in_features) -> (B, out_features)
+    torch.Size([1, 10])
+    >>> m(torch.randn(2, 1, 28, 28)).shape                # images are flattened
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelConfigError
+from ..layers import FeatureInfo, get_act_layer
+from ..registry import register_model
+
+__all__ = ["MLP", "mlp"]
+
+
+class MLP(nn.Module):
+    """``features`` (hidden Linear + act + dropout blocks) then ``head`` (Linear).
+
+    Inputs with more than two dims are flattened from dim 1: (B, *) -> (B, in_features).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int = 784,
+        hidden: Sequence[int] = (256,),
+        out_features: int = 10,
+        act_layer: str | Callable[..., nn.Module] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        if any(n < 1 for n in [*sizes, out_features]) or not 0.0 <= dropout < 1.0:
+            raise ModelConfigError(
+                f"MLP needs positive sizes and dropout in [0, 1), got in_features={in_features}, "
+                f"hidden={list(hidden)}, out_features={out_features}, dropout={dropout}."
+            )
+        act = get_act_layer(act_layer, default=nn.ReLU)
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), act()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(sizes[-1], out_features)
+        self.in_features = in_features
+        self.num_features = sizes[-1]
+        self.num_classes = out_features
+        self.feature_info = [FeatureInfo(sizes[-1], 1, "features")]
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(torch.flatten(x, 1))  # (B, in_features) -> (B, hidden[-1])
+
+    def forward_head(self, x: Tensor, *, pre_logits: bool = False) -> Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def mlp(
+    *,
+    in_features: int = 784,
+    hidden: Sequence[int] = (256,),
+    out_features: int = 10,
+    act_layer: str | Callable[..., nn.Module] | None = nn.ReLU,
+    dropout: float = 0.0,
+) -> MLP:
+    """The tutorial's 784-256-ReLU-10 MLP by default; see :class:`MLP`."""
+    return MLP(in_features=in_features, hidden=hidden, out_features=out_features, act_layer=act_layer, dropout=dropout)

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchsmith
+from torchsmith import DuplicateModelError, TorchsmithError, UnknownModelError, create_model, list_models, register_model
+from torchsmith.registry import _REGISTRY
+
+ZOO = {
+    "mlp", "unet", "unet_resnet18", "unet_resnet34", "unet_resnet50",
+    *[f"resnet{d}" for d in (18, 34, 50, 101, 152)],
+    *[f"resnet{d}_fpn" for d in (18, 34, 50, 101, 152)],
+}
+
+
+@pytest.fixture
+def scratch_registry():
+    before = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(before)
+
+
+def test_list_models_and_patterns():
+    assert ZOO <= set(list_models())
+    assert list_models("resnet*_fpn") == sorted(f"resnet{d}_fpn" for d in (18, 34, 50, 101, 152))
+    assert list_models("resnet?8") == ["resnet18"]
+    assert list_models("nothing*") == []
+
+
+def test_unknown_model_names_the_closest():
+    with pytest.raises(UnknownModelError) as info:
+        create_model("resnet5O")
+    msg = str(info.value)
+    assert "'resnet5O'" in msg and "'resnet50'" in msg.split("Did you mean")[1].split(",")[0]
+    assert isinstance(info.value, TorchsmithError) and isinstance(info.value, KeyError)
+    with pytest.raises(UnknownModelError, match="'unet'"):
+        create_model("Unet")
+
+
+def test_duplicate_registration_is_refused_and_named(scratch_registry):
+    with pytest.raises(DuplicateModelError, match="'resnet50' is already registered.*torchsmith.zoo.resnet"):
+        @register_model(name="resnet50")
+        def my_resnet50():
+            return nn.Linear(1, 1)
+    assert create_model("resnet50").__class__.__name__ == "ResNet"  # the original survives
+
+
+def test_builder_and_class_record_their_arguments(scratch_registry):
+    @register_model
+    def tiny(*, width: int = 4, depth: int = 1) -> nn.Module:
+        return nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+
+    @register_model(name="tiny_cls")
+    class TinyNet(nn.Module):
+        def __init__(self, width: int = 3, *, act: str = "relu"):
+            super().__init__()
+            self.fc = nn.Linear(width, 1)
+
+    assert create_model("tiny", depth=2).torchsmith_config == {"name": "tiny", "kwargs": {"depth": 2}}
+    assert tiny(width=8).torchsmith_config == {"name": "tiny", "kwargs": {"width": 8}}  # direct calls too
+    assert TinyNet(5, act="gelu").torchsmith_config == {"name": "tiny_cls", "kwargs": {"width": 5, "act": "gelu"}}
+    assert create_model("tiny_cls").torchsmith_config == {"name": "tiny_cls", "kwargs": {}}
+
+    class Sub(TinyNet):
+        pass
+
+    assert not hasattr(Sub(), "torchsmith_config")  # a subclass is not the registered model
+    # the record is not state: no state_dict key, and it rebuilds the same architecture
+    model = create_model("resnet18", num_classes=3)
+    cfg = torchsmith.model_config(model)
+    rebuilt = create_model(cfg["name"], **cfg["kwargs"])
+    assert list(rebuilt.state_dict()) == list(model.state_dict())
+    assert rebuilt.fc.out_features == 3
+
+
+def test_every_zoo_model_reports_feature_info_and_builds_on_meta():
+    for name in sorted(ZOO):
+        with torch.device("meta"):
+            model = create_model(name)
+        assert model.feature_info, name
+        names = dict(model.named_modules())
+        if name.endswith("_fpn"):
+            continue  # FPN levels are output keys, checked in test_fpn
+        for info in model.feature_info:
+            assert info.module in names, (name, info)
