@@ -86,3 +86,20 @@ def test_every_zoo_model_reports_feature_info_and_builds_on_meta():
             continue  # FPN levels are output keys, checked in test_fpn
         for info in model.feature_info:
             assert info.module in names, (name, info)
+
+
+def test_wrong_keyword_names_what_the_builder_accepts():
+    with pytest.raises(torchsmith.ModelConfigError, match=r"resnet50: .*'num_class'.*'num_classes'"):
+        create_model("resnet50", num_class=3)
+    with pytest.raises(torchsmith.ModelConfigError, match="backbone_name"):
+        create_model("unet_resnet34", backbone_name="resnet18")  # fixed by the entry point
+
+
+def test_entry_point_signatures_are_keyword_only():
+    import inspect
+
+    from torchsmith import zoo
+
+    for name in ZOO:
+        params = inspect.signature(getattr(zoo, name)).parameters.values()
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), name

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from .errors import DuplicateModelError, UnknownModelError, closest
+from .errors import DuplicateModelError, ModelConfigError, UnknownModelError, closest
 
 __all__ = ["register_model", "create_model", "list_models", "get_model_builder", "model_config"]
 
@@ -36,10 +36,21 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The arguments of a call as ``{name: value}``, defaults left out."""
+def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: str) -> dict[str, Any]:
+    """The arguments of a call as ``{name: value}``, defaults left out.
+
+    Raises:
+        ModelConfigError: the arguments do not fit the builder's signature.
+    """
     sig = inspect.signature(fn)
-    bound = sig.bind(*args, **kwargs)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        accepted = [p for p in sig.parameters if p != "self"]
+        raise ModelConfigError(
+            f"{name}: {exc}. It accepts the keyword arguments {accepted}; see help(torchsmith.zoo.{name}) "
+            f"or the builder's docstring."
+        ) from None
     out: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         kind = sig.parameters[name].kind
@@ -94,9 +105,9 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
 
             @functools.wraps(init)
             def __init__(self, *args, **kwargs):
+                recorded = _bound_kwargs(init, (self, *args), kwargs, name=key)
                 init(self, *args, **kwargs)
                 if type(self) is target:  # subclasses are not this registered model
-                    recorded = _bound_kwargs(init, (self, *args), kwargs)
                     recorded.pop(next(iter(inspect.signature(init).parameters)))  # `self`
                     _record(self, key, recorded)
 
@@ -106,8 +117,9 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
 
         @functools.wraps(target)
         def builder(*args, **kwargs):
+            recorded = _bound_kwargs(target, args, kwargs, name=key)
             model = target(*args, **kwargs)
-            _record(model, key, _bound_kwargs(target, args, kwargs))
+            _record(model, key, recorded)
             return model
 
         builder.model_name = key  # type: ignore[attr-defined]

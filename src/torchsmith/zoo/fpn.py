@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
-from ..registry import register_model
+from ._factory import entry_point
 from .resnet import RESNET_BUILDERS
 
 __all__ = ["LayerGetter", "BackboneWithFPN", "resnet_fpn_backbone"]
@@ -165,34 +165,12 @@ def resnet_fpn_backbone(
     return BackboneWithFPN(backbone, return_layers, in_channels_list, out_channels, extra_blocks=extra)
 
 
-def _entry_point(backbone_name: str):
-    name = f"{backbone_name}_fpn"
-
-    def builder(
-        *,
-        trainable_layers: int = 3,
-        returned_layers: Sequence[int] = (1, 2, 3, 4),
-        extra_blocks: str | ExtraFPNBlock | None = None,
-        norm_layer: str | Callable[[int], nn.Module] | None = FrozenBatchNorm2d,
-        out_channels: int = 256,
-    ) -> BackboneWithFPN:
-        return resnet_fpn_backbone(
-            backbone_name=backbone_name,
-            trainable_layers=trainable_layers,
-            returned_layers=returned_layers,
-            extra_blocks=extra_blocks,
-            norm_layer=norm_layer,
-            out_channels=out_channels,
-        )
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    builder.__doc__ = f"{backbone_name} + FPN detection backbone; arguments as :func:`resnet_fpn_backbone`."
-    return register_model(builder, name=name)
+def _fpn_doc(backbone_name: str) -> str:
+    return f"{backbone_name} + FPN detection backbone; arguments as :func:`resnet_fpn_backbone`."
 
 
-resnet18_fpn = _entry_point("resnet18")
-resnet34_fpn = _entry_point("resnet34")
-resnet50_fpn = _entry_point("resnet50")
-resnet101_fpn = _entry_point("resnet101")
-resnet152_fpn = _entry_point("resnet152")
+resnet18_fpn = entry_point("resnet18_fpn", resnet_fpn_backbone, _fpn_doc("resnet18"), backbone_name="resnet18")
+resnet34_fpn = entry_point("resnet34_fpn", resnet_fpn_backbone, _fpn_doc("resnet34"), backbone_name="resnet34")
+resnet50_fpn = entry_point("resnet50_fpn", resnet_fpn_backbone, _fpn_doc("resnet50"), backbone_name="resnet50")
+resnet101_fpn = entry_point("resnet101_fpn", resnet_fpn_backbone, _fpn_doc("resnet101"), backbone_name="resnet101")
+resnet152_fpn = entry_point("resnet152_fpn", resnet_fpn_backbone, _fpn_doc("resnet152"), backbone_name="resnet152")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import FeatureInfo, get_act_layer
-from ..registry import register_model
+from ._factory import entry_point
 
 __all__ = ["MLP", "mlp"]
 
@@ -38,7 +38,7 @@ class MLP(nn.Module):
         in_features: int = 784,
         hidden: Sequence[int] = (256,),
         out_features: int = 10,
-        act_layer: str | Callable[..., nn.Module] | None = None,
+        act_layer: str | Callable[..., nn.Module] | None = nn.ReLU,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -74,14 +74,4 @@ class MLP(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def mlp(
-    *,
-    in_features: int = 784,
-    hidden: Sequence[int] = (256,),
-    out_features: int = 10,
-    act_layer: str | Callable[..., nn.Module] | None = nn.ReLU,
-    dropout: float = 0.0,
-) -> MLP:
-    """The tutorial's 784-256-ReLU-10 MLP by default; see :class:`MLP`."""
-    return MLP(in_features=in_features, hidden=hidden, out_features=out_features, act_layer=act_layer, dropout=dropout)
+mlp = entry_point("mlp", MLP, "The tutorial's 784-256-ReLU-10 MLP by default; see :class:`MLP`.")

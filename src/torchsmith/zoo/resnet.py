@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import BasicBlock, Bottleneck, FeatureInfo, conv1x1, get_norm_layer
-from ..registry import register_model
+from ._factory import entry_point
 
 __all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -152,46 +152,19 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _entry_point(name: str, block: Block, layers: list[int], params: str):
-    depth = name.removeprefix("resnet")
-
-    def builder(
-        *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        zero_init_residual: bool = False,
-        norm_layer: str | Callable[[int], nn.Module] | None = None,
-        replace_stride_with_dilation: Sequence[bool] | None = None,
-        groups: int = 1,
-        width_per_group: int = 64,
-    ) -> ResNet:
-        return ResNet(
-            block,
-            layers,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            zero_init_residual=zero_init_residual,
-            norm_layer=norm_layer,
-            replace_stride_with_dilation=replace_stride_with_dilation,
-            groups=groups,
-            width_per_group=width_per_group,
-        )
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    builder.__doc__ = (
+def _doc(depth: int, params: str) -> str:
+    return (
         f"ResNet-{depth} ({params} parameters with 1000 classes); keyword arguments as :class:`ResNet`.\n\n"
-        f"    >>> create_model('{name}', num_classes=10)(torch.randn(1, 3, 224, 224)).shape\n"
+        f"    >>> create_model('resnet{depth}', num_classes=10)(torch.randn(1, 3, 224, 224)).shape\n"
         f"    torch.Size([1, 10])\n"
     )
-    return register_model(builder, name=name)
 
 
-resnet18 = _entry_point("resnet18", BasicBlock, [2, 2, 2, 2], "11.7M")
-resnet34 = _entry_point("resnet34", BasicBlock, [3, 4, 6, 3], "21.8M")
-resnet50 = _entry_point("resnet50", Bottleneck, [3, 4, 6, 3], "25.6M")
-resnet101 = _entry_point("resnet101", Bottleneck, [3, 4, 23, 3], "44.5M")
-resnet152 = _entry_point("resnet152", Bottleneck, [3, 8, 36, 3], "60.2M")
+resnet18 = entry_point("resnet18", ResNet, _doc(18, "11.7M"), block=BasicBlock, layers=[2, 2, 2, 2])
+resnet34 = entry_point("resnet34", ResNet, _doc(34, "21.8M"), block=BasicBlock, layers=[3, 4, 6, 3])
+resnet50 = entry_point("resnet50", ResNet, _doc(50, "25.6M"), block=Bottleneck, layers=[3, 4, 6, 3])
+resnet101 = entry_point("resnet101", ResNet, _doc(101, "44.5M"), block=Bottleneck, layers=[3, 4, 23, 3])
+resnet152 = entry_point("resnet152", ResNet, _doc(152, "60.2M"), block=Bottleneck, layers=[3, 8, 36, 3])
 
 # builders by architecture name, for composite models (FPN, U-Net encoders); not the registry
 RESNET_BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101, "resnet152": resnet152}

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import FeatureInfo, get_act_layer, get_norm_layer
-from ..registry import register_model
+from ._factory import entry_point
 from .fpn import LayerGetter
 from .resnet import RESNET_BUILDERS
 
@@ -245,26 +245,36 @@ class EncoderUNet(nn.Module):
 # registered entry points
 
 
-@register_model
-def unet(
-    *,
-    in_channels: int = 3,
-    out_channels: int = 3,
-    widths: Sequence[int] = (64, 128, 256, 512, 1024),
-    dropout: Sequence[float] = (0.3, 0.4),
-    norm_layer: str | Layer | None = None,
-    act_layer: str | Layer | None = None,
-    final_activation: str | None = "sigmoid",
-) -> UNet:
+unet = entry_point(
+    "unet",
+    UNet,
     """The tutorial's U-Net by default (32,090,627 parameters); see :class:`UNet`.
 
     >>> create_model("unet", widths=(16, 32, 64), out_channels=5, final_activation="softmax")(torch.rand(1, 3, 30, 30)).shape
     torch.Size([1, 5, 30, 30])
-    """
-    return UNet(
-        in_channels=in_channels,
+    """,
+)
+
+
+def unet_on_resnet(
+    *,
+    backbone_name: str = "resnet34",
+    in_channels: int = 3,
+    out_channels: int = 1,
+    decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
+    dropout: Sequence[float] = (0.0, 0.0),
+    norm_layer: str | Layer | None = None,
+    act_layer: str | Layer | None = None,
+    final_activation: str | None = None,
+) -> EncoderUNet:
+    """A U-Net decoder on a zoo ResNet encoder (see :class:`EncoderUNet`); logits by default."""
+    if backbone_name not in RESNET_BUILDERS:
+        raise ModelConfigError(f"backbone_name={backbone_name!r} is not a ResNet; use one of {sorted(RESNET_BUILDERS)}.")
+    encoder = RESNET_BUILDERS[backbone_name](num_classes=0, in_chans=in_channels, norm_layer=norm_layer)
+    return EncoderUNet(
+        encoder,
         out_channels=out_channels,
-        widths=widths,
+        decoder_widths=decoder_widths,
         dropout=dropout,
         norm_layer=norm_layer,
         act_layer=act_layer,
@@ -272,36 +282,10 @@ def unet(
     )
 
 
-def _encoder_entry_point(backbone_name: str):
-    name = f"unet_{backbone_name}"
-
-    def builder(
-        *,
-        in_channels: int = 3,
-        out_channels: int = 1,
-        decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
-        dropout: Sequence[float] = (0.0, 0.0),
-        norm_layer: str | Layer | None = None,
-        act_layer: str | Layer | None = None,
-        final_activation: str | None = None,
-    ) -> EncoderUNet:
-        encoder = RESNET_BUILDERS[backbone_name](num_classes=0, in_chans=in_channels, norm_layer=norm_layer)
-        return EncoderUNet(
-            encoder,
-            out_channels=out_channels,
-            decoder_widths=decoder_widths,
-            dropout=dropout,
-            norm_layer=norm_layer,
-            act_layer=act_layer,
-            final_activation=final_activation,
-        )
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    builder.__doc__ = f"U-Net decoder on a {backbone_name} encoder (see :class:`EncoderUNet`); logits by default."
-    return register_model(builder, name=name)
+def _enc_doc(backbone_name: str) -> str:
+    return f"U-Net decoder on a {backbone_name} encoder (see :class:`EncoderUNet`); logits by default."
 
 
-unet_resnet18 = _encoder_entry_point("resnet18")
-unet_resnet34 = _encoder_entry_point("resnet34")
-unet_resnet50 = _encoder_entry_point("resnet50")
+unet_resnet18 = entry_point("unet_resnet18", unet_on_resnet, _enc_doc("resnet18"), backbone_name="resnet18")
+unet_resnet34 = entry_point("unet_resnet34", unet_on_resnet, _enc_doc("resnet34"), backbone_name="resnet34")
+unet_resnet50 = entry_point("unet_resnet50", unet_on_resnet, _enc_doc("resnet50"), backbone_name="resnet50")
