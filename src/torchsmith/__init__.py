@@ -16,6 +16,10 @@ from .layers import (
 )
 from .registry import create_model, get_model_builder, list_models, model_config, register_model
 
+# features and surgery (issue 3)
+from .errors import FeatureExtractionError, SurgeryError
+from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -37,4 +41,14 @@ __all__ = [
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",
     "LastLevelP6P7",
+]
+
+# features and surgery (issue 3)
+__all__ += [
+    "FeatureExtractionError",
+    "SurgeryError",
+    "FeatureExtractor",
+    "extract_features",
+    "feature_nodes",
+    "feature_info",
 ]
