@@ -33,16 +33,16 @@ def modes_kept(model: nn.Module, *, training: bool | None = None) -> Iterator[nn
 
 
 def example_input(model: nn.Module, spatial: int = 224) -> Tensor:
-    """A one-sample meta input shaped for the first conv / linear layer defined in ``model``.
+    """A one-sample meta input shaped (and typed) for the first conv / linear layer defined in ``model``.
 
     ``(1, C, 224, 224)`` for a Conv2d, ``(1, C, 224)`` for a Conv1d, ``(1, F)`` for a Linear.
     """
     for module in model.modules():
         if isinstance(module, CONV_TYPES):
             dims = 1 + CONV_TYPES.index(next(t for t in CONV_TYPES if isinstance(module, t)))
-            return torch.empty(1, module.in_channels, *([spatial] * dims), device="meta")
+            return torch.empty(1, module.in_channels, *([spatial] * dims), dtype=module.weight.dtype, device="meta")
         if isinstance(module, nn.Linear):
-            return torch.empty(1, module.in_features, device="meta")
+            return torch.empty(1, module.in_features, dtype=module.weight.dtype, device="meta")
     raise ValueError(f"{type(model).__name__} has no Conv or Linear layer to guess its input shape from; pass input_size.")
 
 
