@@ -17,6 +17,23 @@ from .layers import (
 from .registry import create_model, get_model_builder, list_models, model_config, register_model
 from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
 
+# features and surgery (issue 3)
+from .errors import FeatureExtractionError, SurgeryError
+from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+from .surgery import (
+    FreezeReport,
+    MultiInputModel,
+    adapt_input_channels,
+    add_inputs,
+    fold_batchnorm,
+    freeze,
+    get_module,
+    optimize_for_inference,
+    replace_head,
+    replace_module,
+    unfreeze,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -44,4 +61,25 @@ __all__ = [
     "UNet",
     "EncoderUNet",
     "MLP",
+]
+
+# features and surgery (issue 3)
+__all__ += [
+    "FeatureExtractionError",
+    "SurgeryError",
+    "FeatureExtractor",
+    "extract_features",
+    "feature_nodes",
+    "feature_info",
+    "get_module",
+    "replace_module",
+    "replace_head",
+    "FreezeReport",
+    "freeze",
+    "unfreeze",
+    "adapt_input_channels",
+    "MultiInputModel",
+    "add_inputs",
+    "fold_batchnorm",
+    "optimize_for_inference",
 ]

@@ -15,6 +15,8 @@ __all__ = [
     "UnknownModelError",
     "DuplicateModelError",
     "ModelConfigError",
+    "FeatureExtractionError",
+    "SurgeryError",
     "closest",
 ]
 
@@ -36,6 +38,14 @@ class DuplicateModelError(TorchsmithError, ValueError):
 
 class ModelConfigError(TorchsmithError, ValueError):
     """Arguments that cannot build the requested model (bad widths, sizes, names)."""
+
+
+class FeatureExtractionError(TorchsmithError, ValueError):
+    """Feature nodes that do not exist, or a strategy that cannot serve them."""
+
+
+class SurgeryError(TorchsmithError, ValueError):
+    """A model change that cannot be made as asked (no such module, no head found, bad widths)."""
 
 
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
