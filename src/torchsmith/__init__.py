@@ -16,6 +16,29 @@ from .layers import (
 )
 from .registry import create_model, get_model_builder, list_models, model_config, register_model
 
+# checkpoints (issue 4)
+from .checkpoint import (
+    CheckpointDiff,
+    CheckpointInfo,
+    LoadReport,
+    convert_checkpoint,
+    diff_checkpoints,
+    inspect_checkpoint,
+    load_model,
+    load_weights,
+    read_weights,
+    save_model,
+    save_weights,
+)
+from .errors import (
+    CheckpointError,
+    ChecksumError,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    UnsafeCheckpointError,
+    UnsaveableModelError,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -37,4 +60,25 @@ __all__ = [
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",
     "LastLevelP6P7",
+]
+
+# checkpoints (issue 4)
+__all__ += [
+    "save_weights",
+    "load_weights",
+    "read_weights",
+    "save_model",
+    "load_model",
+    "LoadReport",
+    "inspect_checkpoint",
+    "CheckpointInfo",
+    "diff_checkpoints",
+    "CheckpointDiff",
+    "convert_checkpoint",
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "ChecksumError",
+    "UnsafeCheckpointError",
+    "IncompatibleCheckpointError",
+    "UnsaveableModelError",
 ]
