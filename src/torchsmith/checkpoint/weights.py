@@ -299,14 +299,15 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
         return
     hints = []
     if strict and (report.missing or report.unexpected):
-        hints.append("strict=False loads the keys that match")
+        hints.append("pass strict=False to load the keys that match")
     if report.mismatched and not skip_mismatched:
-        hints.append("skip_mismatched=True skips the mismatched ones (e.g. a new head)")
+        hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
     if report.missing and report.unexpected:
-        hints.append("prefix='backbone.' adds or strips a prefix")
+        hints.append("pass prefix='backbone.' to add or strip a prefix")
+    advice = "; ".join(hints)
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
-        f"Nothing was loaded; the model is unchanged. {'; '.join(hints).capitalize()}.\n{report}",
+        f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n{report}",
         report,
     )
 
@@ -367,9 +368,9 @@ def load_weights(
         raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
     src = open_source(path, trusted=trusted)
     report, writes = _plan(src, model, prefix, strict, skip_mismatched)
-    _refuse(report, model, strict, skip_mismatched)
     checking = verify and src.checksum_status == "present"
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
+    _refuse(report, model, strict, skip_mismatched)
     in_place = [w for w in writes if not w[0].is_meta]
     if checking and in_place:  # verify before touching the model
         report.checksums_checked = src.verify([fk for _, fk in writes])
