@@ -12,8 +12,9 @@ from torchsmith import register_model
 class TinyNet(nn.Module):
     """conv-bn-relu, then a head; ``tie=True`` shares the embedding with the output layer."""
 
-    def __init__(self, *, width: int = 4, classes: int = 3, tie: bool = False, act_layer=nn.ReLU):
+    def __init__(self, *, width: int = 4, classes: int = 3, tie: bool = False, act_layer=nn.ReLU, scale: float = 1.0):
         super().__init__()
+        self.scale = scale
         self.embed = nn.Embedding(classes, width)
         self.conv = nn.Conv2d(3, width, 3, padding=1)
         self.bn = nn.BatchNorm2d(width)

@@ -32,32 +32,44 @@ TORCHSMITH_KEY = "torchsmith"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
-def pickle_globals(data: bytes) -> list[str]:
-    """Every ``module.name`` a pickle would import, found without unpickling.
-
-    Handles ``GLOBAL`` and ``STACK_GLOBAL`` (with its strings pushed directly
-    or through the memo). Stops quietly at the first malformed opcode.
-    """
-    found: list[str] = []
+def _globals_of_one(stream: io.BytesIO, found: list[str]) -> bool:
+    """Scan one pickle from ``stream``; True when it ended with STOP."""
     strings: list[str] = []
     memo: dict[int, str] = {}
-    try:
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            if op.name == "GLOBAL":
-                found.append(str(arg).replace(" ", ".").replace("__builtin__.", "builtins."))
-            elif op.name in _STRING_OPS:
-                strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                memo[int(arg)] = strings[-1]
-            elif op.name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
-                strings.append(memo[int(arg)])
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}".replace("__builtin__.", "builtins."))
-    except Exception:  # malformed pickle: report what was seen so far
-        pass
-    return list(dict.fromkeys(found))
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            found.append(str(arg).replace(" ", "."))
+        elif op.name in _STRING_OPS:
+            strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+            memo[int(arg)] = strings[-1]
+        elif op.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+            strings.append(memo[int(arg)])
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        elif op.name == "STOP":
+            return True
+    return False
+
+
+def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
+    """Every ``module.name`` the pickle(s) in ``data`` would import, found without unpickling.
+
+    Legacy torch files hold several pickles back to back; each is scanned.
+    Handles ``GLOBAL`` and ``STACK_GLOBAL`` (strings pushed directly or through
+    the memo); stops quietly at the first malformed opcode.
+    """
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(max_pickles):
+        try:
+            if not _globals_of_one(stream, found):
+                break
+        except Exception:  # malformed or raw data after the pickles: report what was seen
+            break
+    return list(dict.fromkeys(g.replace("__builtin__.", "builtins.") for g in found))
 
 
 def _allowed_globals() -> set[str]:
