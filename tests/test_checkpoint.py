@@ -420,3 +420,14 @@ def test_load_report_table_matches_golden(tmp_path, monkeypatch):
     expected = (GOLDEN / "load_report.txt").read_text()
     assert str(report) + "\n" == expected
     assert json.loads(json.dumps(report.to_dict()))["ok"] is False
+
+
+def test_header_length_starting_with_a_pickle_byte_is_still_safetensors(tmp_path):
+    src = filled(TinyNet(), seed=30)
+    for n in range(300):  # find a header whose length's low byte is 0x80, the pickle protocol marker
+        path = ts.save_weights(src, tmp_path / "w.safetensors", metadata={"pad": "x" * n})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    dst = TinyNet()
+    assert ts.load_weights(dst, path).format == "safetensors" and snapshot(dst) == snapshot(src)

@@ -158,9 +158,11 @@ class TensorSource(Source):
 
 
 def _sniff(path: Path) -> str:
-    """'torch' for zip or pickle bytes (or a torch suffix), else 'safetensors'."""
+    """'safetensors' when a JSON header follows the 8-byte length; 'torch' for zip / pickle bytes or a torch suffix."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return "safetensors"
     if head.startswith(b"PK") or head[:1] == b"\x80" or path.suffix in TORCH_SUFFIXES:
         return "torch"
     return "safetensors"
