@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,11 @@ def child(kind: str, d: Path, layers: int, width: int) -> dict:
         ts.save_weights(model, d / "out.safetensors")
     elif kind == "safetensors_save":
         st.save_file(model.state_dict(), d / "out_ref.safetensors")
+    elif kind == "safetensors_save_fsync":  # the same durability as save_weights
+        st.save_file(model.state_dict(), d / "out_ref.safetensors")
+        fd = os.open(d / "out_ref.safetensors", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
     elapsed = time.perf_counter() - t
     _, peak = rss()
     return {"kind": kind, "seconds": elapsed, "growth": peak - base, "peak": peak, "base": base}
@@ -158,8 +164,8 @@ def main() -> int:
         del model
 
         cat = cat_seconds(d / "w.safetensors")
-        r = {k: measure(k, d, layers, width, repeat=2 if k in ("load_weights", "save_weights", "safetensors_save") else 1)
-             for k in ("load_weights", "torch_load", "torch_load_mmap", "safetensors_load", "load_model", "save_weights", "safetensors_save")}
+        r = {k: measure(k, d, layers, width, repeat=2 if k.startswith(("load_weights", "save", "safetensors_save")) else 1)
+             for k in ("load_weights", "torch_load", "torch_load_mmap", "safetensors_load", "load_model", "save_weights", "safetensors_save", "safetensors_save_fsync")}
         baseline = interpreter_baseline()
 
     mib = 1024**2
@@ -173,6 +179,7 @@ def main() -> int:
         ("load_model", "torchsmith load_model (total, from nothing)"),
         ("save_weights", "torchsmith save_weights (fsync, checksums)"),
         ("safetensors_save", "safetensors.torch.save_file"),
+        ("safetensors_save_fsync", "safetensors.torch.save_file + fsync"),
     ):
         x = r[k]
         print(f"{label:<44}{x['seconds']:>9.3f}{x['growth'] / mib:>14.0f} MiB{x['growth'] / nbytes:>10.2f}x")
@@ -183,6 +190,7 @@ def main() -> int:
     print(f"torch.load path RSS growth / weights:          {r['torch_load']['growth'] / nbytes:.3f}x")
     print(f"safetensors path RSS growth / weights:         {r['safetensors_load']['growth'] / nbytes:.3f}x")
     print(f"save_weights time / safetensors save_file:     {r['save_weights']['seconds'] / r['safetensors_save']['seconds']:.2f}x (target <= 1.5x)")
+    print(f"save_weights time / (save_file + fsync):       {r['save_weights']['seconds'] / r['safetensors_save_fsync']['seconds']:.2f}x")
     print(f"save_weights RSS growth / weights:             {r['save_weights']['growth'] / nbytes:.3f}x (target <= 0.1x)")
     print(f"load_model peak RSS above baseline / weights: {(r['load_model']['peak'] - r['load_model']['base']) / nbytes:.3f}x (target <= 1.1x)")
     print(f"interpreter baseline (torch + torchsmith):     {baseline / mib:.0f} MiB")
