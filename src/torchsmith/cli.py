@@ -70,14 +70,6 @@ def list_cmd(
 # checkpoints (issue 4)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 @app.command("inspect")
 def inspect_cmd(
     path: str = typer.Argument(..., help="A checkpoint file, a sharded index, or a directory."),
@@ -87,6 +79,7 @@ def inspect_cmd(
 ) -> None:
     """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
     from .checkpoint import inspect_checkpoint
+    from .checkpoint.report import format_bytes
 
     try:
         info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted)
@@ -104,7 +97,7 @@ def inspect_cmd(
         table.add_row(key + alias, "(" + ", ".join(map(str, shape)) + ")", dtype)
     out = Console()
     out.print(table)
-    out.print(f"tensors: {info.tensors}   parameters: {info.parameters:,}   bytes: {info.nbytes:,} ({_size(info.nbytes)})")
+    out.print(f"tensors: {info.tensors}   parameters: {info.parameters:,}   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
     out.print(f"checksums: {info.checksums}")
     if info.prefixes:
         out.print("prefixes: " + ", ".join(f"{p!r} on {n} keys" for p, n in info.prefixes.items()))

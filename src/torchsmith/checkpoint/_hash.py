@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import xxhash
 
+from ..errors import ChecksumError
+
 HASH_NAME = "xxh3-64"
 DIGEST_LEN = 16  # hex characters
 PLACEHOLDER = "0" * DIGEST_LEN
@@ -28,3 +30,11 @@ def is_digest(value: object) -> bool:
 
 def bytes_digest(data: bytes) -> str:
     return xxhash.xxh3_64_hexdigest(data)
+
+
+def checksum_error(path: object, name: str, recorded: str, got: str) -> ChecksumError:
+    """The error for tensor ``name`` of ``path`` whose data no longer matches its checksum."""
+    return ChecksumError(
+        f"Checksum mismatch in {str(path)!r}, tensor {name!r}: recorded {recorded}, data hashes to {got}. "
+        f"The file is damaged; nothing was loaded. Restore it from a good copy."
+    )

@@ -43,7 +43,8 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _size(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
@@ -101,7 +102,7 @@ class LoadReport:
         return out
 
     def _lines(self) -> list[tuple[str, str]]:
-        rows = [("loaded", f"{len(self.loaded)} of {self.model_keys} model tensors, {self.values:,} values ({_size(self.nbytes)})")]
+        rows = [("loaded", f"{len(self.loaded)} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes)})")]
         if self.source_key:
             others = f"; not loaded: {', '.join(self.other_keys)}" if self.other_keys else ""
             rows.append(("source", f"training checkpoint, weights under {self.source_key!r}{others}"))

@@ -15,14 +15,14 @@ import json
 import math
 import mmap
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ChecksumError, CorruptCheckpointError
-from ._hash import HASH_NAME, PLACEHOLDER, is_digest, tensor_hasher
+from ._hash import HASH_NAME, PLACEHOLDER, checksum_error, is_digest, tensor_hasher
 
 __all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
 
@@ -254,10 +254,7 @@ class SafetensorsFile:
     # reading
 
     def _mismatch(self, name: str, got: str) -> ChecksumError:
-        return ChecksumError(
-            f"Checksum mismatch in {str(self.path)!r}, tensor {name!r}: recorded {self.checksums[name]}, "
-            f"data hashes to {got}. The file is damaged; nothing was loaded. Restore it from a good copy."
-        )
+        return checksum_error(self.path, name, self.checksums[name], got)
 
     def verify(self, names: Iterable[str] | None = None) -> int:
         """Check the recorded checksums of ``names`` (default: all); returns how many were checked.

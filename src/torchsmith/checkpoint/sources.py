@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ChecksumError, CorruptCheckpointError
-from ._hash import HASH_NAME, is_digest
+from ..errors import CheckpointError, CorruptCheckpointError
+from ._hash import HASH_NAME, checksum_error, is_digest
 from .keys import find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
@@ -142,10 +142,7 @@ class TensorSource(Source):
         for k in keys:
             got = tensor_digest(self.tensors[k])
             if got != self.checksums[k]:
-                raise ChecksumError(
-                    f"Checksum mismatch in {str(self.path)!r}, tensor {k!r}: recorded {self.checksums[k]}, "
-                    f"data hashes to {got}. The file is damaged; nothing was loaded. Restore it from a good copy."
-                )
+                raise checksum_error(self.path, k, self.checksums[k], got)
         return len(keys)
 
     def read_into(self, handle, key, dst, *, verify):

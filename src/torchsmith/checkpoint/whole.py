@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from ._hash import bytes_digest
 from .atomic import atomic_write
 from .report import LoadReport
 from .safetensors_format import SafetensorsFile
-from .sources import open_source
 from .torch_format import read_torch_file
 from .weights import load_weights, save_weights
 
