@@ -162,6 +162,7 @@ def main() -> int:
         st.save_file(model.state_dict(), d / "ref.safetensors")
         ts.save_model(model, d / "model")
         del model
+        os.sync()  # flush the fixtures now, so no measured fsync waits behind their writeback
 
         cat = cat_seconds(d / "w.safetensors")
         r = {k: measure(k, d, layers, width, repeat=2 if k.startswith(("load_weights", "save", "safetensors_save")) else 1)
