@@ -34,6 +34,29 @@ from .surgery import (
     unfreeze,
 )
 
+# checkpoints (issue 4)
+from .checkpoint import (
+    CheckpointDiff,
+    CheckpointInfo,
+    LoadReport,
+    convert_checkpoint,
+    diff_checkpoints,
+    inspect_checkpoint,
+    load_model,
+    load_weights,
+    read_weights,
+    save_model,
+    save_weights,
+)
+from .errors import (
+    CheckpointError,
+    ChecksumError,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    UnsafeCheckpointError,
+    UnsaveableModelError,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -82,4 +105,25 @@ __all__ += [
     "add_inputs",
     "fold_batchnorm",
     "optimize_for_inference",
+]
+
+# checkpoints (issue 4)
+__all__ += [
+    "save_weights",
+    "load_weights",
+    "read_weights",
+    "save_model",
+    "load_model",
+    "LoadReport",
+    "inspect_checkpoint",
+    "CheckpointInfo",
+    "diff_checkpoints",
+    "CheckpointDiff",
+    "convert_checkpoint",
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "ChecksumError",
+    "UnsafeCheckpointError",
+    "IncompatibleCheckpointError",
+    "UnsaveableModelError",
 ]

@@ -67,6 +67,121 @@ def list_cmd(
     Console().print(table)
 
 
+# checkpoints (issue 4)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: str = typer.Argument(..., help="A checkpoint file, a sharded index, or a directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check checksums."),
+    trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
+) -> None:
+    """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
+    from .checkpoint import inspect_checkpoint
+    from .checkpoint.report import format_bytes
+
+    try:
+        info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted)
+    except TorchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    table = Table(title=f"{info.path} ({info.format}, {info.layout})")
+    table.add_column("key")
+    table.add_column("shape")
+    table.add_column("dtype")
+    for key, shape, dtype in info.entries:
+        alias = f" = {info.aliases[key]}" if key in info.aliases else ""
+        table.add_row(key + alias, "(" + ", ".join(map(str, shape)) + ")", dtype)
+    out = Console()
+    out.print(table)
+    out.print(f"tensors: {info.tensors}   parameters: {info.parameters:,}   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
+    out.print(f"checksums: {info.checksums}")
+    if info.prefixes:
+        out.print("prefixes: " + ", ".join(f"{p!r} on {n} keys" for p, n in info.prefixes.items()))
+    if info.source_key:
+        out.print(f"weights under {info.source_key!r}; other entries: {', '.join(info.other_keys) or 'none'}")
+    for k, v in info.metadata.items():
+        if not k.startswith("torchsmith."):
+            out.print(f"metadata {k}: {v}")
+
+
+@app.command("convert")
+def convert_cmd(
+    src: str = typer.Argument(..., help="Input checkpoint (.pt/.pth/.bin/.safetensors, index or directory)."),
+    dst: str = typer.Argument(..., help="Output path; the suffix picks the format (.safetensors or .pt)."),
+    strip_prefix: Optional[str] = typer.Option(None, "--strip-prefix", help="Remove this prefix from keys, e.g. 'module.'."),
+    max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Shard safetensors output, e.g. '2GB'."),
+    trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Convert .pt <-> .safetensors (optionally sharded), verifying checksums, with a progress bar."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from .checkpoint import convert_checkpoint
+
+    with Progress(TextColumn("converting"), BarColumn(), DownloadColumn(), console=_err, disable=as_json) as bar:
+        task = bar.add_task("convert", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            out = convert_checkpoint(src, dst, strip_prefix=strip_prefix, max_shard_size=max_shard_size, trusted=trusted, progress=progress)
+        except TorchsmithError as exc:
+            bar.stop()
+            _fail(exc)
+    if as_json:
+        typer.echo(json.dumps({"input": src, "output": str(out)}))
+    else:
+        Console().print(f"wrote {out}")
+
+
+@app.command("diff")
+def diff_cmd(
+    a: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
+    b: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    trusted: bool = typer.Option(False, "--trusted", help="Unpickle torch files that need code (only for files you trust)."),
+) -> None:
+    """Compare two checkpoints (or one and a model name): missing, extra, shape/dtype changes, max abs difference.
+
+    Exit code 0 when they are the same, 3 when they differ, 1 on error.
+    """
+    from .checkpoint import diff_checkpoints
+
+    try:
+        d = diff_checkpoints(a, b, trusted=trusted)
+    except TorchsmithError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(d.to_dict(), indent=2))
+    else:
+        out = Console()
+        out.print(f"only in {d.a}: {len(d.only_in_a)}   only in {d.b}: {len(d.only_in_b)}")
+        for k in d.only_in_a:
+            out.print(f"  - {k}", highlight=False)
+        for k in d.only_in_b:
+            out.print(f"  + {k}", highlight=False)
+        for k, (sa, sb) in d.shape.items():
+            out.print(f"  shape {k}: {tuple(sa)} vs {tuple(sb)}", highlight=False)
+        for k, (ta, tb) in d.dtype.items():
+            out.print(f"  dtype {k}: {ta} vs {tb}", highlight=False)
+        differing = {k: v for k, v in d.max_abs_diff.items() if v}
+        table = Table(title=f"{len(differing)} of {len(d.max_abs_diff)} shared tensors differ")
+        table.add_column("key")
+        table.add_column("max abs diff", justify="right")
+        for k, v in sorted(differing.items(), key=lambda kv: -kv[1]):
+            table.add_row(k, f"{v:.3g}")
+        if differing:
+            out.print(table)
+        out.print("same" if d.same else "different")
+    if not d.same:
+        raise typer.Exit(3)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:

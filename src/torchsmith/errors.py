@@ -18,6 +18,13 @@ __all__ = [
     "FeatureExtractionError",
     "SurgeryError",
     "closest",
+    # checkpoints (issue 4)
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "ChecksumError",
+    "UnsafeCheckpointError",
+    "IncompatibleCheckpointError",
+    "UnsaveableModelError",
 ]
 
 
@@ -61,3 +68,34 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
         lower = {c.lower(): c for c in choices}
         hits = [lower[h] for h in hits]
     return hits
+
+
+# checkpoints (issue 4)
+
+
+class CheckpointError(TorchsmithError):
+    """A checkpoint that cannot be read, written or loaded as asked."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file whose bytes are not a valid checkpoint (truncated, forged header, bad zip)."""
+
+
+class ChecksumError(CorruptCheckpointError):
+    """Tensor data that does not match the checksum recorded when the file was written."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that would import and run code to load; refused unless ``trusted=True``."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """Keys, shapes or dtypes that do not fit the model; ``.report`` holds the full LoadReport."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class UnsaveableModelError(CheckpointError):
+    """A model whose configuration cannot be written as JSON (``save_model``)."""

@@ -1,0 +1,40 @@
+"""Checksums of tensor data: xxh3-64 over a small descriptor, then the bytes.
+
+The descriptor (dtype and shape) is hashed first, so a header whose dtype or
+shape was damaged but still parses fails the check of that very tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import xxhash
+
+from ..errors import ChecksumError
+
+HASH_NAME = "xxh3-64"
+DIGEST_LEN = 16  # hex characters
+PLACEHOLDER = "0" * DIGEST_LEN
+
+
+def tensor_hasher(dtype: str, shape: Sequence[int]) -> "xxhash.xxh3_64":
+    """A hasher primed with the tensor's descriptor; feed it the data bytes with ``update``."""
+    h = xxhash.xxh3_64()
+    h.update(f"{dtype}{list(shape)}".encode())
+    return h
+
+
+def is_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == DIGEST_LEN and all(c in "0123456789abcdef" for c in value)
+
+
+def bytes_digest(data: bytes) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def checksum_error(path: object, name: str, recorded: str, got: str) -> ChecksumError:
+    """The error for tensor ``name`` of ``path`` whose data no longer matches its checksum."""
+    return ChecksumError(
+        f"Checksum mismatch in {str(path)!r}, tensor {name!r}: recorded {recorded}, data hashes to {got}. "
+        f"The file is damaged; nothing was loaded. Restore it from a good copy."
+    )

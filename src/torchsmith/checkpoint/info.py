@@ -1,0 +1,203 @@
+"""Looking at checkpoints without a model: ``inspect_checkpoint``, ``diff_checkpoints``, ``convert_checkpoint``.
+
+    >>> info = inspect_checkpoint("model.safetensors")
+    >>> info.tensors, info.parameters, info.checksums
+    (122, 11689512, 'verified')
+    >>> diff_checkpoints("a.safetensors", "b.pt").max_abs_diff["fc.weight"]
+    0.0
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .keys import WRAPPER_SEGMENTS, match_keys
+from .sources import Source, open_source
+from .weights import parse_size, save_weights
+
+__all__ = ["CheckpointInfo", "inspect_checkpoint", "CheckpointDiff", "diff_checkpoints", "convert_checkpoint"]
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint holds: per-tensor ``[key, shape, dtype]``, totals, layout, metadata, checksum status."""
+
+    path: str
+    format: str
+    tensors: int
+    parameters: int
+    nbytes: int
+    entries: list[tuple[str, list[int], str]]
+    prefixes: dict[str, int]
+    layout: str
+    metadata: dict[str, str]
+    aliases: dict[str, str]
+    checksums: str
+    source_key: str | None = None
+    other_keys: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _prefix_counts(keys: list[str]) -> dict[str, int]:
+    counts: Counter = Counter()
+    for k in keys:
+        parts = k.split(".")[:-1]
+        for p in dict.fromkeys(parts):
+            if p in WRAPPER_SEGMENTS:
+                counts[f"{p}."] += 1
+    return dict(counts)
+
+
+def _layout(src: Source) -> str:
+    if src.format == "safetensors-sharded":
+        return f"sharded: {len(src.files)} files + index"
+    if src.source_key:
+        return f"training checkpoint (weights under {src.source_key!r})"
+    return "single file"
+
+
+def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted: bool = False) -> CheckpointInfo:
+    """Describe a checkpoint; with ``verify`` its checksums are checked (``'verified'``, ``'absent'``).
+
+    Raises:
+        ChecksumError / CorruptCheckpointError / UnsafeCheckpointError: as for load_weights.
+    """
+    src = open_source(path, trusted=trusted)
+    stored = src.keys()
+    entries = []
+    params = nbytes = 0
+    for k in stored:
+        shape, dtype = src.spec(k)
+        entries.append((k, list(shape), str(dtype).removeprefix("torch.")))
+        if k not in src.aliases:
+            n = 1
+            for d in shape:
+                n *= d
+            params += n
+            nbytes += n * dtype.itemsize
+    status = src.checksum_status
+    if verify and status == "present":
+        src.verify([k for k in stored if k not in src.aliases])
+        status = "verified"
+    return CheckpointInfo(
+        path=str(src.path),
+        format=src.format,
+        tensors=len(stored),
+        parameters=params,
+        nbytes=nbytes,
+        entries=entries,
+        prefixes=_prefix_counts(stored),
+        layout=_layout(src),
+        metadata=dict(src.metadata),
+        aliases=dict(src.aliases),
+        checksums=status,
+        source_key=src.source_key,
+        other_keys=list(src.other_keys),
+    )
+
+
+@dataclass
+class CheckpointDiff:
+    """Differences between two checkpoints (``a`` and ``b``), keys matched as load_weights would."""
+
+    a: str
+    b: str
+    only_in_a: list[str]
+    only_in_b: list[str]
+    shape: dict[str, tuple[list[int], list[int]]]
+    dtype: dict[str, tuple[str, str]]
+    max_abs_diff: dict[str, float]
+
+    @property
+    def same(self) -> bool:
+        return not (self.only_in_a or self.only_in_b or self.shape or self.dtype or any(self.max_abs_diff.values()))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["same"] = self.same
+        return out
+
+
+def _named_tensors(target: str | os.PathLike, trusted: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """A checkpoint's tensors, or a registered model's freshly built state dict when ``target`` names one."""
+    from ..registry import create_model, list_models
+
+    if not Path(target).exists() and str(target) in list_models():
+        return str(target), create_model(str(target)).state_dict()
+    from .weights import read_weights
+
+    return str(target), read_weights(target, trusted=trusted)
+
+
+def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: bool = False) -> CheckpointDiff:
+    """Compare two checkpoints, or a checkpoint and a registered model name (``"resnet18"``).
+
+    Keys are matched through wrapper prefixes (``module.`` / ``_orig_mod.``);
+    values are compared in float64 as the maximum absolute difference per tensor.
+    """
+    name_a, sd_a = _named_tensors(a, trusted)
+    name_b, sd_b = _named_tensors(b, trusted)
+    match = match_keys(sd_b, sd_a)  # pairs: key in a -> key in b
+    shape, dtype, maxdiff = {}, {}, {}
+    for ka, kb in match.pairs.items():
+        ta, tb = sd_a[ka], sd_b[kb]
+        if ta.shape != tb.shape:
+            shape[ka] = (list(ta.shape), list(tb.shape))
+            continue
+        if ta.dtype != tb.dtype:
+            dtype[ka] = (str(ta.dtype).removeprefix("torch."), str(tb.dtype).removeprefix("torch."))
+        if ta.numel() == 0 or ta.dtype == torch.bool or tb.dtype == torch.bool:
+            maxdiff[ka] = float((ta != tb).any()) if ta.numel() else 0.0
+        else:
+            maxdiff[ka] = (ta.to(torch.float64) - tb.to(torch.float64)).abs().max().item()
+    return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    strip_prefix: str | None = None,
+    max_shard_size: int | str | None = None,
+    trusted: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Convert between ``.pt`` and ``.safetensors`` (sharded with ``max_shard_size``), verifying on the way.
+
+    ``strip_prefix`` removes a prefix from every key that has it (``"module."``).
+    ``progress(done_bytes, total_bytes)`` is called as tensors are written. Returns the path written.
+
+    Raises:
+        CheckpointError: the output would be the input file, or a stripped key collides with another.
+    """
+    from .weights import read_weights
+
+    if Path(dst).resolve() == Path(src).resolve():
+        raise CheckpointError(f"convert: output {str(dst)!r} is the input; choose another path.")
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # validate before reading anything
+    sd = read_weights(src, trusted=trusted)
+    if strip_prefix:
+        renamed = {k[len(strip_prefix) :] if k.startswith(strip_prefix) else k: v for k, v in sd.items()}
+        if len(renamed) != len(sd):
+            raise CheckpointError(f"convert: stripping {strip_prefix!r} makes two keys equal; nothing was written.")
+        sd = renamed
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return save_weights(sd, dst, max_shard_size=max_shard_size, progress=tick)

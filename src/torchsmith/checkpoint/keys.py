@@ -1,0 +1,146 @@
+"""Matching a checkpoint's keys to a model's: wrapper prefixes, user prefixes, training-loop dicts.
+
+``module.`` (DataParallel / DistributedDataParallel) and ``_orig_mod.``
+(``torch.compile``) are path segments a wrapper adds; they are recognised in
+any nesting and repetition, on either side (file or model).
+
+    >>> strip_wrappers("module._orig_mod.layer1.0.conv1.weight")
+    ('layer1.0.conv1.weight', ('module.', '_orig_mod.'))
+    >>> find_state_dict({"epoch": 3, "model_state_dict": {"w": torch.ones(1)}})[1]
+    'model_state_dict'
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import CheckpointError
+
+__all__ = ["WRAPPER_SEGMENTS", "STATE_DICT_KEYS", "strip_wrappers", "find_state_dict", "match_keys", "KeyMatch"]
+
+WRAPPER_SEGMENTS = ("module", "_orig_mod")
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def strip_wrappers(key: str) -> tuple[str, tuple[str, ...]]:
+    """``key`` without wrapper segments, and the segments removed (with their dots)."""
+    parts = key.split(".")
+    kept = [p for p in parts[:-1] if p not in WRAPPER_SEGMENTS] + parts[-1:]
+    removed = tuple(f"{p}." for p in parts[:-1] if p in WRAPPER_SEGMENTS)
+    return ".".join(kept), removed
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def find_state_dict(obj: object, where: str = "checkpoint") -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
+    """The tensors in a loaded torch object: ``(state_dict, key it was under or None, other top-level keys)``.
+
+    A mapping of tensors is taken as is (non-tensor entries such as
+    ``_extra_state`` are dropped); a training-loop dict is searched under
+    ``state_dict``, ``model_state_dict`` and ``model``, in that order.
+
+    Raises:
+        CheckpointError: naming the top-level keys found when no weights are recognisable.
+    """
+    if isinstance(obj, Mapping):
+        for k in STATE_DICT_KEYS:
+            inner = obj.get(k)
+            if _is_state_dict(inner) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+                return dict(inner), k, sorted(str(x) for x in obj if x != k)
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors, None, sorted(str(k) for k in obj if not isinstance(obj[k], torch.Tensor))
+        found = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:10])
+        raise CheckpointError(
+            f"No weights found in {where}: expected a mapping of tensors, or one under "
+            f"{' / '.join(map(repr, STATE_DICT_KEYS))}; found keys {found}. "
+            f"Load it with read_weights / torch.load and pass the right dict to load_weights."
+        )
+    if isinstance(obj, torch.nn.Module):
+        return dict(obj.state_dict()), None, []
+    raise CheckpointError(
+        f"No weights found in {where}: it holds a {type(obj).__name__}, expected a mapping of tensors."
+    )
+
+
+@dataclass
+class KeyMatch:
+    """How file keys map onto model keys."""
+
+    pairs: dict[str, str] = field(default_factory=dict)  # model key -> file key
+    missing: list[str] = field(default_factory=list)  # model keys with no file key
+    unexpected: list[str] = field(default_factory=list)  # file keys matching no model key
+    removed: Counter = field(default_factory=Counter)  # prefix -> keys it was removed from
+    added: Counter = field(default_factory=Counter)  # prefix -> keys it was added to
+
+
+def _user_prefix_direction(file_keys: list[str], model_keys: list[str], prefix: str) -> str:
+    """'strip' when the file carries ``prefix`` the model lacks, 'add' for the reverse, '' otherwise."""
+    f_has = sum(k.startswith(prefix) for k in file_keys)
+    m_has = sum(k.startswith(prefix) for k in model_keys)
+    if f_has > m_has:
+        return "strip"
+    if m_has > f_has:
+        return "add"
+    return ""
+
+
+def _canonical(keys: Iterable[str]) -> dict[str, tuple[str, tuple[str, ...]]] | None:
+    """key -> (stripped key, segments); None when stripping would merge two keys."""
+    out = {k: strip_wrappers(k) for k in keys}
+    if len({v[0] for v in out.values()}) != len(out):
+        return None
+    return out
+
+
+def match_keys(file_keys: Iterable[str], model_keys: Iterable[str], *, prefix: str | None = "auto") -> KeyMatch:
+    """Pair model keys with file keys.
+
+    ``prefix="auto"`` removes or adds wrapper segments as needed; ``None``
+    matches keys exactly; any other string is a user prefix (``"backbone."``)
+    stripped from file keys or added to them, whichever fits, before the
+    wrapper matching.
+    """
+    file_keys, model_keys = list(file_keys), list(model_keys)
+    result = KeyMatch()
+    renamed = {k: k for k in file_keys}  # file key -> key after the user prefix
+    if prefix not in (None, "auto", ""):
+        direction = _user_prefix_direction(file_keys, model_keys, prefix)
+        if direction == "strip":
+            renamed = {k: k[len(prefix) :] if k.startswith(prefix) else k for k in file_keys}
+            result.removed[prefix] = sum(k.startswith(prefix) for k in file_keys)
+        elif direction == "add":
+            renamed = {k: prefix + k for k in file_keys}
+            result.added[prefix] = len(file_keys)
+    by_name = {v: k for k, v in renamed.items()}
+    if prefix is None or set(model_keys) <= set(by_name) or not (
+        (f_can := _canonical(renamed.values())) and (m_can := _canonical(model_keys))
+    ):
+        for mk in model_keys:
+            if mk in by_name:
+                result.pairs[mk] = by_name[mk]
+            else:
+                result.missing.append(mk)
+    else:
+        file_by_canon = {canon: (name, segs) for name, (canon, segs) in f_can.items()}
+        for mk in model_keys:
+            canon, m_segs = m_can[mk]
+            hit = file_by_canon.get(canon)
+            if hit is None:
+                result.missing.append(mk)
+                continue
+            name, f_segs = hit
+            result.pairs[mk] = by_name[name]
+            for seg in set(f_segs) - set(m_segs):
+                result.removed[seg] += 1
+            for seg in set(m_segs) - set(f_segs):
+                result.added[seg] += 1
+    used = set(result.pairs.values())
+    result.unexpected = [k for k in file_keys if k not in used]
+    return result

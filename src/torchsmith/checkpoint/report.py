@@ -1,0 +1,146 @@
+"""What a load did: :class:`LoadReport`, printed as a readable table.
+
+    >>> report = load_weights(model, "dp_model.pt")
+    >>> print(report)
+    LoadReport  dp_model.pt (torch)
+      loaded      62 of 62 model tensors, 11,689,512 values (44.6 MiB)
+      checksums   verified (xxh3-64, 62 tensors)
+      prefixes    removed 'module.' from 62 keys
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A key present on both sides whose shape or dtype cannot be loaded."""
+
+    key: str
+    file_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+    file_dtype: str
+    model_dtype: str
+
+    @property
+    def reason(self) -> str:
+        if self.file_shape != self.model_shape:
+            return f"shape {_shape(self.file_shape)} in file, {_shape(self.model_shape)} in model"
+        return f"dtype {self.file_dtype} in file, {self.model_dtype} in model"
+
+
+@dataclass(frozen=True)
+class Cast:
+    """A tensor converted while loading (e.g. float16 in the file into a float32 model)."""
+
+    key: str
+    file_dtype: str
+    model_dtype: str
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def format_bytes(n: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # unreachable
+
+
+@dataclass
+class LoadReport:
+    """The outcome of :func:`load_weights`: every key accounted for.
+
+    Attributes:
+        path: the file (or index / directory) read.
+        format: ``"safetensors"``, ``"safetensors-sharded"`` or ``"torch"``.
+        loaded: model keys written.
+        missing: model keys the file does not have.
+        unexpected: file keys matching no model key.
+        mismatched: keys skipped (``skip_mismatched``) or refused for shape / dtype.
+        casts: dtype conversions made while loading.
+        prefixes_removed / prefixes_added: prefix -> number of keys.
+        source_key: where a training-loop dict held the weights (``"model_state_dict"``), else None.
+        other_keys: the training-loop dict's other entries (``optimizer``, ``epoch``), not loaded.
+        checksums: ``"verified"``, ``"absent"`` (the file has none) or ``"skipped"`` (``verify=False``).
+        tied: ``(alias, target)`` pairs stored once in the file.
+        values / nbytes: numbers of values and bytes loaded.
+    """
+
+    path: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+    casts: list[Cast] = field(default_factory=list)
+    prefixes_removed: dict[str, int] = field(default_factory=dict)
+    prefixes_added: dict[str, int] = field(default_factory=dict)
+    source_key: str | None = None
+    other_keys: list[str] = field(default_factory=list)
+    checksums: str = "absent"
+    checksums_checked: int = 0
+    tied: list[tuple[str, str]] = field(default_factory=list)
+    values: int = 0
+    nbytes: int = 0
+    model_keys: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every model key was loaded and every file key used."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (for ``--json`` and logs)."""
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+    def _lines(self) -> list[tuple[str, str]]:
+        rows = [("loaded", f"{len(self.loaded)} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes)})")]
+        if self.source_key:
+            others = f"; not loaded: {', '.join(self.other_keys)}" if self.other_keys else ""
+            rows.append(("source", f"training checkpoint, weights under {self.source_key!r}{others}"))
+        detail = {
+            "verified": f"verified (xxh3-64, {self.checksums_checked} tensors)",
+            "absent": "none in file (not written by torchsmith)",
+            "skipped": "present, not verified (verify=False)",
+        }
+        rows.append(("checksums", detail.get(self.checksums, self.checksums)))
+        for label, table in (("removed", self.prefixes_removed), ("added", self.prefixes_added)):
+            for prefix, n in sorted(table.items()):
+                rows.append(("prefixes", f"{label} {prefix!r} {'from' if label == 'removed' else 'to'} {n} keys"))
+        if self.tied:
+            rows.append(("tied", f"{len(self.tied)} stored once: " + ", ".join(f"{a} = {t}" for a, t in self.tied)))
+        return rows
+
+    def __str__(self) -> str:
+        lines = [f"LoadReport  {self.path} ({self.format})"]
+        lines += [f"  {label:<11} {text}" for label, text in self._lines()]
+        sections = (
+            ("missing", self.missing, lambda k: k),
+            ("unexpected", self.unexpected, lambda k: k),
+            ("mismatched", self.mismatched, lambda m: (m.key, m.reason)),
+            ("casts", self.casts, lambda c: (c.key, f"{c.file_dtype} -> {c.model_dtype}")),
+        )
+        for label, items, fmt in sections:
+            if not items:
+                continue
+            lines.append(f"  {label:<11} {len(items)}")
+            cells = [fmt(i) for i in items]
+            width = max((len(c[0]) for c in cells if isinstance(c, tuple)), default=0)
+            for c in cells:
+                lines.append(f"    {c[0]:<{width}}  {c[1]}" if isinstance(c, tuple) else f"    {c}")
+        lines.append(f"  {'result':<11} {'ok' if self.ok else 'INCOMPLETE: see above'}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadReport(path={self.path!r}, loaded={len(self.loaded)}, missing={len(self.missing)}, "
+            f"unexpected={len(self.unexpected)}, mismatched={len(self.mismatched)}, checksums={self.checksums!r})"
+        )

@@ -1,0 +1,390 @@
+"""The safetensors format, read and written by hand.
+
+Layout: an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
+(``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets"}}``),
+then the data; offsets are relative to the start of the data. Reading parses
+and validates the whole header (collecting every problem) before any data is
+touched, then reads each tensor straight into its destination with
+``readinto`` (no intermediate copy). Checksums are verified from memory-mapped
+windows, so verifying does not grow the resident set by more than one window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ChecksumError, CorruptCheckpointError
+from ._hash import HASH_NAME, PLACEHOLDER, checksum_error, is_digest, tensor_hasher
+
+__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
+
+MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+CHUNK = 32 * 1024 * 1024  # bytes per readinto / mmap window
+
+# metadata keys torchsmith writes
+META_HASH = "torchsmith.hash"
+META_CHECKSUMS = "torchsmith.checksums"
+META_ALIASES = "torchsmith.aliases"
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "C64": torch.complex64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor in the header: dtype name, shape and absolute byte range in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+# helpers
+
+
+def byte_view(t: torch.Tensor):
+    """A writable numpy uint8 view of a contiguous CPU tensor's bytes (any dtype)."""
+    return t.detach().reshape(-1).view(torch.uint8).numpy()
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"duplicate key {k!r}")
+        seen[k] = v
+    return seen
+
+
+def _problems_text(problems: list[str], limit: int = 10) -> str:
+    shown = "; ".join(problems[:limit])
+    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    return shown + more
+
+
+class _Windows:
+    """Read-only memory-mapped windows over a file, one at a time."""
+
+    def __init__(self, fileno: int, size: int):
+        self.fileno, self.size = fileno, size
+        self.map: mmap.mmap | None = None
+        self.start = self.stop = 0
+
+    def view(self, begin: int, end: int) -> memoryview:
+        if self.map is None or begin < self.start or end > self.stop:
+            self.close()
+            self.start = begin - begin % mmap.ALLOCATIONGRANULARITY
+            self.stop = min(self.size, max(end, self.start + CHUNK))
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self.map = mmap.mmap(self.fileno, self.stop - self.start, flags=flags, prot=mmap.PROT_READ, offset=self.start)
+        return memoryview(self.map)[begin - self.start : end - self.start]
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+
+
+class SafetensorsFile:
+    """A validated safetensors file: ``entries`` (name -> Entry), ``metadata``, checksums.
+
+    Opening reads only the header; every problem found in it is collected and
+    raised together as one :class:`CorruptCheckpointError` naming the file.
+
+    Example::
+
+        >>> st = SafetensorsFile("model.safetensors")
+        >>> st.entries["fc.weight"].shape, st.checksum_status
+        ((10, 512), 'present')
+        >>> st.read("fc.weight").shape
+        torch.Size([10, 512])
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                if 0 <= n <= min(MAX_HEADER, self.size - 8):
+                    raw = f.read(n)
+        except OSError as e:
+            raise CorruptCheckpointError(f"Cannot read {str(self.path)!r}: {e}") from e
+        where = f"{str(self.path)!r} is not a valid safetensors file"
+        if n < 0:
+            raise CorruptCheckpointError(f"{where}: it is {self.size} bytes, shorter than the 8-byte header length.")
+        if n > MAX_HEADER:
+            raise CorruptCheckpointError(f"{where}: header length {n} exceeds the {MAX_HEADER}-byte limit.")
+        if n > self.size - 8:
+            raise CorruptCheckpointError(
+                f"{where}: header length {n} runs past the end of the {self.size}-byte file (truncated?)."
+            )
+        self.header_bytes = raw
+        self.data_start = 8 + n
+        self.entries, self.metadata = self._parse(raw, where)
+        self.checksums, self.aliases = self._parse_torchsmith_metadata(where)
+
+    # parsing
+
+    def _parse(self, raw: bytes, where: str) -> tuple[dict[str, Entry], dict[str, str]]:
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except UnicodeDecodeError as e:
+            raise CorruptCheckpointError(f"{where}: the header is not UTF-8 ({e}).") from e
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{where}: the header is not valid JSON ({e}).") from e
+        if not isinstance(header, dict):
+            raise CorruptCheckpointError(f"{where}: the header is a JSON {type(header).__name__}, expected an object.")
+        problems: list[str] = []
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            problems.append("__metadata__ must map strings to strings")
+            metadata = {}
+        data_len = self.size - self.data_start
+        entries: dict[str, Entry] = {}
+        for name, info in header.items():
+            problem = self._check_entry(name, info, data_len)
+            if problem:
+                problems.append(problem)
+            else:
+                b, e = info["data_offsets"]
+                entries[name] = Entry(name, info["dtype"], tuple(info["shape"]), self.data_start + b, self.data_start + e)
+        ordered = sorted(entries.values(), key=lambda en: (en.begin, en.end))
+        pos = self.data_start
+        for en in ordered:
+            if en.begin < pos:
+                problems.append(f"tensor {en.name!r} overlaps the tensor before it")
+            elif en.begin > pos:
+                problems.append(f"{en.begin - pos} unused bytes before tensor {en.name!r}")
+            pos = max(pos, en.end)
+        if not problems and pos != self.size:
+            problems.append(f"{self.size - pos} bytes after the last tensor (the data should end the file)")
+        if problems:
+            raise CorruptCheckpointError(f"{where}: {_problems_text(problems)}.")
+        return entries, dict(metadata)
+
+    @staticmethod
+    def _check_entry(name: str, info: object, data_len: int) -> str | None:
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            return f"tensor {name!r} must have exactly 'dtype', 'shape' and 'data_offsets'"
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPES:
+            return f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)})"
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            return f"tensor {name!r} has shape {shape!r}, expected a list of non-negative integers"
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            return f"tensor {name!r} has data_offsets {offsets!r}, expected [begin, end]"
+        b, e = offsets
+        if not 0 <= b <= e <= data_len:
+            return f"tensor {name!r} has data_offsets [{b}, {e}] outside the {data_len} data bytes (truncated?)"
+        expected = math.prod(shape) * DTYPES[dtype].itemsize
+        if e - b != expected:
+            return f"tensor {name!r} ({dtype} {shape}) needs {expected} bytes but its offsets span {e - b}"
+        return None
+
+    def _parse_torchsmith_metadata(self, where: str) -> tuple[dict[str, str] | None, dict[str, str]]:
+        problems = []
+        checksums = aliases = None
+        try:
+            if META_CHECKSUMS in self.metadata:
+                checksums = json.loads(self.metadata[META_CHECKSUMS])
+            aliases = json.loads(self.metadata.get(META_ALIASES, "{}"))
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{where}: torchsmith metadata is not valid JSON ({e}).") from e
+        if checksums is not None:
+            if self.metadata.get(META_HASH) != HASH_NAME:
+                problems.append(f"checksums use hash {self.metadata.get(META_HASH)!r}, this version knows {HASH_NAME!r}")
+            elif not isinstance(checksums, dict) or not all(is_digest(v) for v in checksums.values()):
+                problems.append("the checksum table must map tensor names to 16 hex digits")
+            elif set(checksums) != set(self.entries):
+                odd = sorted(set(checksums) ^ set(self.entries))[:5]
+                problems.append(f"the checksum table and the tensors disagree on names: {odd}")
+        if not isinstance(aliases, dict) or not all(
+            isinstance(a, str) and isinstance(t, str) and t in self.entries and a not in self.entries
+            for a, t in aliases.items()
+        ):
+            problems.append("torchsmith.aliases must map new names to tensors in the file")
+        if problems:
+            raise CorruptCheckpointError(f"{where}: {_problems_text(problems)}.")
+        return checksums, aliases
+
+    # status
+
+    @property
+    def checksum_status(self) -> str:
+        """'present' when torchsmith checksums are recorded, else 'absent'."""
+        return "present" if self.checksums is not None else "absent"
+
+    # reading
+
+    def _mismatch(self, name: str, got: str) -> ChecksumError:
+        return checksum_error(self.path, name, self.checksums[name], got)
+
+    def verify(self, names: Iterable[str] | None = None) -> int:
+        """Check the recorded checksums of ``names`` (default: all); returns how many were checked.
+
+        Reads through memory-mapped windows, so the resident set grows by one window at most.
+
+        Raises:
+            ChecksumError: naming the file and the first tensor whose data differs.
+        """
+        if self.checksums is None:
+            return 0
+        chosen = sorted((self.entries[n] for n in (self.entries if names is None else names)), key=lambda e: e.begin)
+        with open(self.path, "rb") as f:
+            windows = _Windows(f.fileno(), self.size)
+            try:
+                for en in chosen:
+                    h = tensor_hasher(en.dtype, en.shape)
+                    for b in range(en.begin, en.end, CHUNK):
+                        mv = windows.view(b, min(b + CHUNK, en.end))
+                        h.update(mv)
+                        mv.release()
+                    if h.hexdigest() != self.checksums[en.name]:
+                        raise self._mismatch(en.name, h.hexdigest())
+            finally:
+                windows.close()
+        return len(chosen)
+
+    def read_into(self, f, name: str, dst: torch.Tensor, *, verify: bool = False) -> None:
+        """Read tensor ``name`` from open file ``f`` into the contiguous CPU tensor ``dst`` (same dtype and size)."""
+        en = self.entries[name]
+        out = byte_view(dst)
+        h = tensor_hasher(en.dtype, en.shape) if verify and self.checksums is not None else None
+        f.seek(en.begin)
+        pos = 0
+        while pos < en.nbytes:
+            chunk = out[pos : min(pos + CHUNK, en.nbytes)]
+            got = f.readinto(chunk)
+            if not got:
+                raise CorruptCheckpointError(f"{str(self.path)!r} ended inside tensor {name!r} (truncated while reading?).")
+            if h is not None:
+                h.update(chunk[:got])
+            pos += got
+        if h is not None and h.hexdigest() != self.checksums[name]:
+            raise self._mismatch(name, h.hexdigest())
+
+    def read(self, name: str, *, verify: bool = True) -> torch.Tensor:
+        """A new CPU tensor holding ``name`` (checked against its checksum when ``verify``)."""
+        en = self.entries[name]
+        t = torch.empty(en.shape, dtype=en.torch_dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            self.read_into(f, name, t, verify=verify)
+        return t
+
+    def read_all(self, *, verify: bool = True) -> dict[str, torch.Tensor]:
+        """Every tensor as a new CPU tensor, aliases included (sharing their target's tensor)."""
+        out: dict[str, torch.Tensor] = {}
+        with open(self.path, "rb", buffering=0) as f:
+            for name, en in sorted(self.entries.items(), key=lambda kv: kv[1].begin):
+                t = torch.empty(en.shape, dtype=en.torch_dtype)
+                self.read_into(f, name, t, verify=verify)
+                out[name] = t
+        for alias, target in self.aliases.items():
+            out[alias] = out[target]
+        return out
+
+
+# writing
+
+
+def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], checksums: dict[str, str] | None) -> tuple[bytes, list[tuple[str, int]]]:
+    """The header bytes (8-byte padded) and the (name, nbytes) order of the data."""
+    header: dict[str, object] = {}
+    if metadata or checksums is not None:
+        meta = dict(metadata)
+        if checksums is not None:
+            meta[META_HASH] = HASH_NAME
+            meta[META_CHECKSUMS] = json.dumps(checksums, sort_keys=True, separators=(",", ":"))
+        header["__metadata__"] = meta
+    order = []
+    pos = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + n]}
+        order.append((name, n))
+        pos += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, order
+
+
+def write_safetensors(
+    f,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    checksums: bool = True,
+    progress=None,
+) -> bytes:
+    """Write ``tensors`` to the open, seekable binary file ``f``; returns the header bytes.
+
+    Data is written straight from each tensor's memory (non-contiguous or
+    non-CPU tensors are copied one at a time). Checksums are computed while
+    writing and patched into the header afterwards (placeholder digests have
+    the same length, so the layout does not move).
+    """
+    meta = dict(metadata or {})
+    if aliases:
+        meta[META_ALIASES] = json.dumps(dict(aliases), sort_keys=True, separators=(",", ":"))
+    digests = {name: PLACEHOLDER for name in tensors} if checksums else None
+    head, order = _layout(tensors, meta, digests)
+    start = f.tell()
+    f.write(head)
+    for name, _ in order:
+        t = tensors[name].detach()
+        if t.device.type != "cpu" or not t.is_contiguous():
+            t = t.to("cpu").contiguous()
+        data = byte_view(t)
+        if digests is not None:
+            h = tensor_hasher(DTYPE_NAMES[t.dtype], t.shape)
+            h.update(data)
+            digests[name] = h.hexdigest()
+        f.write(data)
+        if progress is not None:
+            progress(data.nbytes)
+    if digests is not None:
+        final, _ = _layout(tensors, meta, digests)
+        end = f.tell()
+        f.seek(start)
+        f.write(final)
+        f.seek(end)
+        head = final
+    return head[8:]

@@ -1,0 +1,256 @@
+"""Opening any supported checkpoint as a uniform source of named tensors.
+
+A source knows each key's shape and dtype before reading data, verifies
+checksums, and reads a tensor into a destination. Supported: a safetensors
+file, a sharded safetensors checkpoint (``*.index.json`` or its directory),
+a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, CorruptCheckpointError
+from ._hash import HASH_NAME, checksum_error, is_digest
+from .keys import find_state_dict
+from .safetensors_format import META_ALIASES, SafetensorsFile
+from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
+
+__all__ = ["open_source", "Source", "INDEX_SUFFIX"]
+
+INDEX_SUFFIX = ".index.json"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
+_DIR_CANDIDATES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+class Source:
+    """Named tensors in a checkpoint; see :func:`open_source`."""
+
+    path: Path
+    format: str
+    aliases: dict[str, str]
+    metadata: dict[str, str]
+    source_key: str | None = None
+    other_keys: list[str] = []
+
+    def keys(self) -> list[str]:
+        """Stored keys, then aliases."""
+        return list(self._specs()) + list(self.aliases)
+
+    def real(self, key: str) -> str:
+        return self.aliases.get(key, key)
+
+    def spec(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return self._specs()[self.real(key)]
+
+    @property
+    def checksum_status(self) -> str:
+        raise NotImplementedError
+
+    def _specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        raise NotImplementedError
+
+    def verify(self, keys: list[str]) -> int:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[object]:
+        yield None
+
+    def read_into(self, handle: object, key: str, dst: torch.Tensor, *, verify: bool) -> None:
+        """Read ``key`` into ``dst`` (a contiguous CPU tensor of the stored dtype and shape)."""
+        raise NotImplementedError
+
+    def read(self, handle: object, key: str, *, verify: bool) -> torch.Tensor:
+        shape, dtype = self.spec(key)
+        t = torch.empty(shape, dtype=dtype)
+        self.read_into(handle, key, t, verify=verify)
+        return t
+
+
+class SafetensorsSource(Source):
+    """One safetensors file, or the shards of an index."""
+
+    def __init__(self, path: Path, files: list[SafetensorsFile], aliases: dict[str, str], metadata: dict[str, str], fmt: str):
+        self.path, self.files, self.aliases, self.metadata, self.format = path, files, aliases, metadata, fmt
+        self.where: dict[str, SafetensorsFile] = {}
+        for st in files:
+            for name in st.entries:
+                if name in self.where:
+                    raise CorruptCheckpointError(
+                        f"{str(path)!r}: tensor {name!r} is stored in both {st.path.name!r} and {self.where[name].path.name!r}."
+                    )
+                self.where[name] = st
+        self._spec_table = {n: (st.entries[n].shape, st.entries[n].torch_dtype) for n, st in self.where.items()}
+
+    def _specs(self):
+        return self._spec_table
+
+    @property
+    def checksum_status(self) -> str:
+        return "present" if all(st.checksums is not None for st in self.files) else "absent"
+
+    def verify(self, keys: list[str]) -> int:
+        by_file: dict[int, list[str]] = {}
+        for k in dict.fromkeys(self.real(k) for k in keys):
+            by_file.setdefault(id(self.where[k]), []).append(k)
+        return sum(st.verify(by_file[id(st)]) for st in self.files if id(st) in by_file)
+
+    @contextlib.contextmanager
+    def reader(self):
+        handles: dict[int, object] = {}
+        try:
+            yield handles
+        finally:
+            for f in handles.values():
+                f.close()
+
+    def read_into(self, handle, key, dst, *, verify):
+        key = self.real(key)
+        st = self.where[key]
+        if id(st) not in handle:
+            handle[id(st)] = open(st.path, "rb", buffering=0)
+        st.read_into(handle[id(st)], key, dst, verify=verify)
+
+
+class TensorSource(Source):
+    """Tensors already in memory (a torch file, memory-mapped), with optional checksums."""
+
+    def __init__(self, path: Path, tensors: Mapping[str, torch.Tensor], checksums: dict[str, str] | None, metadata, fmt="torch"):
+        self.path, self.format, self.metadata = path, fmt, dict(metadata or {})
+        self.tensors = dict(tensors)
+        self.checksums = checksums
+        self.aliases = {}
+        self._spec_table = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors.items()}
+
+    def _specs(self):
+        return self._spec_table
+
+    @property
+    def checksum_status(self) -> str:
+        return "present" if self.checksums is not None else "absent"
+
+    def verify(self, keys: list[str]) -> int:
+        if self.checksums is None:
+            return 0
+        for k in keys:
+            got = tensor_digest(self.tensors[k])
+            if got != self.checksums[k]:
+                raise checksum_error(self.path, k, self.checksums[k], got)
+        return len(keys)
+
+    def read_into(self, handle, key, dst, *, verify):
+        if verify:
+            self.verify([key])
+        dst.copy_(self.tensors[key])
+
+
+# opening
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors' when a JSON header follows the 8-byte length; 'torch' for zip / pickle bytes or a torch suffix."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"PK") or head[:1] == b"\x80" or path.suffix in TORCH_SUFFIXES:
+        return "torch"
+    return "safetensors"
+
+
+def _resolve(path: Path) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"No checkpoint at {str(path)!r}: the path does not exist.")
+    if path.is_dir():
+        for name in _DIR_CANDIDATES:
+            if (path / name).is_file():
+                return path / name
+        singles = sorted(path.glob("*.safetensors"))
+        if len(singles) == 1:
+            return singles[0]
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise CheckpointError(
+            f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(_DIR_CANDIDATES)} "
+            f"or a single *.safetensors; found {found}. Pass the file itself."
+        )
+    return path
+
+
+def _open_index(path: Path) -> SafetensorsSource:
+    where = f"Sharded checkpoint index {str(path)!r}"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    meta = index.get("metadata") or {}
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()) or not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{where} must hold a 'weight_map' of tensor name -> shard file name.")
+    files = []
+    for shard in dict.fromkeys(wmap.values()):
+        shard_path = path.parent / shard
+        if Path(shard).name != shard or not shard_path.is_file():
+            raise CorruptCheckpointError(f"{where} names shard {shard!r}, which is not a file next to the index.")
+        files.append(SafetensorsFile(shard_path))
+    src = SafetensorsSource(path, files, {}, {k: str(v) for k, v in meta.items()}, "safetensors-sharded")
+    stored = set(src.where)
+    problems = sorted(k for k, v in wmap.items() if k not in stored or src.where[k].path.name != v)
+    if problems:
+        raise CorruptCheckpointError(f"{where} maps tensors its shards do not hold as stated: {problems[:5]}.")
+    aliases = meta.get(META_ALIASES, {})
+    if isinstance(aliases, str):
+        aliases = json.loads(aliases)
+    if not isinstance(aliases, dict) or not all(t in stored and a not in stored for a, t in aliases.items()):
+        raise CorruptCheckpointError(f"{where}: torchsmith.aliases must map new names to stored tensors.")
+    src.aliases = dict(aliases)
+    return src
+
+
+def _open_torch(path: Path, trusted: bool) -> TensorSource:
+    obj = read_torch_file(path, trusted=trusted)
+    info = obj.get(TORCHSMITH_KEY) if isinstance(obj, dict) else None
+    tensors, source_key, others = find_state_dict(obj, repr(str(path)))
+    checksums = metadata = None
+    if isinstance(info, dict) and source_key == "state_dict":
+        checksums = info.get("checksums")
+        metadata = info.get("metadata")
+        if (
+            info.get("hash") != HASH_NAME
+            or not isinstance(checksums, dict)
+            or set(checksums) != set(tensors)
+            or not all(is_digest(v) for v in checksums.values())
+        ):
+            raise CorruptCheckpointError(
+                f"{str(path)!r}: the torchsmith checksum table does not match its tensors (damaged or edited file)."
+            )
+        source_key, others = None, []
+    src = TensorSource(path, tensors, checksums, metadata)
+    src.source_key, src.other_keys = source_key, others
+    return src
+
+
+def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
+    """The checkpoint at ``path`` (file, index or directory), its header validated, no data read yet.
+
+    Raises:
+        CheckpointError: no checkpoint there; CorruptCheckpointError: damaged header or index;
+        UnsafeCheckpointError: a pickle that needs code to load.
+    """
+    path = _resolve(Path(path))
+    if path.name.endswith(INDEX_SUFFIX):
+        return _open_index(path)
+    try:
+        kind = _sniff(path)
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {str(path)!r}: {e}") from e
+    if kind == "torch":
+        return _open_torch(path, trusted)
+    st = SafetensorsFile(path)
+    return SafetensorsSource(path, [st], dict(st.aliases), dict(st.metadata), "safetensors")

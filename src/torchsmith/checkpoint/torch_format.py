@@ -1,0 +1,150 @@
+"""Torch files (``torch.save``): read with ``weights_only=True`` only, never unpickling code.
+
+A file whose pickle wants other globals (a whole pickled model, a training
+script's objects, or a payload) is refused with :class:`UnsafeCheckpointError`
+naming those globals; the globals are found by scanning the pickle opcodes,
+which executes nothing. ``trusted=True``, spelled out by the caller, is the
+only way to run a full unpickle.
+
+torchsmith writes torch files as ``{"state_dict": ..., "torchsmith": {...}}``,
+the second entry holding checksums and metadata; plain ``torch.load`` reads
+them, and so does any loader that understands training-loop checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError
+from ._hash import HASH_NAME, tensor_hasher
+from .safetensors_format import DTYPE_NAMES, byte_view
+
+__all__ = ["read_torch_file", "write_torch_file", "pickle_globals", "tensor_digest"]
+
+TORCHSMITH_KEY = "torchsmith"
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def _globals_of_one(stream: io.BytesIO, found: list[str]) -> bool:
+    """Scan one pickle from ``stream``; True when it ended with STOP."""
+    strings: list[str] = []
+    memo: dict[int, str] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            found.append(str(arg).replace(" ", "."))
+        elif op.name in _STRING_OPS:
+            strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+            memo[int(arg)] = strings[-1]
+        elif op.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+            strings.append(memo[int(arg)])
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        elif op.name == "STOP":
+            return True
+    return False
+
+
+def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
+    """Every ``module.name`` the pickle(s) in ``data`` would import, found without unpickling.
+
+    Legacy torch files hold several pickles back to back; each is scanned.
+    Handles ``GLOBAL`` and ``STACK_GLOBAL`` (strings pushed directly or through
+    the memo); stops quietly at the first malformed opcode.
+    """
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(max_pickles):
+        try:
+            if not _globals_of_one(stream, found):
+                break
+        except Exception:  # malformed or raw data after the pickles: report what was seen
+            break
+    return list(dict.fromkeys(g.replace("__builtin__.", "builtins.") for g in found))
+
+
+def _allowed_globals() -> set[str]:
+    try:
+        from torch import _weights_only_unpickler as wo
+
+        return set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without these helpers: name every global
+        return set()
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals of the pickle(s) in ``path`` that the weights-only unpickler would refuse."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [g for n in z.namelist() if n.endswith(".pkl") for g in pickle_globals(z.read(n))]
+        else:
+            names = pickle_globals(path.read_bytes())
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return []
+    allowed = _allowed_globals()
+    return [n for n in dict.fromkeys(names) if n not in allowed]
+
+
+def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointError:
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    wanted = f"wants to import {shown} while loading" if names else f"cannot be read without running its pickle ({cause})"
+    return UnsafeCheckpointError(
+        f"Refused to load {str(path)!r}: it is a pickle that {wanted}, and torchsmith never runs code from a "
+        f"checkpoint by default. Nothing was executed. If you trust this file (you made it, or trust its source), "
+        f"convert it once: `torchsmith convert {path} {path.with_suffix('.safetensors').name} --trusted` "
+        f"(in Python: pass trusted=True to load_weights / load_model / read_weights, then save_weights); "
+        f"the converted file loads without pickle."
+    )
+
+
+def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = True, map_location="cpu") -> object:
+    """The object in a torch file, loaded with ``weights_only=True`` (or fully when ``trusted``).
+
+    Raises:
+        UnsafeCheckpointError: the pickle wants globals outside torch's weights-only allow-list.
+        CorruptCheckpointError: the file is not a readable torch file.
+    """
+    path = Path(path)
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        if trusted:
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap and is_zip)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+    except pickle.UnpicklingError as e:
+        if trusted:
+            raise CorruptCheckpointError(f"{str(path)!r} is not a readable torch file: {e}") from e
+        raise refusal(path, _unsafe_globals(path), str(e).splitlines()[0]) from None
+    except Exception as e:  # torch raises RuntimeError / EOFError / ValueError ... for damaged files
+        raise CorruptCheckpointError(
+            f"{str(path)!r} is not a readable torch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+        ) from e
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """The checksum torchsmith records for a tensor (dtype and shape, then the bytes)."""
+    t = t.detach()
+    if t.device.type != "cpu" or not t.is_contiguous():
+        t = t.to("cpu").contiguous()
+    h = tensor_hasher(DTYPE_NAMES[t.dtype], t.shape)
+    h.update(byte_view(t))
+    return h.hexdigest()
+
+
+def write_torch_file(f, tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None) -> None:
+    """``torch.save`` of ``{"state_dict": tensors, "torchsmith": {hash, checksums, metadata}}`` to ``f``."""
+    info = {
+        "hash": HASH_NAME,
+        "checksums": {name: tensor_digest(t) for name, t in tensors.items()},
+        "metadata": dict(metadata or {}),
+    }
+    torch.save({"state_dict": dict(tensors), TORCHSMITH_KEY: info}, f)

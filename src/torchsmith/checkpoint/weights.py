@@ -1,0 +1,397 @@
+"""Saving and loading weights: ``save_weights``, ``load_weights``, ``read_weights``.
+
+    >>> save_weights(model, "model.safetensors")
+    PosixPath('model.safetensors')
+    >>> report = load_weights(model, "model.safetensors")
+    >>> report.ok
+    True
+
+Loading validates everything (keys, shapes, dtypes, checksums) before writing
+a single byte into the model, then reads each tensor straight from the file
+into the parameter it belongs to: no second copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, IncompatibleCheckpointError
+from .atomic import atomic_write
+from .keys import match_keys
+from .report import Cast, LoadReport, Mismatch
+from .safetensors_format import DTYPE_NAMES, META_ALIASES, write_safetensors
+from .sources import INDEX_SUFFIX, Source, TensorSource, open_source
+from .torch_format import write_torch_file
+
+__all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of"]
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+# helpers
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from ``"2GB"``, ``"500MB"``, ``"1GiB"`` or an int.
+
+    >>> parse_size("2GB"), parse_size("1GiB")
+    (2000000000, 1073741824)
+    """
+    if isinstance(size, int) and size > 0:
+        return size
+    m = _SIZE.match(str(size))
+    if not m or float(m.group(1)) <= 0:
+        raise CheckpointError(f"max_shard_size={size!r} is not a size; use e.g. '2GB', '500MB', '1GiB' or a byte count.")
+    unit = m.group(2).lower().removesuffix("b")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def state_dict_of(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors to save: a module's ``state_dict()`` or a mapping, checked to hold only real tensors."""
+    if isinstance(model_or_state_dict, nn.Module):
+        sd = model_or_state_dict.state_dict()
+    elif isinstance(model_or_state_dict, Mapping):
+        sd = dict(model_or_state_dict)
+    else:
+        raise CheckpointError(
+            f"save_weights expects an nn.Module or a mapping of name -> tensor, got {type(model_or_state_dict).__name__}"
+            + (" (a bound method: call model.state_dict())" if callable(model_or_state_dict) else "")
+            + "."
+        )
+    problems = [f"{k!r} is a {type(v).__name__}" for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    problems += [f"{k!r} is on the meta device (no data)" for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_meta]
+    problems += [f"key {k!r} is not a string" for k in sd if not isinstance(k, str)]
+    problems += [
+        f"{k!r} has dtype {v.dtype}, which safetensors cannot store"
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor) and v.dtype not in DTYPE_NAMES
+    ]
+    if problems:
+        raise CheckpointError(f"Cannot save these weights: {'; '.join(problems[:10])}. Save tensors only (materialised, named by strings).")
+    return sd
+
+
+def _dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors stored once, and ``alias -> stored name`` for exact duplicates (tied weights)."""
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in sd.items():
+        if t.numel() == 0:
+            stored[name] = t
+            continue
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if ident in seen:
+            aliases[name] = seen[ident]
+        else:
+            seen[ident] = name
+            stored[name] = t
+    return stored, aliases
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    metadata = dict(metadata or {})
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    reserved = [k for k in metadata if isinstance(k, str) and k.startswith("torchsmith.")]
+    if bad or reserved:
+        raise CheckpointError(
+            f"metadata must map strings to strings, without 'torchsmith.' keys (reserved); "
+            f"offending keys: {sorted(map(str, bad + reserved))}. Convert values with str() or json.dumps()."
+        )
+    return metadata
+
+
+def _shard_names(path: Path, n: int) -> list[str]:
+    stem = path.name.removesuffix(".safetensors")
+    return [f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+
+
+def _old_shards(index: Path) -> set[str]:
+    try:
+        return set(json.loads(index.read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _remove_shards(index: Path, names: set[str]) -> None:
+    """Delete shard files of an older save that the current one no longer uses."""
+    pattern = re.compile(re.escape(index.name.removesuffix(".safetensors" + INDEX_SUFFIX)) + r"-\d{5}-of-\d{5}\.safetensors")
+    for name in names:
+        if pattern.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                (index.parent / name).unlink()
+
+
+def _save_sharded(path: Path, stored, aliases, metadata, limit: int, progress) -> Path:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in stored.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    index = path.with_name(path.name + INDEX_SUFFIX)
+    if len(shards) == 1:
+        with atomic_write(path) as f:
+            write_safetensors(f, stored, metadata=metadata, aliases=aliases, progress=progress)
+        if index.exists():  # an older sharded save of the same name would shadow this file
+            _remove_shards(index, _old_shards(index))
+            index.unlink()
+        return path
+    names = _shard_names(path, len(shards))
+    weight_map = {}
+    for shard_name, keys in zip(names, shards):
+        with atomic_write(path.parent / shard_name) as f:
+            write_safetensors(f, {k: stored[k] for k in keys}, metadata=metadata, progress=progress)
+        weight_map.update(dict.fromkeys(keys, shard_name))
+    total = sum(t.numel() * t.element_size() for t in stored.values())
+    meta: dict[str, object] = {"total_size": total, **metadata}
+    if aliases:
+        meta[META_ALIASES] = aliases
+    old = _old_shards(index)
+    with atomic_write(index) as f:
+        f.write(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2).encode())
+    _remove_shards(index, old - set(names))
+    return index
+
+
+# saving
+
+
+def save_weights(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    max_shard_size: int | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write weights atomically, with a checksum of every tensor; returns the path written.
+
+    The format follows the suffix: ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``
+    write a torch file (``{"state_dict", "torchsmith"}``), anything else
+    safetensors. Tied (shared) tensors are stored once and re-tied on load.
+    With ``max_shard_size`` (``"2GB"``), a safetensors checkpoint larger than
+    that is split into ``model-00001-of-0000N.safetensors`` files plus
+    ``model.safetensors.index.json`` (the index path is returned).
+    ``progress`` is called with the bytes written after each tensor.
+
+    Example::
+
+        >>> save_weights(model, "resnet18.safetensors")
+        PosixPath('resnet18.safetensors')
+        >>> save_weights(model.state_dict(), "big.safetensors", max_shard_size="2GB")
+        PosixPath('big.safetensors.index.json')
+    """
+    path = Path(path)
+    sd = state_dict_of(model_or_state_dict)
+    metadata = _check_metadata(metadata)
+    if path.suffix in TORCH_SUFFIXES:
+        if max_shard_size is not None:
+            raise CheckpointError(f"max_shard_size applies to safetensors; {str(path)!r} is a torch file. Use a .safetensors path.")
+        with atomic_write(path) as f:
+            write_torch_file(f, sd, metadata=metadata)
+        if progress is not None:
+            progress(sum(t.numel() * t.element_size() for t in sd.values()))
+        return path
+    stored, aliases = _dedupe(sd)
+    limit = parse_size(max_shard_size) if max_shard_size is not None else None
+    if limit is None:
+        with atomic_write(path) as f:
+            write_safetensors(f, stored, metadata=metadata, aliases=aliases, progress=progress)
+        return path
+    return _save_sharded(path, stored, aliases, metadata, limit, progress)
+
+
+def read_weights(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", verify: bool = True, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint as a new state dict (aliases share their tensor).
+
+    Raises:
+        CheckpointError (and subclasses): missing, damaged, refused (pickle) or mismatched checksum.
+    """
+    src = open_source(path, trusted=trusted)
+    out: dict[str, torch.Tensor] = {}
+    with src.reader() as handle:
+        for key in src.keys():
+            real = src.real(key)
+            if real not in out:
+                out[real] = src.read(handle, real, verify=verify).to(map_location)
+            out[key] = out[real]
+    return out
+
+
+# loading
+
+
+def _castable(a: torch.dtype, b: torch.dtype) -> bool:
+    if a == b:
+        return True
+    if a.is_floating_point and b.is_floating_point:
+        return True
+    ints = a not in (torch.bool,) and not a.is_floating_point and not a.is_complex
+    return ints and b not in (torch.bool,) and not b.is_floating_point and not b.is_complex
+
+
+def _dt(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: bool) -> tuple[LoadReport, list]:
+    """Check every key, shape and dtype; return the report and ``(target, file_key)`` writes."""
+    targets = model.state_dict(keep_vars=True)
+    match = match_keys(src.keys(), targets, prefix=prefix)
+    report = LoadReport(
+        path=str(src.path),
+        format=src.format,
+        missing=list(match.missing),
+        unexpected=list(match.unexpected),
+        prefixes_removed=dict(match.removed),
+        prefixes_added=dict(match.added),
+        source_key=src.source_key,
+        other_keys=list(src.other_keys),
+        tied=sorted(src.aliases.items()),
+        model_keys=len(targets),
+    )
+    writes = []
+    done: dict[int, str] = {}
+    for mk, fk in match.pairs.items():
+        target = targets[mk]
+        shape, dtype = src.spec(fk)
+        if tuple(target.shape) != shape or not _castable(dtype, target.dtype):
+            report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), _dt(dtype), _dt(target.dtype)))
+            continue
+        report.loaded.append(mk)
+        if dtype != target.dtype:
+            report.casts.append(Cast(mk, _dt(dtype), _dt(target.dtype)))
+        if id(target) in done:  # tied in the model: one write serves both keys
+            continue
+        done[id(target)] = fk
+        writes.append((target, fk))
+        report.values += target.numel()
+        report.nbytes += target.numel() * target.element_size()
+    return report, writes
+
+
+def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool) -> None:
+    problems = []
+    if strict and report.missing:
+        problems.append(f"{len(report.missing)} model keys missing from the file")
+    if strict and report.unexpected:
+        problems.append(f"{len(report.unexpected)} file keys unknown to the model")
+    if report.mismatched and not skip_mismatched:
+        problems.append(f"{len(report.mismatched)} keys with a different shape or dtype")
+    if not problems:
+        return
+    hints = []
+    if strict and (report.missing or report.unexpected):
+        hints.append("pass strict=False to load the keys that match")
+    if report.mismatched and not skip_mismatched:
+        hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
+    if report.missing and report.unexpected:
+        hints.append("pass prefix='backbone.' to add or strip a prefix")
+    advice = "; ".join(hints)
+    raise IncompatibleCheckpointError(
+        f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
+        f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n{report}",
+        report,
+    )
+
+
+def _assign(model: nn.Module, new: dict[int, torch.Tensor]) -> None:
+    """Put new tensors where meta ones were, keeping tied parameters tied."""
+    made: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table, is_param in ((module._parameters, True), (module._buffers, False)):
+            for name, old in table.items():
+                if old is None or id(old) not in new:
+                    continue
+                if id(old) not in made:
+                    t = new[id(old)]
+                    made[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad) if is_param else t
+                table[name] = made[id(old)]
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    strict: bool = True,
+    prefix: str | None = "auto",
+    skip_mismatched: bool = False,
+    map_location: str | torch.device = "cpu",
+    verify: bool = True,
+    trusted: bool = False,
+) -> LoadReport:
+    """Load a checkpoint into ``model`` in place and report what happened.
+
+    Reads safetensors (single or sharded), torch files (``weights_only=True``;
+    training-loop dicts under ``state_dict`` / ``model_state_dict`` / ``model``
+    are found) and ``save_model`` directories. ``prefix="auto"`` handles
+    ``module.`` / ``_orig_mod.`` on either side; a string such as
+    ``"backbone."`` is stripped from or added to the file's keys; ``None``
+    matches keys exactly. Parameters on the meta device are materialised on
+    ``map_location``; others are written in place, on their own device.
+    Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
+
+    Transactional: keys, shapes, dtypes and checksums are all checked before
+    anything is written; on any error the model is byte-for-byte unchanged.
+
+    Raises:
+        IncompatibleCheckpointError: missing / unexpected keys (``strict``) or mismatched shapes
+            (unless ``skip_mismatched``); ``.report`` holds the details.
+        ChecksumError: damaged tensor data, naming the file and tensor.
+        UnsafeCheckpointError: a pickle needing code (pass ``trusted=True`` only for files you trust).
+        CorruptCheckpointError: a damaged file.
+
+    Example::
+
+        >>> report = load_weights(resnet, "dp_checkpoint.pt")   # saved from DataParallel
+        >>> report.prefixes_removed
+        {'module.': 122}
+    """
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
+    src = open_source(path, trusted=trusted)
+    report, writes = _plan(src, model, prefix, strict, skip_mismatched)
+    checking = verify and src.checksum_status == "present"
+    report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
+    _refuse(report, model, strict, skip_mismatched)
+    in_place = [w for w in writes if not w[0].is_meta]
+    if checking and in_place:  # verify before touching the model
+        report.checksums_checked = src.verify([fk for _, fk in writes])
+    on_the_fly = checking and not in_place
+    new: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), src.reader() as handle:
+        # meta targets first: they are only assigned once everything has been read
+        for target, fk in sorted(writes, key=lambda w: not w[0].is_meta):
+            shape, dtype = src.spec(fk)
+            if target.is_meta:
+                fresh = torch.empty(shape, dtype=dtype)
+                src.read_into(handle, fk, fresh, verify=on_the_fly)
+                new[id(target)] = fresh.to(device=map_location, dtype=target.dtype)
+                continue
+            dst = target.data
+            if dst.device.type == "cpu" and dst.is_contiguous() and dst.dtype == dtype and not isinstance(src, TensorSource):
+                src.read_into(handle, fk, dst, verify=False)
+            else:
+                dst.copy_(src.read(handle, fk, verify=False) if not isinstance(src, TensorSource) else src.tensors[src.real(fk)])
+    if on_the_fly:
+        report.checksums_checked = len(writes)
+    _assign(model, new)
+    log.debug("loaded %s", report)
+    return report

@@ -1,0 +1,253 @@
+"""Whole models without pickle: ``config.json`` (how to build it) + ``model.safetensors`` (its weights).
+
+    >>> save_model(create_model("resnet18", num_classes=10), "runs/r18")
+    PosixPath('runs/r18')
+    >>> model = load_model("runs/r18")        # rebuilt on the meta device, weights assigned
+    >>> model.fc.out_features
+    10
+
+The configuration comes from the registry (``model.torchsmith_config``).
+Values must be JSON; layer classes from ``torchsmith.layers`` name tables
+(``norm_layer=FrozenBatchNorm2d``) are written as their names and torch dtypes
+as strings. Loading never imports anything a config names: only registered
+models and the name tables are looked up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
+from ..layers.create import ACT_LAYERS, NORM_LAYERS
+from ..registry import create_model, model_config
+from ._hash import bytes_digest
+from .atomic import atomic_write
+from .report import LoadReport
+from .safetensors_format import SafetensorsFile
+from .torch_format import read_torch_file
+from .weights import load_weights, save_weights
+
+__all__ = ["save_model", "load_model", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "torchsmith.model"
+FORMAT_VERSION = 1
+
+_LAYER_NAMES: dict[Any, str] = {}
+for _table in (ACT_LAYERS, NORM_LAYERS):
+    for _name, _cls in _table.items():
+        _LAYER_NAMES.setdefault(_cls, _name)
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
+
+
+# config encoding
+
+
+def _encode(value: Any, where: str, problems: list[str]) -> Any:
+    """A JSON value for ``value``; unencodable ones are added to ``problems``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        problems.append(f"{where}={value!r} (not finite)")
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            problems.append(f"{where} has non-string keys {bad[:3]}")
+        return {str(k): _encode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
+    if isinstance(value, torch.dtype) and str(value).removeprefix("torch.") in _DTYPES:
+        return {"$dtype": str(value).removeprefix("torch.")}
+    try:
+        if value in _LAYER_NAMES:
+            return {"$layer": _LAYER_NAMES[value]}
+    except TypeError:  # unhashable
+        pass
+    problems.append(f"{where}={value!r} ({type(value).__name__})")
+    return None
+
+
+def _decode(value: Any, where: str, problems: list[str]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, where, problems) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"$layer"}:
+            name = value["$layer"]
+            cls = ACT_LAYERS.get(name) or NORM_LAYERS.get(name) if isinstance(name, str) else None
+            if cls is None:
+                problems.append(f"{where}: unknown layer name {name!r}")
+            return cls
+        if set(value) == {"$dtype"}:
+            if value["$dtype"] not in _DTYPES:
+                problems.append(f"{where}: unknown dtype {value['$dtype']!r}")
+            return _DTYPES.get(value["$dtype"])
+        return {k: _decode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
+    return value
+
+
+def model_to_config(model: nn.Module) -> dict[str, Any]:
+    """The JSON configuration of a registry-built model.
+
+    Raises:
+        UnsaveableModelError: the model was not built through the registry, or an argument is not JSON-able
+            (listing every such argument and how to make it saveable).
+    """
+    cfg = model_config(model)
+    if cfg is None:
+        raise UnsaveableModelError(
+            f"save_model: this {type(model).__name__} was not built through the torchsmith registry, so there is "
+            f"no configuration to rebuild it from. Decorate its class (or a builder function) with "
+            f"@torchsmith.register_model and build it through that, or save only its weights with save_weights()."
+        )
+    problems: list[str] = []
+    kwargs = {k: _encode(v, k, problems) for k, v in cfg["kwargs"].items()}
+    if problems:
+        raise UnsaveableModelError(
+            f"save_model: model {cfg['name']!r} was built with arguments config.json cannot hold: "
+            f"{'; '.join(problems)}. Pass plain values (numbers, strings, lists, dicts), torch dtypes, or layer "
+            f"names ({', '.join(sorted(set(NORM_LAYERS) | set(ACT_LAYERS)))}) instead, or register a model class "
+            f"whose constructor takes JSON-able arguments and builds the objects itself."
+        )
+    return {"name": cfg["name"], "kwargs": kwargs}
+
+
+# whole models
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed); returns it.
+
+    The configuration is validated before anything is written; both files are written atomically,
+    weights first, and ``config.json`` records the weights header's checksum so a mismatched pair is caught.
+    """
+    from .. import __version__
+
+    config = model_to_config(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = save_weights(model, directory / WEIGHTS_NAME, metadata=metadata)
+    header = SafetensorsFile(weights).header_bytes
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **config,
+        "weights": WEIGHTS_NAME,
+        "torchsmith_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "checksums": {WEIGHTS_NAME: {"header_xxh3-64": bytes_digest(header)}},
+    }
+    with atomic_write(directory / CONFIG_NAME) as f:
+        f.write((json.dumps(doc, indent=2) + "\n").encode())
+    return directory
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    where = f"{str(path)!r}"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(
+            f"load_model: {str(directory)!r} has no {CONFIG_NAME}; it is not a save_model directory. "
+            f"For weights alone use load_weights(model, path)."
+        ) from e
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
+    problems = []
+    if not isinstance(doc, dict):
+        raise CorruptCheckpointError(f"{where} holds a JSON {type(doc).__name__}, expected an object.")
+    if doc.get("format") != FORMAT:
+        problems.append(f"'format' is {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("format_version") != FORMAT_VERSION:
+        problems.append(f"'format_version' is {doc.get('format_version')!r}; this torchsmith reads {FORMAT_VERSION}")
+    if not isinstance(doc.get("name"), str):
+        problems.append("'name' must be the registered model name")
+    if not isinstance(doc.get("kwargs"), dict):
+        problems.append("'kwargs' must be an object")
+    if doc.get("weights") != WEIGHTS_NAME:
+        problems.append(f"'weights' must be {WEIGHTS_NAME!r}")
+    checksum = doc.get("checksums", {}).get(WEIGHTS_NAME, {}) if isinstance(doc.get("checksums"), dict) else None
+    if not isinstance(checksum, dict) or not isinstance(checksum.get("header_xxh3-64"), str):
+        problems.append("'checksums' must record the weights header checksum")
+    if problems:
+        raise CorruptCheckpointError(f"{where} is not a valid torchsmith model config: {'; '.join(problems)}.")
+    return doc
+
+
+def _refuse_pickled_model(path: Path, trusted: bool) -> nn.Module:
+    obj = read_torch_file(path, trusted=trusted, mmap=False)
+    if isinstance(obj, nn.Module):
+        return obj
+    raise CheckpointError(
+        f"load_model: {str(path)!r} holds a {type(obj).__name__}, not a whole model. "
+        f"For weights use load_weights(model, {str(path)!r})."
+    )
+
+
+def load_model(
+    directory: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    verify: bool = True,
+    trusted: bool = False,
+    return_report: bool = False,
+) -> nn.Module | tuple[nn.Module, LoadReport]:
+    """Rebuild a model saved by :func:`save_model`, without pickle.
+
+    The model is built on the meta device (no memory, no init) and the
+    weights are read straight into newly allocated tensors that become its
+    parameters: one allocation of the weights in all. Models holding
+    non-persistent buffers are built for real instead, then loaded in place.
+
+    A legacy whole-model pickle (``torch.save(model)``) is refused with an
+    error naming what it would import; with ``trusted=True`` it is unpickled.
+
+    Raises:
+        CheckpointError: not a save_model directory, or the model name is not registered
+            (import the module that registers it first); plus the errors of load_weights.
+    """
+    directory = Path(directory)
+    if directory.is_file():
+        return _refuse_pickled_model(directory, trusted)
+    doc = _read_config(directory)
+    weights = directory / doc["weights"]
+    st = SafetensorsFile(weights)
+    recorded = doc["checksums"][WEIGHTS_NAME]["header_xxh3-64"]
+    if verify and bytes_digest(st.header_bytes) != recorded:
+        raise CorruptCheckpointError(
+            f"load_model: {str(weights)!r} is not the file {CONFIG_NAME} was saved with (header checksum "
+            f"{bytes_digest(st.header_bytes)}, recorded {recorded}). Save the model again, or load the weights "
+            f"alone with load_weights."
+        )
+    problems: list[str] = []
+    kwargs = _decode(doc["kwargs"], "kwargs", problems)
+    if problems:
+        raise CorruptCheckpointError(f"load_model: {str(directory / CONFIG_NAME)!r}: {'; '.join(problems)}.")
+    try:
+        with torch.device("meta"):
+            model = create_model(doc["name"], **kwargs)
+    except UnknownModelError as e:
+        raise CheckpointError(
+            f"load_model: {str(directory)!r} holds a {doc['name']!r}, which is not registered here. "
+            f"Import the module that registers it (with @register_model) before load_model. ({e})"
+        ) from e
+    except TorchsmithError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"load_model: building {doc['name']!r} with {kwargs} failed: {type(e).__name__}: {e}") from e
+    persistent = set(model.state_dict())
+    if any(name not in persistent for name, _ in model.named_buffers()):
+        model = create_model(doc["name"], **kwargs).to(map_location)  # non-persistent buffers need real init
+    report = load_weights(model, weights, map_location=map_location, verify=verify, prefix=None)
+    return (model, report) if return_report else model

@@ -1,0 +1,84 @@
+"""torchsmith inspect / convert / diff: output, --json and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from ckpt_models import TinyNet, filled, snapshot
+from torch import nn
+from typer.testing import CliRunner
+
+import torchsmith as ts
+from torchsmith.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_inspect_json_describes_the_file(tmp_path):
+    ts.save_weights(nn.DataParallel(filled(TinyNet(tie=True), seed=1)), tmp_path / "dp.safetensors", metadata={"run": "7"})
+    result = run("inspect", str(tmp_path / "dp.safetensors"), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["format"] == "safetensors" and info["layout"] == "single file"
+    assert info["tensors"] == 9 and info["parameters"] == 153 - 12  # the tied head is stored once
+    assert info["prefixes"] == {"module.": 9} and info["checksums"] == "verified"
+    assert info["aliases"] == {"module.head.weight": "module.embed.weight"}
+    assert info["metadata"]["run"] == "7"
+    assert ["module.conv.weight", [4, 3, 3, 3], "float32"] in info["entries"]
+
+
+def test_inspect_table_and_errors(tmp_path):
+    ts.save_weights(filled(TinyNet(), seed=2), tmp_path / "w.pt")
+    result = run("inspect", str(tmp_path / "w.pt"))
+    assert result.exit_code == 0 and "conv.weight" in result.stdout and "checksums: verified" in result.stdout
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    result = run("inspect", str(tmp_path / "bad.safetensors"))
+    assert result.exit_code == 1 and "not valid JSON" in result.stderr
+    result = run("inspect", str(tmp_path / "nope.safetensors"))
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+def test_convert_pt_to_sharded_safetensors_and_back(tmp_path):
+    src = filled(TinyNet(width=16), seed=3)
+    ts.save_weights(nn.DataParallel(src), tmp_path / "dp.pt")
+    result = run("convert", str(tmp_path / "dp.pt"), str(tmp_path / "m.safetensors"), "--strip-prefix", "module.", "--max-shard-size", "1000", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["output"] == str(tmp_path / "m.safetensors.index.json")
+    dst = TinyNet(width=16)
+    report = ts.load_weights(dst, tmp_path / "m.safetensors.index.json", prefix=None)
+    assert snapshot(dst) == snapshot(src) and report.checksums == "verified"
+    result = run("convert", str(tmp_path / "m.safetensors.index.json"), str(tmp_path / "back.pt"))
+    assert result.exit_code == 0 and "wrote" in result.stdout
+    assert torch.equal(ts.read_weights(tmp_path / "back.pt")["conv.weight"], src.conv.weight)
+
+
+def test_convert_refuses_pickles_unless_trusted(tmp_path):
+    torch.save(filled(TinyNet(), seed=4), tmp_path / "whole.pt")
+    result = run("convert", str(tmp_path / "whole.pt"), str(tmp_path / "w.safetensors"))
+    assert result.exit_code == 1 and "Refused" in result.stderr and not (tmp_path / "w.safetensors").exists()
+    result = run("convert", str(tmp_path / "whole.pt"), str(tmp_path / "w.safetensors"), "--trusted")
+    assert result.exit_code == 0 and ts.inspect_checkpoint(tmp_path / "w.safetensors").tensors == 9
+
+
+def test_diff_exit_codes_and_json(tmp_path):
+    a = filled(TinyNet(), seed=5)
+    ts.save_weights(a, tmp_path / "a.safetensors")
+    ts.save_weights(nn.DataParallel(a), tmp_path / "a_dp.pt")
+    assert run("diff", str(tmp_path / "a.safetensors"), str(tmp_path / "a_dp.pt")).exit_code == 0
+    with torch.no_grad():
+        a.conv.bias[1] += 0.5
+    sd = a.state_dict()
+    sd["extra"] = torch.ones(1)
+    ts.save_weights(sd, tmp_path / "b.safetensors")
+    result = run("diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--json")
+    assert result.exit_code == 3
+    d = json.loads(result.stdout)
+    assert d["only_in_b"] == ["extra"] and d["only_in_a"] == [] and d["same"] is False
+    assert d["max_abs_diff"]["conv.bias"] == 0.5 and d["max_abs_diff"]["conv.weight"] == 0.0
+    result = run("diff", str(tmp_path / "a.safetensors"), "ckpt_tiny")
+    assert result.exit_code == 3 and "different" in result.stdout
