@@ -103,3 +103,20 @@ def test_entry_point_signatures_are_keyword_only():
     for name in ZOO:
         params = inspect.signature(getattr(zoo, name)).parameters.values()
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), name
+
+
+def test_public_api_is_listed_and_importable():
+    names = set(torchsmith.__all__)
+    assert len(names) == len(torchsmith.__all__)  # no duplicates
+    for name in names:
+        assert hasattr(torchsmith, name), name
+    required = {
+        "create_model", "list_models", "register_model", "TorchsmithError", "UnknownModelError",
+        "FrozenBatchNorm2d", "FeaturePyramidNetwork", "LastLevelMaxPool", "LastLevelP6P7", "BackboneWithFPN",
+        "extract_features", "feature_nodes", "feature_info", "get_module", "replace_module", "replace_head",
+        "freeze", "unfreeze", "adapt_input_channels", "add_inputs", "optimize_for_inference",
+        "save_weights", "load_weights", "LoadReport", "save_model", "load_model",
+    }
+    assert required <= names
+    errors = [getattr(torchsmith, n) for n in names if n.endswith("Error")]
+    assert all(issubclass(e, torchsmith.TorchsmithError) for e in errors)

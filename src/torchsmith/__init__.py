@@ -2,39 +2,12 @@
 
     >>> import torchsmith
     >>> model = torchsmith.create_model("resnet50", num_classes=20)
-    >>> torchsmith.list_models("resnet*")
-    ['resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50']
+    >>> torchsmith.list_models("resnet1*")
+    ['resnet101', 'resnet101_fpn', 'resnet152', 'resnet152_fpn', 'resnet18', 'resnet18_fpn']
+    >>> torchsmith.save_model(model, "out/resnet50-20")          # config.json + model.safetensors
+    >>> torchsmith.load_model("out/resnet50-20")                 # rebuilt without pickle
 """
 
-from .errors import DuplicateModelError, ModelConfigError, TorchsmithError, UnknownModelError
-from .layers import (
-    FeatureInfo,
-    FeaturePyramidNetwork,
-    FrozenBatchNorm2d,
-    LastLevelMaxPool,
-    LastLevelP6P7,
-)
-from .registry import create_model, get_model_builder, list_models, model_config, register_model
-from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
-
-# features and surgery (issue 3)
-from .errors import FeatureExtractionError, SurgeryError
-from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
-from .surgery import (
-    FreezeReport,
-    MultiInputModel,
-    adapt_input_channels,
-    add_inputs,
-    fold_batchnorm,
-    freeze,
-    get_module,
-    optimize_for_inference,
-    replace_head,
-    replace_module,
-    unfreeze,
-)
-
-# checkpoints (issue 4)
 from .checkpoint import (
     CheckpointDiff,
     CheckpointInfo,
@@ -52,20 +25,51 @@ from .errors import (
     CheckpointError,
     ChecksumError,
     CorruptCheckpointError,
+    DuplicateModelError,
+    FeatureExtractionError,
     IncompatibleCheckpointError,
+    ModelConfigError,
+    SurgeryError,
+    TorchsmithError,
+    UnknownModelError,
     UnsafeCheckpointError,
     UnsaveableModelError,
 )
+from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+from .registry import create_model, get_model_builder, list_models, model_config, register_model
+from .surgery import (
+    FreezeReport,
+    MultiInputModel,
+    adapt_input_channels,
+    add_inputs,
+    fold_batchnorm,
+    freeze,
+    get_module,
+    optimize_for_inference,
+    replace_head,
+    replace_module,
+    unfreeze,
+)
+from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    # errors
+    # errors: one root, a subclass per area
     "TorchsmithError",
     "UnknownModelError",
     "DuplicateModelError",
     "ModelConfigError",
+    "FeatureExtractionError",
+    "SurgeryError",
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "ChecksumError",
+    "UnsafeCheckpointError",
+    "IncompatibleCheckpointError",
+    "UnsaveableModelError",
     # registry
     "create_model",
     "list_models",
@@ -84,16 +88,12 @@ __all__ = [
     "UNet",
     "EncoderUNet",
     "MLP",
-]
-
-# features and surgery (issue 3)
-__all__ += [
-    "FeatureExtractionError",
-    "SurgeryError",
+    # features
     "FeatureExtractor",
     "extract_features",
     "feature_nodes",
     "feature_info",
+    # surgery
     "get_module",
     "replace_module",
     "replace_head",
@@ -105,10 +105,7 @@ __all__ += [
     "add_inputs",
     "fold_batchnorm",
     "optimize_for_inference",
-]
-
-# checkpoints (issue 4)
-__all__ += [
+    # checkpoints
     "save_weights",
     "load_weights",
     "read_weights",
@@ -120,10 +117,4 @@ __all__ += [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
-    "CheckpointError",
-    "CorruptCheckpointError",
-    "ChecksumError",
-    "UnsafeCheckpointError",
-    "IncompatibleCheckpointError",
-    "UnsaveableModelError",
 ]

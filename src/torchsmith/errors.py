@@ -18,7 +18,6 @@ __all__ = [
     "FeatureExtractionError",
     "SurgeryError",
     "closest",
-    # checkpoints (issue 4)
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
@@ -70,7 +69,7 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return hits
 
 
-# checkpoints (issue 4)
+# checkpoints
 
 
 class CheckpointError(TorchsmithError):
