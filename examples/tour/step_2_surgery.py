@@ -1,4 +1,4 @@
-"""Step 2: modifying a pretrained ResNet-50, done right (heads, freezing, extra inputs, features, speed).
+"""Step 2 - surgery: modifying a pretrained ResNet-50, done right (heads, freezing, extra inputs, features, speed).
 
 The tutorial's section 4 on our resnet50: its head change that changes nothing,
 fixed; its named classifier; its image + extra-input model; freezing all but

@@ -1,4 +1,4 @@
-"""Checkpoints: wrapped models, whole models without pickle, and a refused malicious file.
+"""Step 3 - checkpoints: wrapped models, whole models without pickle, and a refused malicious file.
 
 The tutorial strips ``module.`` by string replacement and pickles whole
 models. Here: a DataParallel checkpoint and a torch.compile checkpoint load
