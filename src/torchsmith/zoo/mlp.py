@@ -67,7 +67,7 @@ class MLP(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(torch.flatten(x, 1))  # (B, in_features) -> (B, hidden[-1])
 
-    def forward_head(self, x: Tensor, *, pre_logits: bool = False) -> Tensor:
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

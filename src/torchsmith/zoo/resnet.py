@@ -143,7 +143,7 @@ class ResNet(nn.Module):
         x = self.layer3(x)
         return self.layer4(x)
 
-    def forward_head(self, x: Tensor, *, pre_logits: bool = False) -> Tensor:
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """(B, C, h, w) -> (B, num_classes), or pooled (B, C) with ``pre_logits=True``."""
         x = torch.flatten(self.avgpool(x), 1)  # (B, C)
         return x if pre_logits else self.fc(x)
