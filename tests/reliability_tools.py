@@ -1,0 +1,256 @@
+"""Shared machinery of the reliability suite (tests/test_reliability_*.py).
+
+- ``LONG`` / ``scale(fast, long)``: ``make test`` runs the fast counts; ``make faults`` and
+  ``make fuzz`` set ``TORCHSMITH_LONG=1`` for the long ones.
+- ``record(name, **figures)``: figures printed at the end of the run (tests/conftest.py), copied
+  into docs/reliability.md.
+- ``run_child`` / ``start_child``: run a function of this module in a fresh process (forked from a
+  server that has torch and torchsmith imported, so a child starts in milliseconds), with a hard
+  timeout; the child may lower its own address-space limit with ``limit_memory``.
+
+This module is imported by those children, so it must not import pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import torchsmith as ts
+
+LONG = os.environ.get("TORCHSMITH_LONG", "") not in ("", "0")
+FIGURES: dict[str, dict] = {}
+
+
+def scale(fast, long):
+    """The fast count in ``make test``, the long one under ``TORCHSMITH_LONG=1``."""
+    return long if LONG else fast
+
+
+def record(name: str, **figures) -> None:
+    """Keep figures for the end-of-run summary (``reliability figures`` section)."""
+    FIGURES[name] = {"mode": "long" if LONG else "fast", **figures}
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = round(time.perf_counter() - self.start, 2)
+
+
+# child processes
+
+
+_CTX = None
+
+
+def context():
+    """A forkserver context whose server has torch, torchsmith and this module imported."""
+    global _CTX
+    if _CTX is None:
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(["torch", "torchsmith", "reliability_tools"])
+    return _CTX
+
+
+def _call(conn, target, args):
+    torch.set_num_threads(1)
+    try:
+        conn.send(("ok", target(*args)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class Child:
+    """A process running ``target(*args)``; ``result(timeout)`` returns its value or raises."""
+
+    def __init__(self, target, *args):
+        ctx = context()
+        self.conn, child_conn = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_call, args=(child_conn, target, args), daemon=True)
+        self.process.start()
+        child_conn.close()
+
+    def result(self, timeout: float):
+        try:
+            if not self.conn.poll(timeout):
+                raise AssertionError(f"child {self.process.name} gave no answer within {timeout}s (hang?)")
+            status, value = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise AssertionError(f"child {self.process.name} died with exit code {self.process.exitcode}") from None
+        finally:
+            self.stop()
+        if status == "error":
+            raise AssertionError(f"child {self.process.name} raised:\n{value}")
+        return value
+
+    def stop(self) -> None:
+        """Kill the process if it still runs, and reap it."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        self.conn.close()
+
+
+def start_child(target, *args) -> Child:
+    return Child(target, *args)
+
+
+def run_child(target, *args, timeout: float = 120):
+    return Child(target, *args).result(timeout)
+
+
+def limit_memory(headroom: int) -> int:
+    """Cap this process's address space at its current size plus ``headroom`` bytes; returns the cap.
+
+    Checks the cap works: an allocation of ``headroom`` bytes must now fail.
+    """
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = size + headroom
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        bytearray(headroom)
+    except MemoryError:
+        return cap
+    raise AssertionError(f"RLIMIT_AS={cap} did not stop an allocation of {headroom} bytes")
+
+
+# files
+
+
+def temporaries(path: Path) -> list[str]:
+    """Names of the atomic-write temporaries of ``path`` in its directory."""
+    prefix = f".{path.name}.tmp-"
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(prefix))
+
+
+def forge(path: Path, header: object, data: bytes = b"", *, length: int | None = None) -> Path:
+    """A safetensors-like file with the given header (JSON-encoded unless bytes) and data."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    n = len(raw) if length is None else length
+    path.write_bytes(n.to_bytes(8, "little") + raw + data)
+    return path
+
+
+def generation_weights(gen: int, nbytes: int, data: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A state dict whose every byte is determined by ``gen``: a complete file is self-consistent."""
+    if data is None:
+        data = torch.empty(nbytes // 4, dtype=torch.float32)
+    data.fill_(float(gen))
+    return {"gen": torch.tensor([gen], dtype=torch.int64), "data": data}
+
+
+def check_generation(path: Path) -> int:
+    """Load ``path`` with checksums verified, check it is one complete generation, return it."""
+    sd = ts.read_weights(path)
+    gen = int(sd["gen"][0])
+    if not bool((sd["data"] == float(gen)).all()):
+        raise AssertionError(f"{path}: generation {gen} but the data holds other values (a torn file)")
+    return gen
+
+
+# child workers (run in forked processes)
+
+
+def save_forever(path: str, nbytes: int, first_gen: int, ready) -> None:
+    """Save generation after generation to ``path`` until killed."""
+    data = torch.empty(nbytes // 4, dtype=torch.float32)
+    gen = first_gen
+    ready.set()
+    while True:
+        ts.save_weights(generation_weights(gen, nbytes, data), path)
+        gen += 1
+
+
+def save_n(path: str, nbytes: int, first_gen: int, n: int, start) -> int:
+    """Save ``n`` generations to ``path`` once ``start`` is set; returns how many were saved."""
+    data = torch.empty(nbytes // 4, dtype=torch.float32)
+    start.wait(60)
+    for gen in range(first_gen, first_gen + n):
+        ts.save_weights(generation_weights(gen, nbytes, data), path)
+    return n
+
+
+def load_until(path: str, stop, limit: int) -> dict:
+    """Load ``path`` in a loop until ``stop`` is set; every failure is recorded, not raised."""
+    loads, gens, failures = 0, set(), []
+    while not stop.is_set() and loads < limit:
+        try:
+            gens.add(check_generation(Path(path)))
+        except BaseException as e:  # noqa: BLE001 - every failure is a finding
+            failures.append(f"{type(e).__name__}: {e}")
+        loads += 1
+    return {"loads": loads, "generations": len(gens), "failures": failures[:20], "failed": len(failures)}
+
+
+def _model_for(kind: str):
+    from ckpt_models import TinyNet, filled
+
+    return filled(TinyNet(width=16), seed=99) if kind == "tiny16" else None
+
+
+def load_damaged(cases: list[tuple[str, str]], headroom: int) -> list[dict]:
+    """Load each ``(path, entry)`` under a memory cap; report what each raised and whether the model changed.
+
+    ``entry`` is one of ``load_weights`` (into a filled TinyNet(width=16)), ``read_weights``,
+    ``inspect``, ``load_model``.
+    """
+    from ckpt_models import snapshot
+
+    limit_memory(headroom)
+    out = []
+    for path, entry in cases:
+        model = _model_for("tiny16")
+        before = snapshot(model)
+        result = {"path": path, "entry": entry, "error": None, "message": "", "torchsmith": False}
+        try:
+            if entry == "load_weights":
+                ts.load_weights(model, path)
+            elif entry == "read_weights":
+                got = ts.read_weights(path)
+                result["same_data"] = {k: v.reshape(-1).view(torch.uint8).numpy().tobytes() for k, v in got.items()} == before
+            elif entry == "inspect":
+                ts.inspect_checkpoint(path)
+            elif entry == "load_model":
+                ts.load_model(path)
+            else:
+                raise ValueError(entry)
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            result.update(error=type(e).__name__, message=str(e), torchsmith=isinstance(e, ts.TorchsmithError))
+        result["unchanged"] = snapshot(model) == before
+        out.append(result)
+    return out
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(directory: Path, size: str = "1m"):
+    """Mount a tmpfs of ``size`` on ``directory`` (root only); yields False when that is not possible."""
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        yield False
+        return
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, timeout=30)
+    if done.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=30)
