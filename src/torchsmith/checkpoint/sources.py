@@ -115,7 +115,7 @@ class SafetensorsSource(Source):
         key = self.real(key)
         st = self.where[key]
         if id(st) not in handle:
-            handle[id(st)] = open(st.path, "rb", buffering=0)
+            handle[id(st)] = st.open_data()
         st.read_into(handle[id(st)], key, dst, verify=verify)
 
 

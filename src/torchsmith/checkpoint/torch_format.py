@@ -115,15 +115,28 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Tru
         CorruptCheckpointError: the file is not a readable torch file.
     """
     path = Path(path)
-    is_zip = zipfile.is_zipfile(path)
     try:
-        if trusted:
-            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap and is_zip)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+        opened = open(path, "rb")
+    except OSError as e:
+        raise CorruptCheckpointError(f"Cannot read {str(path)!r}: {e}") from e
+    with opened:
+        return _load_pinned(path, _pinned(opened, path), trusted, mmap and zipfile.is_zipfile(opened), map_location)
+
+
+def _pinned(opened, path: Path) -> Path:
+    """A name for the very file ``opened`` is: torch opens files by name (twice, with mmap), and a concurrent
+    save may replace ``path`` in between; ``/proc/self/fd/N`` always names the file opened first."""
+    proc = Path(f"/proc/self/fd/{opened.fileno()}")
+    return proc if proc.exists() else path
+
+
+def _load_pinned(path: Path, pinned: Path, trusted: bool, mmap: bool, map_location) -> object:
+    try:
+        return torch.load(pinned, map_location=map_location, weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as e:
         if trusted:
             raise CorruptCheckpointError(f"{str(path)!r} is not a readable torch file: {e}") from e
-        raise refusal(path, _unsafe_globals(path), str(e).splitlines()[0]) from None
+        raise refusal(path, _unsafe_globals(pinned), str(e).splitlines()[0]) from None
     except Exception as e:  # torch raises RuntimeError / EOFError / ValueError ... for damaged files
         raise CorruptCheckpointError(
             f"{str(path)!r} is not a readable torch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
