@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ChecksumError, CorruptCheckpointError
+from . import _json
 from ._hash import HASH_NAME, PLACEHOLDER, checksum_error, is_digest, tensor_hasher
 
 __all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
@@ -181,7 +182,7 @@ class SafetensorsFile:
 
     def _parse(self, raw: bytes, where: str) -> tuple[dict[str, Entry], dict[str, str]]:
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            header = _json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except UnicodeDecodeError as e:
             raise CorruptCheckpointError(f"{where}: the header is not UTF-8 ({e}).") from e
         except ValueError as e:
@@ -240,12 +241,14 @@ class SafetensorsFile:
         checksums = aliases = None
         try:
             if META_CHECKSUMS in self.metadata:
-                checksums = json.loads(self.metadata[META_CHECKSUMS])
-            aliases = json.loads(self.metadata.get(META_ALIASES, "{}"))
+                checksums = _json.loads(self.metadata[META_CHECKSUMS])
+            aliases = _json.loads(self.metadata.get(META_ALIASES, "{}"))
         except ValueError as e:
             raise CorruptCheckpointError(f"{where}: torchsmith metadata is not valid JSON ({e}).") from e
-        if checksums is not None:
-            if self.metadata.get(META_HASH) != HASH_NAME:
+        if META_CHECKSUMS in self.metadata or META_HASH in self.metadata:  # one without the other: a damaged key
+            if META_CHECKSUMS not in self.metadata:
+                problems.append(f"{META_HASH} is recorded but {META_CHECKSUMS} is missing (a damaged key?)")
+            elif self.metadata.get(META_HASH) != HASH_NAME:
                 problems.append(f"checksums use hash {self.metadata.get(META_HASH)!r}, this version knows {HASH_NAME!r}")
             elif not isinstance(checksums, dict) or not all(is_digest(v) for v in checksums.values()):
                 problems.append("the checksum table must map tensor names to 16 hex digits")

@@ -7,13 +7,14 @@ which executes nothing. ``trusted=True``, spelled out by the caller, is the
 only way to run a full unpickle.
 
 torchsmith writes torch files as ``{"state_dict": ..., "torchsmith": {...}}``,
-the second entry holding checksums and metadata; plain ``torch.load`` reads
+the second entry holding checksums (a JSON string) and metadata; plain ``torch.load`` reads
 them, and so does any loader that understands training-loop checkpoints.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import pickletools
 import zipfile
@@ -120,7 +121,15 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Tru
     except OSError as e:
         raise CorruptCheckpointError(f"Cannot read {str(path)!r}: {e}") from e
     with opened:
-        return _load_pinned(path, _pinned(opened, path), trusted, mmap and zipfile.is_zipfile(opened), map_location)
+        return _load_pinned(path, _pinned(opened, path), trusted, mmap and _is_zip(opened), map_location)
+
+
+def _is_zip(opened) -> bool:
+    """``zipfile.is_zipfile``, which raises (not returns False) for some damaged end records."""
+    try:
+        return zipfile.is_zipfile(opened)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
 
 
 def _pinned(opened, path: Path) -> Path:
@@ -157,7 +166,9 @@ def write_torch_file(f, tensors: Mapping[str, torch.Tensor], *, metadata: Mappin
     """``torch.save`` of ``{"state_dict": tensors, "torchsmith": {hash, checksums, metadata}}`` to ``f``."""
     info = {
         "hash": HASH_NAME,
-        "checksums": {name: tensor_digest(t) for name, t in tensors.items()},
+        # a JSON string, not a dict: pickle would share the key strings with the state dict, so a damaged
+        # key would rename both consistently; in a string each name is stored a second time
+        "checksums": json.dumps({name: tensor_digest(t) for name, t in tensors.items()}, sort_keys=True),
         "metadata": dict(metadata or {}),
     }
     torch.save({"state_dict": dict(tensors), TORCHSMITH_KEY: info}, f)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, IncompatibleCheckpointError
+from . import _json
 from .atomic import atomic_write
 from .keys import match_keys
 from .report import Cast, LoadReport, Mismatch
@@ -121,7 +122,7 @@ def _shard_names(path: Path, n: int) -> list[str]:
 
 def _old_shards(index: Path) -> set[str]:
     try:
-        return set(json.loads(index.read_text())["weight_map"].values())
+        return set(_json.loads(index.read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 

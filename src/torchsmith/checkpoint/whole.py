@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
 from ..registry import create_model, model_config
+from . import _json
 from ._hash import bytes_digest
 from .atomic import atomic_write
 from .report import LoadReport
@@ -167,7 +168,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     where = f"{str(path)!r}"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = _json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CheckpointError(
             f"load_model: {str(directory)!r} has no {CONFIG_NAME}; it is not a save_model directory. "
