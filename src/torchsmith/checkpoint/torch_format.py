@@ -13,6 +13,7 @@ them, and so does any loader that understands training-loop checkpoints.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import json
 import pickle
@@ -33,13 +34,19 @@ TORCHSMITH_KEY = "torchsmith"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
+def _python3_name(module: str, name: str) -> str:
+    """The name unpickling would import: protocol 0-2 pickles use Python 2 names (``commands.call``)."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
 def _globals_of_one(stream: io.BytesIO, found: list[str]) -> bool:
     """Scan one pickle from ``stream``; True when it ended with STOP."""
     strings: list[str] = []
     memo: dict[int, str] = {}
     for op, arg, _ in pickletools.genops(stream):
         if op.name == "GLOBAL":
-            found.append(str(arg).replace(" ", "."))
+            found.append(_python3_name(*str(arg).split(" ", 1)))
         elif op.name in _STRING_OPS:
             strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
         elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
@@ -70,7 +77,7 @@ def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
                 break
         except Exception:  # malformed or raw data after the pickles: report what was seen
             break
-    return list(dict.fromkeys(g.replace("__builtin__.", "builtins.") for g in found))
+    return list(dict.fromkeys(found))
 
 
 def _allowed_globals() -> set[str]:
