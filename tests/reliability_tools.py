@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from ckpt_models import TinyNet, filled  # importing it registers ckpt_tiny, in children too
 
 import torchsmith as ts
 
@@ -201,8 +202,6 @@ def load_until(path: str, stop, limit: int) -> dict:
 
 def damage_source():
     """The model the damage tests save (seed 99); their target models hold other values (seed 98)."""
-    from ckpt_models import TinyNet, filled
-
     return filled(TinyNet(width=16), seed=99)
 
 
@@ -230,8 +229,6 @@ def load_damaged(cases: list[tuple[str, str]], headroom: int) -> list[dict]:
     ``inspect``, ``load_model``. ``unchanged``: the target is byte for byte as before;
     ``original``: what was loaded equals the undamaged file's content.
     """
-    from ckpt_models import TinyNet, filled
-
     original = _bytes(damage_source().state_dict())
     _warm_up()
     limit_memory(headroom)
@@ -277,3 +274,140 @@ def tiny_tmpfs(directory: Path, size: str = "1m"):
         yield True
     finally:
         subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=30)
+
+
+# fuzzing (run in a child under a memory cap; hypothesis reports a failing example in the traceback)
+
+
+def _fuzz_settings(n: int):
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def _only_torchsmith_errors(call, model=None) -> bool:
+    """Run ``call``; True when it succeeded, False on a TorchsmithError (the model unchanged); anything else escapes."""
+    before = _bytes(model.state_dict()) if model is not None else None
+    try:
+        call()
+        return True
+    except ts.TorchsmithError:
+        if model is not None and _bytes(model.state_dict()) != before:
+            raise AssertionError("a failed load changed the model") from None
+        return False
+
+
+def _header_strategies(valid: bytes):
+    from hypothesis import strategies as st
+
+    from torchsmith.checkpoint.safetensors_format import DTYPES
+
+    ints = st.one_of(st.integers(-3, 64), st.integers(-(2**64), 2**64), st.sampled_from([2**31, 2**32 - 1, 2**62, 2**63 - 1]))
+    shape = st.one_of(st.lists(ints, max_size=3), st.text(max_size=3), st.none())
+    offsets = st.one_of(st.lists(ints, min_size=2, max_size=2), st.lists(ints, max_size=3), st.floats(), st.none())
+    dtype = st.one_of(st.sampled_from(sorted(DTYPES)), st.text(max_size=4))
+    entry = st.fixed_dictionaries({"dtype": dtype, "shape": shape, "data_offsets": offsets}) | st.dictionaries(
+        st.sampled_from(["dtype", "shape", "data_offsets", "x"]), ints | dtype, max_size=4
+    )
+    digest = st.text("0123456789abcdef", min_size=15, max_size=17)
+    meta_value = st.one_of(
+        st.text(max_size=20),
+        st.dictionaries(st.text(max_size=4), digest, max_size=3).map(json.dumps),
+        st.just('{"a": "0123456789abcdef"}'),
+    )
+    metadata = st.dictionaries(
+        st.sampled_from(["torchsmith.hash", "torchsmith.checksums", "torchsmith.aliases", "note"]),
+        meta_value | st.just("xxh3-64") | st.integers(),
+        max_size=4,
+    )
+    names = st.sampled_from(["a", "b", "conv.weight", "__metadata__"]) | st.text(max_size=4)
+    header = st.dictionaries(names, entry | metadata | ints, max_size=4).map(lambda h: json.dumps(h).encode())
+    structured = st.tuples(header, st.binary(max_size=64), st.none() | st.integers(0, 2**64 - 1))
+    raw = st.tuples(st.binary(max_size=300), st.binary(max_size=64), st.none())
+    edits = st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)), min_size=1, max_size=4)
+    mutated = st.tuples(edits, st.integers(0, len(valid))).map(lambda e: _mutate(valid, *e))
+    return st.one_of(raw, structured, mutated)
+
+
+def _mutate(valid: bytes, edits, cut: int) -> tuple[bytes, bytes, int]:
+    data = bytearray(valid)
+    for pos, value in edits:
+        data[pos] = value
+    data = bytes(data[: max(cut, 9)])
+    return data[8:], b"", int.from_bytes(data[:8], "little")
+
+
+def fuzz_headers(n: int, workdir: str, headroom: int) -> dict:
+    """``n`` hypothesis examples of safetensors bytes through read_weights, inspect and load_weights."""
+    from hypothesis import given
+
+    work = Path(workdir)
+    valid = ts.save_weights(damage_source(), work / "valid.safetensors").read_bytes()
+    counts = {"examples": 0, "loaded": 0}
+    _warm_up()
+    limit_memory(headroom)
+
+    @_fuzz_settings(n)
+    @given(_header_strategies(valid))
+    def run(example):
+        header, data, length = example
+        path = forge(work / "f.safetensors", header, data, length=length)
+        counts["examples"] += 1
+        model = filled(TinyNet(width=16), seed=98)
+        ok = _only_torchsmith_errors(lambda: ts.read_weights(path))
+        _only_torchsmith_errors(lambda: ts.inspect_checkpoint(path))
+        _only_torchsmith_errors(lambda: ts.load_weights(model, path), model)
+        counts["loaded"] += ok
+
+    run()
+    return counts
+
+
+def fuzz_configs(n: int, workdir: str, headroom: int) -> dict:
+    """``n`` hypothesis examples of config.json contents through load_model."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    directory = ts.save_model(ts.create_model("ckpt_tiny"), Path(workdir) / "m")
+    base_text = (directory / "config.json").read_text()
+    base = json.loads(base_text)
+    counts = {"examples": 0, "loaded": 0}
+    _warm_up()
+    limit_memory(headroom)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=8)
+    kwargs = st.dictionaries(
+        st.sampled_from(["width", "classes", "tie", "act_layer", "scale", "x"]),
+        values | st.integers(-2, 64) | st.sampled_from([{"$layer": "relu"}, {"$layer": "nope"}, {"$dtype": "float16"}]),
+        max_size=4,
+    )
+    field = st.sampled_from(["name", "kwargs", "checksums", "format", "format_version", "weights"])
+    docs = st.one_of(
+        values,
+        st.tuples(field, values).map(lambda fv: {**base, fv[0]: fv[1]}),
+        kwargs.map(lambda k: {**base, "kwargs": k}),
+    ).map(json.dumps)
+    edits = st.lists(st.tuples(st.integers(0, len(base_text) - 1), st.characters()), min_size=1, max_size=4)
+    mutated = edits.map(lambda e: _edit_text(base_text, e))
+
+    @_fuzz_settings(n)
+    @given(docs | mutated | st.binary(max_size=64))
+    def run(text):
+        (directory / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+        counts["examples"] += 1
+        counts["loaded"] += _only_torchsmith_errors(lambda: ts.load_model(directory))
+
+    run()
+    return counts
+
+
+def _edit_text(text: str, edits) -> str:
+    chars = list(text)
+    for pos, ch in edits:
+        chars[pos] = ch
+    return "".join(chars)
