@@ -19,7 +19,7 @@ from reliability_tools import (
 import torchsmith as ts
 
 WRITERS, SAVES = 4, 15
-NBYTES = scale(4, 64) * 2**20
+NBYTES = scale(16, 64) * 2**20
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

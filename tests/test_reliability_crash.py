@@ -32,7 +32,7 @@ import torchsmith as ts
 import torchsmith.checkpoint.atomic as atomic
 
 KILLS = scale(20, 100)
-KILL_BYTES = scale(16, 64) * 2**20
+KILL_BYTES = 64 * 2**20
 
 
 # SIGKILL

@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 import torchsmith as ts
 from torchsmith.cli import app
 
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch, about our payloads
+
 
 class Reduce:
     """Pickles as ``func(*args)``."""
