@@ -1,7 +1,8 @@
 """Hostile pickles: every loading entry point refuses them, and a sentinel file proves nothing ran.
 
-Payloads run a command through ``__reduce__`` (os.system, exec, eval, subprocess) or reach
-``os.system`` indirectly (``pkgutil.resolve_name``, ``importlib.import_module`` + ``getattr``).
+Payloads run a command through ``__reduce__`` (os.system, exec, eval, subprocess), reach
+``os.system`` indirectly (``pkgutil.resolve_name``, ``importlib.import_module`` + ``getattr``), or
+call it with protocol 0's ``INST``.
 Each is stored as a raw pickle, inside a torch zip file (and a legacy torch file), and as a pickled
 whole model. A control test loads every file with a plain unpickler to prove each payload is live.
 """
@@ -53,7 +54,8 @@ def _str(s: str) -> bytes:
 
 def payloads(sentinel_dir: Path) -> dict[str, bytes]:
     """name -> pickle bytes that creates ``sentinel_dir/<name>`` when unpickled."""
-    s = {name: sentinel_dir / name for name in ("os_system", "exec", "eval", "subprocess", "pkgutil", "importlib")}
+    names = ("os_system", "exec", "eval", "subprocess", "pkgutil", "importlib", "inst")
+    s = {name: sentinel_dir / name for name in names}
     out = {
         "os_system": pickle.dumps({"w": Reduce(os.system, f"touch {s['os_system']}")}, protocol=2),
         "exec": pickle.dumps({"w": Reduce(exec, _touch(s["exec"]))}, protocol=4),  # STACK_GLOBAL + memo
@@ -66,6 +68,8 @@ def payloads(sentinel_dir: Path) -> dict[str, bytes]:
             b"cbuiltins\ngetattr\n(cimportlib\nimport_module\n(" + _str("os") + b"tR" + _str("system") + b"tR",
             s["importlib"],
         ),
+        # protocol 0 INST: imports os.system and calls it with the marked arguments, in one opcode
+        "inst": b"(S'touch " + str(s["inst"]).encode() + b"'\nios\nsystem\n.",
     }
     return out
 
@@ -171,6 +175,7 @@ def test_the_refusal_names_what_the_pickle_wanted(tmp_path):
         "subprocess torch zip": "subprocess.call",
         "pkgutil torch zip": "pkgutil.resolve_name",
         "importlib raw .pkl": "importlib.import_module",
+        "inst torch zip": "os.system",
         "whole model (zip)": "test_reliability_pickles.PoisonedModel",
         "legacy torch file": "posix.system",
     }
@@ -192,7 +197,7 @@ def test_control_every_payload_is_live(tmp_path):
             with contextlib.suppress(Exception):
                 torch.load(path, weights_only=False)
     made = sorted(p.name for p in sentinels.iterdir())
-    assert made == ["eval", "exec", "importlib", "os_system", "pkgutil", "subprocess", "whole_model"]
+    assert made == ["eval", "exec", "importlib", "inst", "os_system", "pkgutil", "subprocess", "whole_model"]
 
 
 def test_trusted_really_unpickles(tmp_path):

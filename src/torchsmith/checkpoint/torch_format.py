@@ -45,7 +45,7 @@ def _globals_of_one(stream: io.BytesIO, found: list[str]) -> bool:
     strings: list[str] = []
     memo: dict[int, str] = {}
     for op, arg, _ in pickletools.genops(stream):
-        if op.name == "GLOBAL":
+        if op.name in ("GLOBAL", "INST"):  # INST imports and calls in one opcode
             found.append(_python3_name(*str(arg).split(" ", 1)))
         elif op.name in _STRING_OPS:
             strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
@@ -66,7 +66,7 @@ def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
     """Every ``module.name`` the pickle(s) in ``data`` would import, found without unpickling.
 
     Legacy torch files hold several pickles back to back; each is scanned.
-    Handles ``GLOBAL`` and ``STACK_GLOBAL`` (strings pushed directly or through
+    Handles ``GLOBAL``, ``INST`` and ``STACK_GLOBAL`` (strings pushed directly or through
     the memo); stops quietly at the first malformed opcode.
     """
     found: list[str] = []
@@ -105,7 +105,11 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointError:
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    wanted = f"wants to import {shown} while loading" if names else f"cannot be read without running its pickle ({cause})"
+    wanted = (
+        f"wants to import {shown} while loading"
+        if names
+        else f"cannot be read as weights only ({cause}): it is damaged, or needs code to load"
+    )
     return UnsafeCheckpointError(
         f"Refused to load {str(path)!r}: it is a pickle that {wanted}, and torchsmith never runs code from a "
         f"checkpoint by default. Nothing was executed. If you trust this file (you made it, or trust its source), "
