@@ -46,3 +46,15 @@ def formula_input() -> torch.Tensor:
 
 def state_dict_signature(model: torch.nn.Module) -> list[list]:
     return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the figures the reliability suite recorded (copied into docs/reliability.md)."""
+    import sys
+
+    tools = sys.modules.get("reliability_tools")
+    if tools is None or not tools.FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for name, figures in tools.FIGURES.items():
+        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))

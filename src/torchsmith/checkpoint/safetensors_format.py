@@ -15,6 +15,7 @@ import json
 import math
 import mmap
 import os
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ChecksumError, CorruptCheckpointError
+from . import _json
 from ._hash import HASH_NAME, PLACEHOLDER, checksum_error, is_digest, tensor_hasher
 
 __all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
@@ -125,6 +127,9 @@ class SafetensorsFile:
 
     Opening reads only the header; every problem found in it is collected and
     raised together as one :class:`CorruptCheckpointError` naming the file.
+    The file stays open until the object is collected (or ``close()``): data is
+    always read from the file the header came from, even if the path is
+    replaced by a concurrent save in the meantime.
 
     Example::
 
@@ -138,12 +143,25 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            self.size = os.path.getsize(self.path)
-            with open(self.path, "rb") as f:
-                head = f.read(8)
-                n = int.from_bytes(head, "little") if len(head) == 8 else -1
-                if 0 <= n <= min(MAX_HEADER, self.size - 8):
-                    raw = f.read(n)
+            # one open file for the object's life: a concurrent save replaces the path, never this file
+            self._file = open(self.path, "rb", buffering=0)
+        except OSError as e:
+            raise CorruptCheckpointError(f"Cannot read {str(self.path)!r}: {e}") from e
+        self.close = weakref.finalize(self, self._file.close)
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self) -> None:
+        f = self._file
+        try:
+            self.size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if 0 <= n <= min(MAX_HEADER, self.size - 8):
+                raw = f.read(n)
         except OSError as e:
             raise CorruptCheckpointError(f"Cannot read {str(self.path)!r}: {e}") from e
         where = f"{str(self.path)!r} is not a valid safetensors file"
@@ -164,7 +182,7 @@ class SafetensorsFile:
 
     def _parse(self, raw: bytes, where: str) -> tuple[dict[str, Entry], dict[str, str]]:
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            header = _json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except UnicodeDecodeError as e:
             raise CorruptCheckpointError(f"{where}: the header is not UTF-8 ({e}).") from e
         except ValueError as e:
@@ -223,12 +241,14 @@ class SafetensorsFile:
         checksums = aliases = None
         try:
             if META_CHECKSUMS in self.metadata:
-                checksums = json.loads(self.metadata[META_CHECKSUMS])
-            aliases = json.loads(self.metadata.get(META_ALIASES, "{}"))
+                checksums = _json.loads(self.metadata[META_CHECKSUMS])
+            aliases = _json.loads(self.metadata.get(META_ALIASES, "{}"))
         except ValueError as e:
             raise CorruptCheckpointError(f"{where}: torchsmith metadata is not valid JSON ({e}).") from e
-        if checksums is not None:
-            if self.metadata.get(META_HASH) != HASH_NAME:
+        if META_CHECKSUMS in self.metadata or META_HASH in self.metadata:  # one without the other: a damaged key
+            if META_CHECKSUMS not in self.metadata:
+                problems.append(f"{META_HASH} is recorded but {META_CHECKSUMS} is missing (a damaged key?)")
+            elif self.metadata.get(META_HASH) != HASH_NAME:
                 problems.append(f"checksums use hash {self.metadata.get(META_HASH)!r}, this version knows {HASH_NAME!r}")
             elif not isinstance(checksums, dict) or not all(is_digest(v) for v in checksums.values()):
                 problems.append("the checksum table must map tensor names to 16 hex digits")
@@ -267,20 +287,23 @@ class SafetensorsFile:
         if self.checksums is None:
             return 0
         chosen = sorted((self.entries[n] for n in (self.entries if names is None else names)), key=lambda e: e.begin)
-        with open(self.path, "rb") as f:
-            windows = _Windows(f.fileno(), self.size)
-            try:
-                for en in chosen:
-                    h = tensor_hasher(en.dtype, en.shape)
-                    for b in range(en.begin, en.end, CHUNK):
-                        mv = windows.view(b, min(b + CHUNK, en.end))
-                        h.update(mv)
-                        mv.release()
-                    if h.hexdigest() != self.checksums[en.name]:
-                        raise self._mismatch(en.name, h.hexdigest())
-            finally:
-                windows.close()
+        windows = _Windows(self._file.fileno(), self.size)
+        try:
+            for en in chosen:
+                h = tensor_hasher(en.dtype, en.shape)
+                for b in range(en.begin, en.end, CHUNK):
+                    mv = windows.view(b, min(b + CHUNK, en.end))
+                    h.update(mv)
+                    mv.release()
+                if h.hexdigest() != self.checksums[en.name]:
+                    raise self._mismatch(en.name, h.hexdigest())
+        finally:
+            windows.close()
         return len(chosen)
+
+    def open_data(self):
+        """A new unbuffered handle on the very file whose header was read (for :meth:`read_into`); close it after."""
+        return os.fdopen(os.dup(self._file.fileno()), "rb", buffering=0)
 
     def read_into(self, f, name: str, dst: torch.Tensor, *, verify: bool = False) -> None:
         """Read tensor ``name`` from open file ``f`` into the contiguous CPU tensor ``dst`` (same dtype and size)."""
@@ -304,14 +327,14 @@ class SafetensorsFile:
         """A new CPU tensor holding ``name`` (checked against its checksum when ``verify``)."""
         en = self.entries[name]
         t = torch.empty(en.shape, dtype=en.torch_dtype)
-        with open(self.path, "rb", buffering=0) as f:
+        with self.open_data() as f:
             self.read_into(f, name, t, verify=verify)
         return t
 
     def read_all(self, *, verify: bool = True) -> dict[str, torch.Tensor]:
         """Every tensor as a new CPU tensor, aliases included (sharing their target's tensor)."""
         out: dict[str, torch.Tensor] = {}
-        with open(self.path, "rb", buffering=0) as f:
+        with self.open_data() as f:
             for name, en in sorted(self.entries.items(), key=lambda kv: kv[1].begin):
                 t = torch.empty(en.shape, dtype=en.torch_dtype)
                 self.read_into(f, name, t, verify=verify)

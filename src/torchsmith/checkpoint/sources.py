@@ -9,7 +9,6 @@ a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
+from . import _json
 from ._hash import HASH_NAME, checksum_error, is_digest
 from .keys import find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
@@ -115,7 +115,7 @@ class SafetensorsSource(Source):
         key = self.real(key)
         st = self.where[key]
         if id(st) not in handle:
-            handle[id(st)] = open(st.path, "rb", buffering=0)
+            handle[id(st)] = st.open_data()
         st.read_into(handle[id(st)], key, dst, verify=verify)
 
 
@@ -186,7 +186,7 @@ def _resolve(path: Path) -> Path:
 def _open_index(path: Path) -> SafetensorsSource:
     where = f"Sharded checkpoint index {str(path)!r}"
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = _json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
     wmap = index.get("weight_map") if isinstance(index, dict) else None
@@ -206,8 +206,13 @@ def _open_index(path: Path) -> SafetensorsSource:
         raise CorruptCheckpointError(f"{where} maps tensors its shards do not hold as stated: {problems[:5]}.")
     aliases = meta.get(META_ALIASES, {})
     if isinstance(aliases, str):
-        aliases = json.loads(aliases)
-    if not isinstance(aliases, dict) or not all(t in stored and a not in stored for a, t in aliases.items()):
+        try:
+            aliases = _json.loads(aliases)
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{where}: torchsmith.aliases is not valid JSON ({e}).") from e
+    if not isinstance(aliases, dict) or not all(
+        isinstance(t, str) and t in stored and a not in stored for a, t in aliases.items()
+    ):
         raise CorruptCheckpointError(f"{where}: torchsmith.aliases must map new names to stored tensors.")
     src.aliases = dict(aliases)
     return src
@@ -221,6 +226,11 @@ def _open_torch(path: Path, trusted: bool) -> TensorSource:
     if isinstance(info, dict) and source_key == "state_dict":
         checksums = info.get("checksums")
         metadata = info.get("metadata")
+        if isinstance(checksums, str):  # write_torch_file stores JSON; a dict is read too
+            try:
+                checksums = _json.loads(checksums)
+            except ValueError as e:
+                raise CorruptCheckpointError(f"{str(path)!r}: the torchsmith checksum table is not valid JSON ({e}).") from e
         if (
             info.get("hash") != HASH_NAME
             or not isinstance(checksums, dict)

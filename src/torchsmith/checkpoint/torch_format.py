@@ -7,13 +7,15 @@ which executes nothing. ``trusted=True``, spelled out by the caller, is the
 only way to run a full unpickle.
 
 torchsmith writes torch files as ``{"state_dict": ..., "torchsmith": {...}}``,
-the second entry holding checksums and metadata; plain ``torch.load`` reads
+the second entry holding checksums (a JSON string) and metadata; plain ``torch.load`` reads
 them, and so does any loader that understands training-loop checkpoints.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
+import json
 import pickle
 import pickletools
 import zipfile
@@ -32,13 +34,19 @@ TORCHSMITH_KEY = "torchsmith"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
+def _python3_name(module: str, name: str) -> str:
+    """The name unpickling would import: protocol 0-2 pickles use Python 2 names (``commands.call``)."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
 def _globals_of_one(stream: io.BytesIO, found: list[str]) -> bool:
     """Scan one pickle from ``stream``; True when it ended with STOP."""
     strings: list[str] = []
     memo: dict[int, str] = {}
     for op, arg, _ in pickletools.genops(stream):
-        if op.name == "GLOBAL":
-            found.append(str(arg).replace(" ", "."))
+        if op.name in ("GLOBAL", "INST"):  # INST imports and calls in one opcode
+            found.append(_python3_name(*str(arg).split(" ", 1)))
         elif op.name in _STRING_OPS:
             strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
         elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
@@ -58,7 +66,7 @@ def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
     """Every ``module.name`` the pickle(s) in ``data`` would import, found without unpickling.
 
     Legacy torch files hold several pickles back to back; each is scanned.
-    Handles ``GLOBAL`` and ``STACK_GLOBAL`` (strings pushed directly or through
+    Handles ``GLOBAL``, ``INST`` and ``STACK_GLOBAL`` (strings pushed directly or through
     the memo); stops quietly at the first malformed opcode.
     """
     found: list[str] = []
@@ -69,7 +77,7 @@ def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
                 break
         except Exception:  # malformed or raw data after the pickles: report what was seen
             break
-    return list(dict.fromkeys(g.replace("__builtin__.", "builtins.") for g in found))
+    return list(dict.fromkeys(found))
 
 
 def _allowed_globals() -> set[str]:
@@ -97,7 +105,11 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointError:
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    wanted = f"wants to import {shown} while loading" if names else f"cannot be read without running its pickle ({cause})"
+    wanted = (
+        f"wants to import {shown} while loading"
+        if names
+        else f"cannot be read as weights only ({cause}): it is damaged, or needs code to load"
+    )
     return UnsafeCheckpointError(
         f"Refused to load {str(path)!r}: it is a pickle that {wanted}, and torchsmith never runs code from a "
         f"checkpoint by default. Nothing was executed. If you trust this file (you made it, or trust its source), "
@@ -115,15 +127,36 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Tru
         CorruptCheckpointError: the file is not a readable torch file.
     """
     path = Path(path)
-    is_zip = zipfile.is_zipfile(path)
     try:
-        if trusted:
-            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap and is_zip)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+        opened = open(path, "rb")
+    except OSError as e:
+        raise CorruptCheckpointError(f"Cannot read {str(path)!r}: {e}") from e
+    with opened:
+        return _load_pinned(path, _pinned(opened, path), trusted, mmap and _is_zip(opened), map_location)
+
+
+def _is_zip(opened) -> bool:
+    """``zipfile.is_zipfile``, which raises (not returns False) for some damaged end records."""
+    try:
+        return zipfile.is_zipfile(opened)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
+def _pinned(opened, path: Path) -> Path:
+    """A name for the very file ``opened`` is: torch opens files by name (twice, with mmap), and a concurrent
+    save may replace ``path`` in between; ``/proc/self/fd/N`` always names the file opened first."""
+    proc = Path(f"/proc/self/fd/{opened.fileno()}")
+    return proc if proc.exists() else path
+
+
+def _load_pinned(path: Path, pinned: Path, trusted: bool, mmap: bool, map_location) -> object:
+    try:
+        return torch.load(pinned, map_location=map_location, weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as e:
         if trusted:
             raise CorruptCheckpointError(f"{str(path)!r} is not a readable torch file: {e}") from e
-        raise refusal(path, _unsafe_globals(path), str(e).splitlines()[0]) from None
+        raise refusal(path, _unsafe_globals(pinned), str(e).splitlines()[0]) from None
     except Exception as e:  # torch raises RuntimeError / EOFError / ValueError ... for damaged files
         raise CorruptCheckpointError(
             f"{str(path)!r} is not a readable torch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
@@ -144,7 +177,9 @@ def write_torch_file(f, tensors: Mapping[str, torch.Tensor], *, metadata: Mappin
     """``torch.save`` of ``{"state_dict": tensors, "torchsmith": {hash, checksums, metadata}}`` to ``f``."""
     info = {
         "hash": HASH_NAME,
-        "checksums": {name: tensor_digest(t) for name, t in tensors.items()},
+        # a JSON string, not a dict: pickle would share the key strings with the state dict, so a damaged
+        # key would rename both consistently; in a string each name is stored a second time
+        "checksums": json.dumps({name: tensor_digest(t) for name, t in tensors.items()}, sort_keys=True),
         "metadata": dict(metadata or {}),
     }
     torch.save({"state_dict": dict(tensors), TORCHSMITH_KEY: info}, f)

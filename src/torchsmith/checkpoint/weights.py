@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, IncompatibleCheckpointError
+from . import _json
 from .atomic import atomic_write
 from .keys import match_keys
 from .report import Cast, LoadReport, Mismatch
@@ -32,7 +33,7 @@ from .safetensors_format import DTYPE_NAMES, META_ALIASES, write_safetensors
 from .sources import INDEX_SUFFIX, Source, TensorSource, open_source
 from .torch_format import write_torch_file
 
-__all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of"]
+__all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def state_dict_of(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -
     return sd
 
 
-def _dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors stored once, and ``alias -> stored name`` for exact duplicates (tied weights)."""
     stored: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -102,7 +103,7 @@ def _dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[
     return stored, aliases
 
 
-def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     metadata = dict(metadata or {})
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     reserved = [k for k in metadata if isinstance(k, str) and k.startswith("torchsmith.")]
@@ -121,7 +122,7 @@ def _shard_names(path: Path, n: int) -> list[str]:
 
 def _old_shards(index: Path) -> set[str]:
     try:
-        return set(json.loads(index.read_text())["weight_map"].values())
+        return set(_json.loads(index.read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 
@@ -200,7 +201,7 @@ def save_weights(
     """
     path = Path(path)
     sd = state_dict_of(model_or_state_dict)
-    metadata = _check_metadata(metadata)
+    metadata = check_metadata(metadata)
     if path.suffix in TORCH_SUFFIXES:
         if max_shard_size is not None:
             raise CheckpointError(f"max_shard_size applies to safetensors; {str(path)!r} is a torch file. Use a .safetensors path.")
@@ -209,7 +210,7 @@ def save_weights(
         if progress is not None:
             progress(sum(t.numel() * t.element_size() for t in sd.values()))
         return path
-    stored, aliases = _dedupe(sd)
+    stored, aliases = dedupe(sd)
     limit = parse_size(max_shard_size) if max_shard_size is not None else None
     if limit is None:
         with atomic_write(path) as f:

@@ -27,12 +27,13 @@ from torch import nn
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
 from ..registry import create_model, model_config
+from . import _json
 from ._hash import bytes_digest
 from .atomic import atomic_write
 from .report import LoadReport
-from .safetensors_format import SafetensorsFile
+from .safetensors_format import SafetensorsFile, write_safetensors
 from .torch_format import read_torch_file
-from .weights import load_weights, save_weights
+from .weights import check_metadata, dedupe, load_weights, state_dict_of
 
 __all__ = ["save_model", "load_model", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -128,16 +129,28 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
 def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed); returns it.
 
-    The configuration is validated before anything is written; both files are written atomically,
-    weights first, and ``config.json`` records the weights header's checksum so a mismatched pair is caught.
+    The configuration is validated before anything is written; both files are written to temporaries
+    and fsynced before either is renamed into place, so a failed save leaves the old pair; ``config.json``
+    records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
-    from .. import __version__
-
     config = model_to_config(model)
+    stored, aliases = dedupe(state_dict_of(model))
+    metadata = check_metadata(metadata)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = save_weights(model, directory / WEIGHTS_NAME, metadata=metadata)
-    header = SafetensorsFile(weights).header_bytes
+    # both files are written and fsynced before either is renamed: a failure while writing (a full
+    # disk) leaves the old pair in place; only the two renames come after all the writing
+    with atomic_write(directory / WEIGHTS_NAME) as weights_file:
+        header = write_safetensors(weights_file, stored, metadata=metadata, aliases=aliases)
+        weights_file.flush()
+        os.fsync(weights_file.fileno())
+        _write_config(directory, config, header)
+    return directory
+
+
+def _write_config(directory: Path, config: dict[str, Any], header: bytes) -> None:
+    from .. import __version__
+
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -149,14 +162,13 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     }
     with atomic_write(directory / CONFIG_NAME) as f:
         f.write((json.dumps(doc, indent=2) + "\n").encode())
-    return directory
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     where = f"{str(path)!r}"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = _json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CheckpointError(
             f"load_model: {str(directory)!r} has no {CONFIG_NAME}; it is not a save_model directory. "
