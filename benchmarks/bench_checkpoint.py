@@ -114,6 +114,19 @@ def measure(kind: str, d: Path, layers: int, width: int, repeat: int = 1) -> dic
     return min(runs, key=lambda r: r["seconds"])
 
 
+def measure_saves(d: Path, layers: int, width: int, rounds: int) -> dict:
+    """Saves interleaved round by round, each after os.sync() (no writeback of an earlier
+    write in its time) onto an existing file of the same size (both replace a checkpoint);
+    the median round of each kind."""
+    kinds = ("save_weights", "safetensors_save", "safetensors_save_fsync")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for i in range(rounds):
+        for k in kinds if i % 2 == 0 else reversed(kinds):
+            os.sync()
+            runs[k].append(measure(k, d, layers, width))
+    return {k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in runs.items()}
+
+
 def interpreter_baseline() -> int:
     code = "import torch, torchsmith, pathlib; s=pathlib.Path('/proc/self/status').read_text(); print([l for l in s.splitlines() if l.startswith('VmRSS')][0].split()[1])"
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) * 1024
@@ -131,6 +144,7 @@ def cat_seconds(path: Path, repeat: int = 3) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=1.0, help="model size in GiB (float32)")
+    ap.add_argument("--save-rounds", type=int, default=3, help="interleaved rounds of the save measurements")
     ap.add_argument("--child")
     ap.add_argument("--dir")
     ap.add_argument("--layers", type=int)
@@ -165,8 +179,9 @@ def main() -> int:
         os.sync()  # flush the fixtures now, so no measured fsync waits behind their writeback
 
         cat = cat_seconds(d / "w.safetensors")
-        r = {k: measure(k, d, layers, width, repeat=2 if k.startswith(("load_weights", "save", "safetensors_save")) else 1)
-             for k in ("load_weights", "torch_load", "torch_load_mmap", "safetensors_load", "load_model", "save_weights", "safetensors_save", "safetensors_save_fsync")}
+        r = {k: measure(k, d, layers, width, repeat=2 if k == "load_weights" else 1)
+             for k in ("load_weights", "torch_load", "torch_load_mmap", "safetensors_load", "load_model")}
+        r.update(measure_saves(d, layers, width, rounds=args.save_rounds))
         baseline = interpreter_baseline()
 
     mib = 1024**2
