@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..errors import ModelConfigError
 from ..layers import ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ._factory import entry_point
-from .resnet import RESNET_BUILDERS
+from .resnet import build_resnet
 
 __all__ = ["LayerGetter", "BackboneWithFPN", "resnet_fpn_backbone"]
 
@@ -141,14 +141,12 @@ def resnet_fpn_backbone(
         >>> {k: tuple(v.shape) for k, v in m(torch.randn(1, 3, 200, 300)).items()}["pool"]
         (1, 256, 4, 5)
     """
-    if backbone_name not in RESNET_BUILDERS:
-        raise ModelConfigError(f"backbone_name={backbone_name!r} is not a ResNet; use one of {sorted(RESNET_BUILDERS)}.")
     if not 0 <= trainable_layers <= 5:
         raise ModelConfigError(f"trainable_layers must be in 0..5, got {trainable_layers}.")
     returned_layers = list(returned_layers)
     if not returned_layers or any(k not in (1, 2, 3, 4) for k in returned_layers) or returned_layers != sorted(set(returned_layers)):
         raise ModelConfigError(f"returned_layers must be increasing stage numbers from 1..4, got {returned_layers}.")
-    backbone = RESNET_BUILDERS[backbone_name](norm_layer=norm_layer)
+    backbone = build_resnet(backbone_name, norm_layer=norm_layer)
 
     # freeze everything but the last `trainable_layers` stages (torchvision's rule)
     layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]

@@ -168,3 +168,10 @@ resnet152 = entry_point("resnet152", ResNet, _doc(152, "60.2M"), block=Bottlenec
 
 # builders by architecture name, for composite models (FPN, U-Net encoders); not the registry
 RESNET_BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101, "resnet152": resnet152}
+
+
+def build_resnet(backbone_name: str, **kwargs) -> ResNet:
+    """The ResNet ``backbone_name`` (``"resnet18"`` ... ``"resnet152"``) built with ``kwargs``."""
+    if backbone_name not in RESNET_BUILDERS:
+        raise ModelConfigError(f"backbone_name={backbone_name!r} is not a ResNet; use one of {sorted(RESNET_BUILDERS)}.")
+    return RESNET_BUILDERS[backbone_name](**kwargs)

@@ -33,7 +33,7 @@ from ..errors import ModelConfigError
 from ..layers import FeatureInfo, get_act_layer, get_norm_layer
 from ._factory import entry_point
 from .fpn import LayerGetter
-from .resnet import RESNET_BUILDERS
+from .resnet import build_resnet
 
 __all__ = ["UNet", "EncoderUNet", "DoubleConv", "DownSample", "UpSample", "unet", "unet_resnet34", "unet_resnet50"]
 
@@ -268,9 +268,7 @@ def unet_on_resnet(
     final_activation: str | None = None,
 ) -> EncoderUNet:
     """A U-Net decoder on a zoo ResNet encoder (see :class:`EncoderUNet`); logits by default."""
-    if backbone_name not in RESNET_BUILDERS:
-        raise ModelConfigError(f"backbone_name={backbone_name!r} is not a ResNet; use one of {sorted(RESNET_BUILDERS)}.")
-    encoder = RESNET_BUILDERS[backbone_name](num_classes=0, in_chans=in_channels, norm_layer=norm_layer)
+    encoder = build_resnet(backbone_name, num_classes=0, in_chans=in_channels, norm_layer=norm_layer)
     return EncoderUNet(
         encoder,
         out_channels=out_channels,
