@@ -167,7 +167,7 @@ def _sniff(path: Path) -> str:
 
 def _resolve(path: Path) -> Path:
     if not path.exists():
-        raise CheckpointError(f"No checkpoint at {str(path)!r}: the path does not exist.")
+        raise CheckpointError(f"No checkpoint at {str(path)!r}: the path does not exist (working directory {os.getcwd()!r}). Check the path, or pass the directory save_model wrote.")
     if path.is_dir():
         for name in _DIR_CANDIDATES:
             if (path / name).is_file():
