@@ -321,3 +321,10 @@ def test_optimize_for_inference_compiled_equal_outputs():
         ref2 = model(X * 2)
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
     torch.testing.assert_close(y2, ref2, rtol=0, atol=1e-4 * ref2.abs().max().item())
+
+
+def test_replace_head_without_conv_or_linear_asks_for_input_size():
+    from torchsmith import SurgeryError
+
+    with pytest.raises(SurgeryError, match="pass input_size"):
+        replace_head(nn.Sequential(nn.Flatten(), nn.ReLU()), 3)

@@ -7,12 +7,14 @@ Shared by :mod:`torchsmith.features` (``feature_info``) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .errors import SurgeryError
 
 logger = logging.getLogger("torchsmith")
 
@@ -32,18 +34,25 @@ def modes_kept(model: nn.Module, *, training: bool | None = None) -> Iterator[nn
             m.training = flag
 
 
-def example_input(model: nn.Module, spatial: int = 224) -> Tensor:
-    """A one-sample meta input shaped (and typed) for the first conv / linear layer defined in ``model``.
+def example_input(model: nn.Module, input_size: Sequence[int] | None = None, spatial: int = 224) -> Tensor:
+    """A meta input of ``input_size``, or one sample shaped (and typed) for the first conv / linear layer of ``model``.
 
     ``(1, C, 224, 224)`` for a Conv2d, ``(1, C, 224)`` for a Conv1d, ``(1, F)`` for a Linear.
+
+    Raises:
+        SurgeryError: no ``input_size`` and no Conv / Linear layer to guess it from.
     """
+    if input_size:
+        return torch.empty(*input_size, device="meta")
     for module in model.modules():
         if isinstance(module, CONV_TYPES):
             dims = 1 + CONV_TYPES.index(next(t for t in CONV_TYPES if isinstance(module, t)))
             return torch.empty(1, module.in_channels, *([spatial] * dims), dtype=module.weight.dtype, device="meta")
         if isinstance(module, nn.Linear):
             return torch.empty(1, module.in_features, dtype=module.weight.dtype, device="meta")
-    raise ValueError(f"{type(model).__name__} has no Conv or Linear layer to guess its input shape from; pass input_size.")
+    raise SurgeryError(
+        f"{type(model).__name__} has no Conv or Linear layer to guess its input shape from; pass input_size=(B, C, ...)."
+    )
 
 
 def _as_meta(model: nn.Module) -> dict[str, Tensor]:

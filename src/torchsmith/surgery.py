@@ -137,7 +137,7 @@ def _find_head(model: nn.Module, input_size: Sequence[int] | None) -> str:
         if isinstance(m, nn.Linear) or isinstance(m, CONV_TYPES) and all(k == 1 for k in m.kernel_size)
     ]
     try:
-        x = torch.empty(*input_size, device="meta") if input_size else example_input(model)
+        x = example_input(model, input_size)
         y = probe(model, x)
     finally:
         for handle in handles:
@@ -468,7 +468,7 @@ def add_inputs(
     pooled = callable(getattr(model, "get_classifier", None))
     if pooled:
         replace_head(model, 0)
-    x = torch.empty(*input_size, device="meta") if input_size else example_input(model)
+    x = example_input(model, input_size)
     y = probe(model, x)
     if not isinstance(y, Tensor) or y.dim() != 2:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
