@@ -15,27 +15,37 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .errors import TorchsmithError
 
+_err = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """Every command's TorchsmithError becomes its message on stderr and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TorchsmithError as exc:
+            _err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(1) from exc
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="torchsmith",
     help="Define, inspect, modify, save and load PyTorch models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_err = Console(stderr=True)
 
 
 @app.callback()
 def _root() -> None:
     """Define, inspect, modify, save and load PyTorch models."""
-
-
-def _fail(exc: TorchsmithError) -> None:
-    _err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-    raise typer.Exit(1)
 
 
 @app.command("list")
@@ -67,7 +77,7 @@ def list_cmd(
     Console().print(table)
 
 
-# checkpoints (issue 4)
+# checkpoints
 
 
 @app.command("inspect")
@@ -81,10 +91,7 @@ def inspect_cmd(
     from .checkpoint import inspect_checkpoint
     from .checkpoint.report import format_bytes
 
-    try:
-        info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted)
-    except TorchsmithError as exc:
-        _fail(exc)
+    info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted)
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return
@@ -128,11 +135,7 @@ def convert_cmd(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        try:
-            out = convert_checkpoint(src, dst, strip_prefix=strip_prefix, max_shard_size=max_shard_size, trusted=trusted, progress=progress)
-        except TorchsmithError as exc:
-            bar.stop()
-            _fail(exc)
+        out = convert_checkpoint(src, dst, strip_prefix=strip_prefix, max_shard_size=max_shard_size, trusted=trusted, progress=progress)
     if as_json:
         typer.echo(json.dumps({"input": src, "output": str(out)}))
     else:
@@ -152,10 +155,7 @@ def diff_cmd(
     """
     from .checkpoint import diff_checkpoints
 
-    try:
-        d = diff_checkpoints(a, b, trusted=trusted)
-    except TorchsmithError as exc:
-        _fail(exc)
+    d = diff_checkpoints(a, b, trusted=trusted)
     if as_json:
         typer.echo(json.dumps(d.to_dict(), indent=2))
     else:
@@ -188,9 +188,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         app(args=argv, prog_name="torchsmith", standalone_mode=True)
     except SystemExit as exc:  # typer/click exit with the command's code
         return int(exc.code or 0)
-    except TorchsmithError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        return 1
     return 0
 
 
