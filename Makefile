@@ -6,8 +6,14 @@ PIP    := $(PY) -m pip
 # torch is pinned to the local CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
+# Peer-model tests (torchvision, timm, transformers) need the torch build their compiled ops match,
+# so they run in a second environment; torchsmith comes from src/ through PYTHONPATH.
+INTEROP      := .venv-interop
+IPY          := $(INTEROP)/bin/python
+INTEROP_PKGS := torch==2.14.1 torchvision==0.29.1 timm transformers==4.57.6
+ISTAMP       := $(INTEROP)/.installed
 
-.PHONY: install demo test faults fuzz bench clean
+.PHONY: install interop demo test test-main test-interop faults fuzz bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +24,26 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+$(ISTAMP): pyproject.toml Makefile
+	test -x $(IPY) || $(PYTHON) -m venv $(INTEROP)
+	$(IPY) -m pip install --quiet --upgrade pip
+	$(IPY) -m pip install --quiet $(INTEROP_PKGS)
+	$(IPY) -m pip install --quiet -e ".[dev]" $(INTEROP_PKGS)
+	touch $(ISTAMP)
+
+interop: $(ISTAMP)
+
 demo: $(STAMP)
 	$(PY) examples/tour.py
 
-test: $(STAMP)
+# both suites: the main one on the pinned CPU torch, then the peer-model suite (tests/interop)
+test: test-main test-interop
+
+test-main: $(STAMP)
 	$(PY) -m pytest -q
+
+test-interop: $(ISTAMP)
+	PYTHONPATH=$(CURDIR)/src $(IPY) -m pytest -q tests/interop
 
 # the reliability suite's long versions (docs/reliability.md): 64 MiB files, 100 kills, every truncation
 faults: $(STAMP)
@@ -37,4 +58,4 @@ bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(INTEROP) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -58,3 +58,10 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("reliability figures")
     for name, figures in tools.FIGURES.items():
         terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+# tests/interop needs torchvision, timm and transformers, which live in .venv-interop (make test-interop)
+try:
+    import torchvision  # noqa: F401
+except ImportError:
+    collect_ignore = ["interop"]

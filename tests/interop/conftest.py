@@ -1,0 +1,11 @@
+"""Peer-model tests: run in .venv-interop (`make test-interop`), random weights only, CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
