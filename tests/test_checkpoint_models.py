@@ -65,8 +65,10 @@ def test_load_model_checks_the_config_and_the_pairing(tmp_path):
     ts.save_model(ts.create_model("ckpt_tiny"), tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg | {"name": "no_such_model"}))
+    with pytest.raises(ts.CorruptCheckpointError, match="does not match its checksum.*verify=False"):
+        ts.load_model(tmp_path / "c")  # an edited config is caught by its own checksum
     with pytest.raises(ts.CheckpointError, match="'no_such_model', which is not registered"):
-        ts.load_model(tmp_path / "c")
+        ts.load_model(tmp_path / "c", verify=False)
     with pytest.raises(ts.CheckpointError, match="no config.json"):
         ts.load_model(tmp_path)
 

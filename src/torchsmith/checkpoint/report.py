@@ -69,6 +69,7 @@ class LoadReport:
         other_keys: the training-loop dict's other entries (``optimizer``, ``epoch``), not loaded.
         checksums: ``"verified"``, ``"absent"`` (the file has none) or ``"skipped"`` (``verify=False``).
         tied: ``(alias, target)`` pairs stored once in the file.
+        unlisted: tensors a shard holds that its index does not list (never loaded).
         values / nbytes: numbers of values and bytes loaded.
     """
 
@@ -89,6 +90,7 @@ class LoadReport:
     values: int = 0
     nbytes: int = 0
     model_keys: int = 0
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -115,6 +117,9 @@ class LoadReport:
         for label, table in (("removed", self.prefixes_removed), ("added", self.prefixes_added)):
             for prefix, n in sorted(table.items()):
                 rows.append(("prefixes", f"{label} {prefix!r} {'from' if label == 'removed' else 'to'} {n} keys"))
+        if self.unlisted:
+            shown = ", ".join(self.unlisted[:5]) + (f" and {len(self.unlisted) - 5} more" if len(self.unlisted) > 5 else "")
+            rows.append(("unlisted", f"{len(self.unlisted)} in the shards but not in the index, not loaded: {shown}"))
         if self.tied:
             rows.append(("tied", f"{len(self.tied)} stored once: " + ", ".join(f"{a} = {t}" for a, t in self.tied)))
         return rows

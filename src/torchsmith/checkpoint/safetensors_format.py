@@ -24,7 +24,8 @@ import torch
 
 from ..errors import ChecksumError, CorruptCheckpointError
 from . import _json
-from ._hash import HASH_NAME, PLACEHOLDER, checksum_error, is_digest, tensor_hasher
+from ._files import open_regular
+from ._hash import HASH_NAME, PLACEHOLDER, bytes_digest, checksum_error, is_digest, tensor_hasher
 
 __all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
 
@@ -35,6 +36,7 @@ CHUNK = 32 * 1024 * 1024  # bytes per readinto / mmap window
 META_HASH = "torchsmith.hash"
 META_CHECKSUMS = "torchsmith.checksums"
 META_ALIASES = "torchsmith.aliases"
+META_DIGEST = "torchsmith.metadata_xxh3-64"  # covers every other metadata entry (aliases, checksum table, user's)
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -140,13 +142,11 @@ class SafetensorsFile:
         torch.Size([10, 512])
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, inside: str | os.PathLike | None = None):
         self.path = Path(path)
-        try:
-            # one open file for the object's life: a concurrent save replaces the path, never this file
-            self._file = open(self.path, "rb", buffering=0)
-        except OSError as e:
-            raise CorruptCheckpointError(f"Cannot read {str(self.path)!r}: {e}") from e
+        # one open file for the object's life: a concurrent save replaces the path, never this file;
+        # a regular file only, and inside ``inside`` (the directory or index that named it)
+        self._file = open_regular(self.path, inside=inside)
         self.close = weakref.finalize(self, self._file.close)
         try:
             self._read_header()
@@ -238,6 +238,15 @@ class SafetensorsFile:
 
     def _parse_torchsmith_metadata(self, where: str) -> tuple[dict[str, str] | None, dict[str, str]]:
         problems = []
+        if {META_CHECKSUMS, META_HASH, META_DIGEST} & set(self.metadata):  # written by torchsmith: all three
+            recorded = self.metadata.get(META_DIGEST)
+            if recorded is None:
+                problems.append(f"{META_DIGEST} is missing (a damaged key?)")
+            elif recorded != metadata_digest(self.metadata):
+                problems.append(
+                    f"the metadata (aliases, checksum table) does not match its checksum (recorded {recorded}, "
+                    f"hashes to {metadata_digest(self.metadata)}): the header was damaged or edited"
+                )
         checksums = aliases = None
         try:
             if META_CHECKSUMS in self.metadata:
@@ -347,6 +356,12 @@ class SafetensorsFile:
 # writing
 
 
+def metadata_digest(metadata: Mapping[str, str]) -> str:
+    """The checksum of a header's metadata: every entry but the digest itself, as canonical JSON."""
+    rest = {k: v for k, v in metadata.items() if k != META_DIGEST}
+    return bytes_digest(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode())
+
+
 def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], checksums: dict[str, str] | None) -> tuple[bytes, list[tuple[str, int]]]:
     """The header bytes (8-byte padded) and the (name, nbytes) order of the data."""
     header: dict[str, object] = {}
@@ -355,6 +370,7 @@ def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], ch
         if checksums is not None:
             meta[META_HASH] = HASH_NAME
             meta[META_CHECKSUMS] = json.dumps(checksums, sort_keys=True, separators=(",", ":"))
+            meta[META_DIGEST] = metadata_digest(meta)
         header["__metadata__"] = meta
     order = []
     pos = 0

@@ -9,6 +9,7 @@ a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,14 +18,16 @@ import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
 from . import _json
-from ._hash import HASH_NAME, checksum_error, is_digest
+from ._files import open_regular, read_json_bytes
+from ._hash import HASH_NAME, bytes_digest, checksum_error, is_digest
 from .keys import find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
 
-__all__ = ["open_source", "Source", "INDEX_SUFFIX"]
+__all__ = ["open_source", "Source", "INDEX_SUFFIX", "index_digest", "META_INDEX_DIGEST"]
 
 INDEX_SUFFIX = ".index.json"
+META_INDEX_DIGEST = "torchsmith.index_xxh3-64"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 _DIR_CANDIDATES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
@@ -38,6 +41,7 @@ class Source:
     metadata: dict[str, str]
     source_key: str | None = None
     other_keys: list[str] = []
+    unlisted: list[str] = []  # tensors in a shard that the index does not list: never loaded
 
     def keys(self) -> list[str]:
         """Stored keys, then aliases."""
@@ -154,9 +158,9 @@ class TensorSource(Source):
 # opening
 
 
-def _sniff(path: Path) -> str:
+def _sniff(path: Path, inside: Path | None) -> str:
     """'safetensors' when a JSON header follows the 8-byte length; 'torch' for zip / pickle bytes or a torch suffix."""
-    with open(path, "rb") as f:
+    with open_regular(path, inside=inside) as f:
         head = f.read(9)
     if head[8:9] == b"{":
         return "safetensors"
@@ -165,28 +169,29 @@ def _sniff(path: Path) -> str:
     return "safetensors"
 
 
-def _resolve(path: Path) -> Path:
+def _resolve(path: Path) -> tuple[Path, Path | None]:
+    """The file to read, and the directory it must stay inside (when a directory was given), or None."""
     if not path.exists():
         raise CheckpointError(f"No checkpoint at {str(path)!r}: the path does not exist (working directory {os.getcwd()!r}). Check the path, or pass the directory save_model wrote.")
     if path.is_dir():
         for name in _DIR_CANDIDATES:
             if (path / name).is_file():
-                return path / name
+                return path / name, path
         singles = sorted(path.glob("*.safetensors"))
         if len(singles) == 1:
-            return singles[0]
+            return singles[0], path
         found = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
             f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(_DIR_CANDIDATES)} "
             f"or a single *.safetensors; found {found}. Pass the file itself."
         )
-    return path
+    return path, None
 
 
-def _open_index(path: Path) -> SafetensorsSource:
+def _open_index(path: Path, inside: Path | None) -> SafetensorsSource:
     where = f"Sharded checkpoint index {str(path)!r}"
     try:
-        index = _json.loads(path.read_text(encoding="utf-8"))
+        index = _json.loads(read_json_bytes(path, inside=inside).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
     wmap = index.get("weight_map") if isinstance(index, dict) else None
@@ -198,12 +203,23 @@ def _open_index(path: Path) -> SafetensorsSource:
         shard_path = path.parent / shard
         if Path(shard).name != shard or not shard_path.is_file():
             raise CorruptCheckpointError(f"{where} names shard {shard!r}, which is not a file next to the index.")
-        files.append(SafetensorsFile(shard_path))
+        files.append(SafetensorsFile(shard_path, inside=path.parent))
+    if any(st.checksums is not None for st in files) or META_INDEX_DIGEST in meta:  # torchsmith wrote it
+        recorded, got = meta.get(META_INDEX_DIGEST), index_digest(index)
+        if recorded != got:
+            raise CorruptCheckpointError(
+                f"{where}: its weight map and metadata (aliases) do not match their checksum (recorded {recorded}, "
+                f"hashes to {got}): the index was damaged or edited. Restore it, or save the weights again."
+            )
     src = SafetensorsSource(path, files, {}, {k: str(v) for k, v in meta.items()}, "safetensors-sharded")
     stored = set(src.where)
     problems = sorted(k for k, v in wmap.items() if k not in stored or src.where[k].path.name != v)
     if problems:
         raise CorruptCheckpointError(f"{where} maps tensors its shards do not hold as stated: {problems[:5]}.")
+    src.unlisted = sorted(stored - set(wmap))  # only what the index lists is loaded
+    for name in src.unlisted:
+        del src.where[name], src._spec_table[name]
+    stored = set(wmap)
     aliases = meta.get(META_ALIASES, {})
     if isinstance(aliases, str):
         try:
@@ -218,8 +234,14 @@ def _open_index(path: Path) -> SafetensorsSource:
     return src
 
 
-def _open_torch(path: Path, trusted: bool) -> TensorSource:
-    obj = read_torch_file(path, trusted=trusted)
+def index_digest(index: dict) -> str:
+    """The checksum of a shard index: its weight map and metadata (all but the digest itself), as canonical JSON."""
+    meta = {k: v for k, v in (index.get("metadata") or {}).items() if k != META_INDEX_DIGEST}
+    return bytes_digest(json.dumps({"metadata": meta, "weight_map": index.get("weight_map")}, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
+    obj = read_torch_file(path, trusted=trusted, inside=inside)
     info = obj.get(TORCHSMITH_KEY) if isinstance(obj, dict) else None
     tensors, source_key, others = find_state_dict(obj, repr(str(path)))
     checksums = metadata = None
@@ -253,14 +275,16 @@ def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
         CheckpointError: no checkpoint there; CorruptCheckpointError: damaged header or index;
         UnsafeCheckpointError: a pickle that needs code to load.
     """
-    path = _resolve(Path(path))
+    if isinstance(path, Source):  # already open (load_model hands over the file it checked)
+        return path
+    path, inside = _resolve(Path(path))
     if path.name.endswith(INDEX_SUFFIX):
-        return _open_index(path)
+        return _open_index(path, inside)
     try:
-        kind = _sniff(path)
+        kind = _sniff(path, inside)
     except OSError as e:
         raise CheckpointError(f"Cannot read {str(path)!r}: {e}") from e
     if kind == "torch":
-        return _open_torch(path, trusted)
-    st = SafetensorsFile(path)
+        return _open_torch(path, trusted, inside)
+    st = SafetensorsFile(path, inside=inside)
     return SafetensorsSource(path, [st], dict(st.aliases), dict(st.metadata), "safetensors")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import json
+import os
 import pickle
 import pickletools
 import zipfile
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
+from ._files import open_regular
 from ._hash import HASH_NAME, tensor_hasher
 from .safetensors_format import DTYPE_NAMES, byte_view
 
@@ -119,7 +121,7 @@ def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointEr
     )
 
 
-def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = True, map_location="cpu") -> object:
+def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = True, map_location="cpu", inside: Path | None = None) -> object:
     """The object in a torch file, loaded with ``weights_only=True`` (or fully when ``trusted``).
 
     Raises:
@@ -127,12 +129,55 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Tru
         CorruptCheckpointError: the file is not a readable torch file.
     """
     path = Path(path)
-    try:
-        opened = open(path, "rb")
-    except OSError as e:
-        raise CorruptCheckpointError(f"Cannot read {str(path)!r}: {e}") from e
+    opened = open_regular(path, inside=inside)
     with opened:
-        return _load_pinned(path, _pinned(opened, path), trusted, mmap and _is_zip(opened), map_location)
+        is_zip = _is_zip(opened)
+        if is_zip:
+            check_zip_records(opened, path)
+        return _load_pinned(path, _pinned(opened, path), trusted, mmap and is_zip, map_location)
+
+
+def _is_data_record(name: str) -> bool:
+    """A tensor storage record (``archive/data/0``): covered by the per-tensor checksums, not read here."""
+    parts = name.split("/")
+    return len(parts) >= 3 and parts[-2] == "data" and parts[-1].isdigit()
+
+
+def check_zip_records(opened, path: Path) -> None:
+    """Check the CRC-32 of every record of a torch zip but the tensor data, before anything is unpickled.
+
+    The pickle (``data.pkl``) holds the ``"torchsmith"`` entry with the checksums, the tensor names,
+    dtypes, shapes and storage offsets; torch itself ignores the CRCs, so a damaged pickle could
+    otherwise load as a file without checksums, or put bytes in the wrong place. torch writes records
+    uncompressed; a compressed one (a zip bomb's way to turn kilobytes into gigabytes) is refused
+    without being inflated.
+
+    Raises:
+        CorruptCheckpointError: a record whose bytes do not match their CRC, or a compressed or oversized record.
+    """
+    size = os.fstat(opened.fileno()).st_size
+    try:
+        with zipfile.ZipFile(opened) as z:
+            for info in z.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise CorruptCheckpointError(
+                        f"{str(path)!r}: record {info.filename!r} is compressed ({info.compress_size:,} bytes that "
+                        f"claim to inflate to {info.file_size:,}); torch writes records uncompressed, and torchsmith "
+                        f"never inflates a checkpoint (a zip bomb). Re-save it with torch.save."
+                    )
+                if info.file_size > size:
+                    raise CorruptCheckpointError(f"{str(path)!r}: record {info.filename!r} claims {info.file_size:,} bytes, more than the whole {size:,}-byte file.")
+                if _is_data_record(info.filename):
+                    continue
+                with z.open(info) as record:  # zipfile checks the CRC-32 when the record ends
+                    while record.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as e:
+        raise CorruptCheckpointError(f"{str(path)!r} is a damaged torch file: {e} (the pickle or a small record changed).") from e
+    except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+        raise CorruptCheckpointError(f"{str(path)!r} is a damaged torch file ({type(e).__name__}: {e}).") from e
+    finally:
+        opened.seek(0)
 
 
 def _is_zip(opened) -> bool:

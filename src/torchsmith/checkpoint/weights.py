@@ -30,7 +30,7 @@ from .atomic import atomic_write
 from .keys import match_keys
 from .report import Cast, LoadReport, Mismatch
 from .safetensors_format import DTYPE_NAMES, META_ALIASES, write_safetensors
-from .sources import INDEX_SUFFIX, Source, TensorSource, open_source
+from .sources import INDEX_SUFFIX, META_INDEX_DIGEST, Source, TensorSource, index_digest, open_source
 from .torch_format import write_torch_file
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
@@ -164,9 +164,11 @@ def _save_sharded(path: Path, stored, aliases, metadata, limit: int, progress) -
     meta: dict[str, object] = {"total_size": total, **metadata}
     if aliases:
         meta[META_ALIASES] = aliases
+    doc = {"metadata": meta, "weight_map": weight_map}
+    meta[META_INDEX_DIGEST] = index_digest(doc)  # covers the weight map and the aliases
     old = _old_shards(index)
     with atomic_write(index) as f:
-        f.write(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2).encode())
+        f.write(json.dumps(doc, indent=2).encode())
     _remove_shards(index, old - set(names))
     return index
 
@@ -267,6 +269,7 @@ def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: 
         other_keys=list(src.other_keys),
         tied=sorted(src.aliases.items()),
         model_keys=len(targets),
+        unlisted=list(src.unlisted),
     )
     writes = []
     done: dict[int, str] = {}

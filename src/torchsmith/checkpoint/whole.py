@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, U
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
 from ..registry import create_model, model_config
 from . import _json
+from ._files import read_json_bytes
 from ._hash import bytes_digest
 from .atomic import atomic_write
 from .report import LoadReport
 from .safetensors_format import SafetensorsFile, write_safetensors
+from .sources import SafetensorsSource
 from .torch_format import read_torch_file
 from .weights import check_metadata, dedupe, load_weights, state_dict_of
 
@@ -46,6 +49,11 @@ _LAYER_NAMES: dict[Any, str] = {}
 for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _LAYER_NAMES.setdefault(_cls, _name)
+# bounds on what a config.json may ask to build, checked before anything is built
+MAX_CONFIG_VALUES = 10_000  # numbers, strings, lists and dicts in "kwargs" (a ResNet needs about 20)
+MAX_CONFIG_DEPTH = 32  # nesting of lists and dicts in "kwargs"
+MAX_CONFIG_BYTES = 16 * 2**20
+PAIR_TRIES = 8  # reads of config.json + weights while a concurrent save is between its two renames
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
 
 
@@ -77,6 +85,21 @@ def _encode(value: Any, where: str, problems: list[str]) -> Any:
         pass
     problems.append(f"{where}={value!r} ({type(value).__name__})")
     return None
+
+
+def _config_size(value: Any, depth: int = 0) -> tuple[int, int]:
+    """(values, depth) of a JSON value, stopping as soon as either passes its limit."""
+    if depth > MAX_CONFIG_DEPTH:
+        return 1, depth
+    if isinstance(value, (list, dict)):
+        count, deepest = 1, depth
+        for v in value.values() if isinstance(value, dict) else value:
+            n, d = _config_size(v, depth + 1)
+            count, deepest = count + n, max(deepest, d)
+            if count > MAX_CONFIG_VALUES or deepest > MAX_CONFIG_DEPTH:
+                break
+        return count, deepest
+    return 1, depth
 
 
 def _decode(value: Any, where: str, problems: list[str]) -> Any:
@@ -160,20 +183,28 @@ def _write_config(directory: Path, config: dict[str, Any], header: bytes) -> Non
         "torch_version": torch.__version__.split("+")[0],
         "checksums": {WEIGHTS_NAME: {"header_xxh3-64": bytes_digest(header)}},
     }
+    doc["checksums"][CONFIG_NAME] = {"xxh3-64": _config_digest(doc)}
     with atomic_write(directory / CONFIG_NAME) as f:
         f.write((json.dumps(doc, indent=2) + "\n").encode())
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def _config_digest(doc: dict[str, Any]) -> str:
+    """xxh3-64 of the canonical JSON of ``doc`` without its own digest (every field is covered)."""
+    checksums = doc.get("checksums")
+    rest = {k: v for k, v in checksums.items() if k != CONFIG_NAME} if isinstance(checksums, dict) else checksums
+    return bytes_digest(json.dumps({**doc, "checksums": rest}, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _read_config(directory: Path, verify: bool = True) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     where = f"{str(path)!r}"
-    try:
-        doc = _json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(
             f"load_model: {str(directory)!r} has no {CONFIG_NAME}; it is not a save_model directory. "
             f"For weights alone use load_weights(model, path)."
-        ) from e
+        )
+    try:
+        doc = _json.loads(read_json_bytes(path, inside=directory, max_bytes=MAX_CONFIG_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
     problems = []
@@ -192,9 +223,49 @@ def _read_config(directory: Path) -> dict[str, Any]:
     checksum = doc.get("checksums", {}).get(WEIGHTS_NAME, {}) if isinstance(doc.get("checksums"), dict) else None
     if not isinstance(checksum, dict) or not isinstance(checksum.get("header_xxh3-64"), str):
         problems.append("'checksums' must record the weights header checksum")
+    own = doc["checksums"].get(CONFIG_NAME) if isinstance(doc.get("checksums"), dict) else None
+    if not isinstance(own, dict) or not isinstance(own.get("xxh3-64"), str):
+        problems.append(f"'checksums' must record the checksum of {CONFIG_NAME} itself (a damaged or hand-edited file?)")
+    elif verify and own["xxh3-64"] != _config_digest(doc):
+        problems.append(
+            f"its content does not match its checksum (recorded {own['xxh3-64']}, content hashes to "
+            f"{_config_digest(doc)}): the file was damaged or edited after save_model wrote it (if you edited it "
+            f"on purpose, pass verify=False, or save the model again)"
+        )
+    if isinstance(doc.get("kwargs"), dict):
+        count, depth = _config_size(doc["kwargs"])
+        if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
+            problems.append(
+                f"'kwargs' holds more than {MAX_CONFIG_VALUES:,} values or nests deeper than {MAX_CONFIG_DEPTH} "
+                f"(the limits MAX_CONFIG_VALUES / MAX_CONFIG_DEPTH of torchsmith.checkpoint.whole); nothing was built"
+            )
     if problems:
         raise CorruptCheckpointError(f"{where} is not a valid torchsmith model config: {'; '.join(problems)}.")
     return doc
+
+
+def _read_pair(directory: Path, verify: bool) -> tuple[dict[str, Any], SafetensorsFile]:
+    """``config.json`` and the weights file it was saved with, as one generation.
+
+    A concurrent ``save_model`` renames the weights, then the config: a reader in between sees a new
+    weights file beside the old config. The pair is read again (with a short, growing pause) until it
+    matches; only a mismatch that persists is reported.
+    """
+    weights = directory / WEIGHTS_NAME
+    for attempt in range(PAIR_TRIES):
+        doc = _read_config(directory, verify)
+        st = SafetensorsFile(weights, inside=directory)
+        recorded = doc["checksums"][WEIGHTS_NAME]["header_xxh3-64"]
+        got = bytes_digest(st.header_bytes)
+        if not verify or got == recorded:
+            return doc, st
+        st.close()
+        if attempt < PAIR_TRIES - 1:
+            time.sleep(0.01 * 2**attempt)
+    raise CorruptCheckpointError(
+        f"load_model: {str(weights)!r} is not the file {CONFIG_NAME} was saved with (header checksum "
+        f"{got}, recorded {recorded}). Save the model again, or load the weights alone with load_weights."
+    )
 
 
 def _refuse_pickled_model(path: Path, trusted: bool) -> nn.Module:
@@ -232,16 +303,8 @@ def load_model(
     directory = Path(directory)
     if directory.is_file():
         return _refuse_pickled_model(directory, trusted)
-    doc = _read_config(directory)
-    weights = directory / doc["weights"]
-    st = SafetensorsFile(weights)
-    recorded = doc["checksums"][WEIGHTS_NAME]["header_xxh3-64"]
-    if verify and bytes_digest(st.header_bytes) != recorded:
-        raise CorruptCheckpointError(
-            f"load_model: {str(weights)!r} is not the file {CONFIG_NAME} was saved with (header checksum "
-            f"{bytes_digest(st.header_bytes)}, recorded {recorded}). Save the model again, or load the weights "
-            f"alone with load_weights."
-        )
+    doc, st = _read_pair(directory, verify)
+    weights = directory / WEIGHTS_NAME
     problems: list[str] = []
     kwargs = _decode(doc["kwargs"], "kwargs", problems)
     if problems:
@@ -261,5 +324,7 @@ def load_model(
     persistent = set(model.state_dict())
     if any(name not in persistent for name, _ in model.named_buffers()):
         model = create_model(doc["name"], **kwargs).to(map_location)  # non-persistent buffers need real init
-    report = load_weights(model, weights, map_location=map_location, verify=verify, prefix=None)
+    # the very file whose header matched config.json, not the path again (a save may replace it meanwhile)
+    source = SafetensorsSource(weights, [st], dict(st.aliases), dict(st.metadata), "safetensors")
+    report = load_weights(model, source, map_location=map_location, verify=verify, prefix=None)
     return (model, report) if return_report else model
