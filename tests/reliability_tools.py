@@ -200,6 +200,38 @@ def load_until(path: str, stop, limit: int) -> dict:
     return {"loads": loads, "generations": len(gens), "failures": failures[:20], "failed": len(failures)}
 
 
+def save_model_until(directory: str, first_gen: int, stop) -> int:
+    """``save_model`` generation after generation into ``directory`` until ``stop``; returns how many.
+
+    The config's ``scale`` and every weight equal the generation number.
+    """
+    gen = first_gen
+    while not stop.is_set():
+        model = ts.create_model("ckpt_tiny", width=64, scale=float(gen))
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                t.fill_(gen)
+        ts.save_model(model, directory)
+        gen += 1
+    return gen - first_gen
+
+
+def load_models_until(directory: str, stop, limit: int) -> dict:
+    """``load_model`` in a loop; a load must be one generation (config and weights alike), never an error."""
+    loads, gens, failures = 0, set(), []
+    while not stop.is_set() and loads < limit:
+        try:
+            model = ts.load_model(directory)
+            gen = model.scale
+            if not all(bool((t == gen).all()) for t in model.state_dict().values()):
+                raise AssertionError(f"config of generation {gen}, weights of another")
+            gens.add(gen)
+        except BaseException as e:  # noqa: BLE001 - every failure is a finding
+            failures.append(f"{type(e).__name__}: {e}")
+        loads += 1
+    return {"loads": loads, "generations": len(gens), "failures": failures[:20], "failed": len(failures)}
+
+
 def damage_source():
     """The model the damage tests save (seed 99); their target models hold other values (seed 98)."""
     return filled(TinyNet(width=16), seed=99)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from reliability_tools import (
     Timer,
     check_generation,
     context,
     generation_weights,
+    load_models_until,
     load_until,
     record,
+    save_model_until,
     save_n,
     scale,
     start_child,
@@ -20,6 +23,7 @@ import torchsmith as ts
 
 WRITERS, SAVES = 4, 15
 NBYTES = scale(16, 64) * 2**20
+MODEL_LOADS = scale(300, 2000)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -56,3 +60,30 @@ def test_concurrent_saves_never_show_a_reader_a_partial_file(tmp_path, suffix):
         failed_loads=seen["failed"],
         seconds=timer.seconds,
     )
+
+
+def test_load_model_during_save_model_sees_one_generation(tmp_path):
+    """save_model renames the weights, then config.json; a load in between reads the pair again."""
+    directory = tmp_path / "m"
+    ctx = context()
+    stop, reader_stop = ctx.Event(), ctx.Event()  # the reader stops by count; kept referenced for the child
+    first = ts.create_model("ckpt_tiny", width=64, scale=0.0)
+    with torch.no_grad():
+        for t in first.state_dict().values():
+            t.zero_()  # generation 0: scale and weights 0
+    ts.save_model(first, directory)
+    writers = [start_child(save_model_until, str(directory), (w + 1) * 100_000, stop) for w in range(2)]
+    reader = start_child(load_models_until, str(directory), reader_stop, MODEL_LOADS)
+    try:
+        with Timer() as timer:
+            seen = reader.result(timeout=300)
+        stop.set()
+        saved = sum(w.result(timeout=120) for w in writers)
+    finally:
+        stop.set()
+        for child in (reader, *writers):
+            child.stop()
+    assert seen["failed"] == 0, seen["failures"]
+    assert seen["loads"] == MODEL_LOADS and seen["generations"] > 1 and saved > 0
+    record("concurrency save_model", writers=2, saves=saved, loads=seen["loads"],
+           generations_seen=seen["generations"], failed_loads=seen["failed"], seconds=timer.seconds)

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from ..errors import CheckpointError, CorruptCheckpointError
 
-__all__ = ["open_regular", "read_json_bytes", "MAX_JSON_BYTES"]
+__all__ = ["open_regular", "read_json_bytes", "read_capped", "MAX_JSON_BYTES"]
 
 MAX_JSON_BYTES = 256 * 2**20  # config.json and shard indexes: far above a 100k-tensor index (~10 MB)
 
@@ -76,7 +76,15 @@ def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
 def read_json_bytes(path: str | os.PathLike, *, inside: str | os.PathLike | None = None, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """The bytes of a small JSON file (``config.json``, an index), at most ``max_bytes`` read."""
     with open_regular(path, inside=inside, max_bytes=max_bytes) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew while reading
-        raise CorruptCheckpointError(f"{str(path)!r} is over the {max_bytes:,}-byte limit for this kind of file.")
-    return data
+        return read_capped(f, path, max_bytes)
+
+
+def read_capped(f: BinaryIO, path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The rest of the open file ``f``, refused past ``max_bytes`` (a file that grew while read)."""
+    chunks, total = [], 0
+    while chunk := f.read(min(1 << 20, max_bytes + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise CorruptCheckpointError(f"{str(path)!r} is over the {max_bytes:,}-byte limit for this kind of file.")
+    return b"".join(chunks)

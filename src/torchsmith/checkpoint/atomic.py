@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from ..errors import CheckpointError
 
-__all__ = ["atomic_write", "clean_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_all", "clean_stale_temporaries"]
 
 _TMP_TAG = ".tmp-"
 
@@ -78,7 +78,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike, *, fsync: bool = True, commit: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path`` for writing; on success it replaces ``path``.
 
     On any exception the temporary is removed and ``path`` is left as it was.
@@ -102,11 +102,14 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Bin
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
+            f.tmp_path, f.target = tmp, target  # for atomic_write_all, which renames itself (commit=False)
             yield f
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        if not commit:
+            return
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -116,3 +119,26 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Bin
         raise
     if fsync:
         _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_write_all(paths: list[str | os.PathLike]) -> Iterator[list[BinaryIO]]:
+    """Like :func:`atomic_write` for several files of one directory, committed together.
+
+    Every file is written and fsynced before the first rename; the renames then follow each other
+    in the order given (a reader, or a crash, can only fall in the microseconds between two of
+    them), and the directory is fsynced once. On any exception no path changes.
+    """
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(atomic_write(p, commit=False)) for p in paths]
+        yield files
+    # every file is complete, fsynced and closed: now the renames, back to back
+    for f in files:
+        try:
+            os.replace(f.tmp_path, f.target)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                for g in files:
+                    os.unlink(g.tmp_path)
+            raise CheckpointError(f"Writing {str(f.target)!r} failed ({exc}); the previous file, if any, is unchanged.") from exc
+    _fsync_dir(Path(paths[0]).parent)

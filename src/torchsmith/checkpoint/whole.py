@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, U
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
 from ..registry import create_model, model_config
 from . import _json
-from ._files import read_json_bytes
+from ._files import open_regular, read_capped
 from ._hash import bytes_digest
-from .atomic import atomic_write
+from .atomic import atomic_write_all
 from .report import LoadReport
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .sources import SafetensorsSource
@@ -53,7 +54,7 @@ for _table in (ACT_LAYERS, NORM_LAYERS):
 MAX_CONFIG_VALUES = 10_000  # numbers, strings, lists and dicts in "kwargs" (a ResNet needs about 20)
 MAX_CONFIG_DEPTH = 32  # nesting of lists and dicts in "kwargs"
 MAX_CONFIG_BYTES = 16 * 2**20
-PAIR_TRIES = 8  # reads of config.json + weights while a concurrent save is between its two renames
+PAIR_TRIES = 16  # reads of config.json + weights while a concurrent save is between its two renames
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
 
 
@@ -163,15 +164,14 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     directory.mkdir(parents=True, exist_ok=True)
     # both files are written and fsynced before either is renamed: a failure while writing (a full
     # disk) leaves the old pair in place; only the two renames come after all the writing
-    with atomic_write(directory / WEIGHTS_NAME) as weights_file:
+    # the weights are renamed first, then config.json, back to back (a load in between reads the pair again)
+    with atomic_write_all([directory / WEIGHTS_NAME, directory / CONFIG_NAME]) as (weights_file, config_file):
         header = write_safetensors(weights_file, stored, metadata=metadata, aliases=aliases)
-        weights_file.flush()
-        os.fsync(weights_file.fileno())
-        _write_config(directory, config, header)
+        _write_config(config_file, config, header)
     return directory
 
 
-def _write_config(directory: Path, config: dict[str, Any], header: bytes) -> None:
+def _write_config(f, config: dict[str, Any], header: bytes) -> None:
     from .. import __version__
 
     doc = {
@@ -184,8 +184,7 @@ def _write_config(directory: Path, config: dict[str, Any], header: bytes) -> Non
         "checksums": {WEIGHTS_NAME: {"header_xxh3-64": bytes_digest(header)}},
     }
     doc["checksums"][CONFIG_NAME] = {"xxh3-64": _config_digest(doc)}
-    with atomic_write(directory / CONFIG_NAME) as f:
-        f.write((json.dumps(doc, indent=2) + "\n").encode())
+    f.write((json.dumps(doc, indent=2) + "\n").encode())
 
 
 def _config_digest(doc: dict[str, Any]) -> str:
@@ -195,16 +194,23 @@ def _config_digest(doc: dict[str, Any]) -> str:
     return bytes_digest(json.dumps({**doc, "checksums": rest}, sort_keys=True, separators=(",", ":")).encode())
 
 
-def _read_config(directory: Path, verify: bool = True) -> dict[str, Any]:
+def _open_config(directory: Path):
     path = directory / CONFIG_NAME
-    where = f"{str(path)!r}"
     if not path.exists() and not path.is_symlink():
         raise CheckpointError(
             f"load_model: {str(directory)!r} has no {CONFIG_NAME}; it is not a save_model directory. "
             f"For weights alone use load_weights(model, path)."
         )
+    return open_regular(path, inside=directory, max_bytes=MAX_CONFIG_BYTES)
+
+
+def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    where = f"{str(path)!r}"
     try:
-        doc = _json.loads(read_json_bytes(path, inside=directory, max_bytes=MAX_CONFIG_BYTES).decode("utf-8"))
+        with opened or _open_config(directory) as f:
+            raw = read_capped(f, path, MAX_CONFIG_BYTES)
+        doc = _json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
     problems = []
@@ -247,21 +253,28 @@ def _read_config(directory: Path, verify: bool = True) -> dict[str, Any]:
 def _read_pair(directory: Path, verify: bool) -> tuple[dict[str, Any], SafetensorsFile]:
     """``config.json`` and the weights file it was saved with, as one generation.
 
-    A concurrent ``save_model`` renames the weights, then the config: a reader in between sees a new
-    weights file beside the old config. The pair is read again (with a short, growing pause) until it
-    matches; only a mismatch that persists is reported.
+    A concurrent ``save_model`` renames the weights, then the config, back to back. The config is
+    opened first, then the weights (both before either is parsed): the weights a save renamed in
+    before that config are the ones open, unless another rename fell in the microseconds between
+    the two opens; then the pair is read again (after a short random pause) until it matches, and
+    only a mismatch that persists is reported.
     """
     weights = directory / WEIGHTS_NAME
     for attempt in range(PAIR_TRIES):
-        doc = _read_config(directory, verify)
-        st = SafetensorsFile(weights, inside=directory)
+        config_file = _open_config(directory)
+        try:
+            st = SafetensorsFile(weights, inside=directory)
+        except BaseException:
+            config_file.close()
+            raise
+        doc = _read_config(directory, verify, config_file)
         recorded = doc["checksums"][WEIGHTS_NAME]["header_xxh3-64"]
         got = bytes_digest(st.header_bytes)
         if not verify or got == recorded:
             return doc, st
         st.close()
         if attempt < PAIR_TRIES - 1:
-            time.sleep(0.01 * 2**attempt)
+            time.sleep(random.uniform(0, 0.002 * 2**min(attempt, 8)))  # random: never in step with a writer
     raise CorruptCheckpointError(
         f"load_model: {str(weights)!r} is not the file {CONFIG_NAME} was saved with (header checksum "
         f"{got}, recorded {recorded}). Save the model again, or load the weights alone with load_weights."
