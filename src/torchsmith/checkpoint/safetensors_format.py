@@ -5,15 +5,15 @@ Layout: an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
 then the data; offsets are relative to the start of the data. Reading parses
 and validates the whole header (collecting every problem) before any data is
 touched, then reads each tensor straight into its destination with
-``readinto`` (no intermediate copy). Checksums are verified from memory-mapped
-windows, so verifying does not grow the resident set by more than one window.
+``readinto`` (no intermediate copy). Checksums are verified by reading through
+one reused 32 MiB buffer (not memory-mapped: a file rewritten in place by
+another process would raise SIGBUS in a mapping).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import weakref
 from collections.abc import Iterable, Mapping
@@ -99,29 +99,6 @@ def _problems_text(problems: list[str], limit: int = 10) -> str:
     shown = "; ".join(problems[:limit])
     more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
     return shown + more
-
-
-class _Windows:
-    """Read-only memory-mapped windows over a file, one at a time."""
-
-    def __init__(self, fileno: int, size: int):
-        self.fileno, self.size = fileno, size
-        self.map: mmap.mmap | None = None
-        self.start = self.stop = 0
-
-    def view(self, begin: int, end: int) -> memoryview:
-        if self.map is None or begin < self.start or end > self.stop:
-            self.close()
-            self.start = begin - begin % mmap.ALLOCATIONGRANULARITY
-            self.stop = min(self.size, max(end, self.start + CHUNK))
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self.map = mmap.mmap(self.fileno, self.stop - self.start, flags=flags, prot=mmap.PROT_READ, offset=self.start)
-        return memoryview(self.map)[begin - self.start : end - self.start]
-
-    def close(self) -> None:
-        if self.map is not None:
-            self.map.close()
-            self.map = None
 
 
 class SafetensorsFile:
@@ -296,18 +273,20 @@ class SafetensorsFile:
         if self.checksums is None:
             return 0
         chosen = sorted((self.entries[n] for n in (self.entries if names is None else names)), key=lambda e: e.begin)
-        windows = _Windows(self._file.fileno(), self.size)
-        try:
-            for en in chosen:
-                h = tensor_hasher(en.dtype, en.shape)
-                for b in range(en.begin, en.end, CHUNK):
-                    mv = windows.view(b, min(b + CHUNK, en.end))
-                    h.update(mv)
-                    mv.release()
-                if h.hexdigest() != self.checksums[en.name]:
-                    raise self._mismatch(en.name, h.hexdigest())
-        finally:
-            windows.close()
+        # read (pread into one reused buffer), not memory-mapped: a mapped file that another process
+        # truncates and rewrites in place would kill this process with SIGBUS
+        buffer = memoryview(bytearray(min(CHUNK, max((en.nbytes for en in chosen), default=0))))
+        fd = self._file.fileno()
+        for en in chosen:
+            h = tensor_hasher(en.dtype, en.shape)
+            for b in range(en.begin, en.end, CHUNK):
+                want = min(CHUNK, en.end - b)
+                got = os.preadv(fd, [buffer[:want]], b)
+                if got != want:
+                    raise CorruptCheckpointError(f"{str(self.path)!r} ended inside tensor {en.name!r} (truncated while reading?).")
+                h.update(buffer[:want])
+            if h.hexdigest() != self.checksums[en.name]:
+                raise self._mismatch(en.name, h.hexdigest())
         return len(chosen)
 
     def open_data(self):

@@ -20,7 +20,8 @@ from ..errors import CheckpointError, CorruptCheckpointError
 from . import _json
 from ._files import open_regular, read_json_bytes
 from ._hash import HASH_NAME, bytes_digest, checksum_error, is_digest
-from .keys import find_state_dict
+from ._tensor_checks import check_tensors
+from .keys import STATE_DICT_KEYS, find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
 
@@ -243,7 +244,15 @@ def index_digest(index: dict) -> str:
 def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
     obj = read_torch_file(path, trusted=trusted, inside=inside)
     info = obj.get(TORCHSMITH_KEY) if isinstance(obj, dict) else None
-    tensors, source_key, others = find_state_dict(obj, repr(str(path)))
+    try:
+        if isinstance(obj, dict):
+            for k in STATE_DICT_KEYS:  # keys under the state dict are checked before anything turns them into strings
+                if isinstance(obj.get(k), dict):
+                    check_tensors(path, obj[k], file_size=path.stat().st_size)
+        tensors, source_key, others = find_state_dict(obj, repr(str(path)))
+        check_tensors(path, tensors, file_size=path.stat().st_size)
+    except RecursionError as e:
+        raise CorruptCheckpointError(f"{str(path)!r} holds objects nested too deeply to read as weights.") from e
     checksums = metadata = None
     if isinstance(info, dict) and source_key == "state_dict":
         checksums = info.get("checksums")
@@ -262,6 +271,8 @@ def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
             raise CorruptCheckpointError(
                 f"{str(path)!r}: the torchsmith checksum table does not match its tensors (damaged or edited file)."
             )
+        if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+            raise CorruptCheckpointError(f"{str(path)!r}: the torchsmith metadata must map strings to strings (damaged or edited file).")
         source_key, others = None, []
     src = TensorSource(path, tensors, checksums, metadata)
     src.source_key, src.other_keys = source_key, others

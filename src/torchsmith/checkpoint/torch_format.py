@@ -121,8 +121,11 @@ def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointEr
     )
 
 
-def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = True, map_location="cpu", inside: Path | None = None) -> object:
+def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = False, map_location="cpu", inside: Path | None = None) -> object:
     """The object in a torch file, loaded with ``weights_only=True`` (or fully when ``trusted``).
+
+    Not memory-mapped by default: a mapped file that another process rewrites in place (plain
+    ``torch.save`` truncates and rewrites) would kill this process with SIGBUS on the next read.
 
     Raises:
         UnsafeCheckpointError: the pickle wants globals outside torch's weights-only allow-list.

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import CheckpointError, IncompatibleCheckpointError
 from . import _json
+from ._interrupts import deferred_interrupts
 from .atomic import atomic_write
 from .keys import match_keys
 from .report import Cast, LoadReport, Mismatch
@@ -380,7 +381,8 @@ def load_weights(
         report.checksums_checked = src.verify([fk for _, fk in writes])
     on_the_fly = checking and not in_place
     new: dict[int, torch.Tensor] = {}
-    with torch.no_grad(), src.reader() as handle:
+    # the copy: a Ctrl-C now would leave some tensors old and some new; it is raised when the copy ends
+    with deferred_interrupts(), torch.no_grad(), src.reader() as handle:
         # meta targets first: they are only assigned once everything has been read
         for target, fk in sorted(writes, key=lambda w: not w[0].is_meta):
             shape, dtype = src.spec(fk)
@@ -394,8 +396,8 @@ def load_weights(
                 src.read_into(handle, fk, dst, verify=False)
             else:
                 dst.copy_(src.read(handle, fk, verify=False) if not isinstance(src, TensorSource) else src.tensors[src.real(fk)])
-    if on_the_fly:
-        report.checksums_checked = len(writes)
-    _assign(model, new)
+        if on_the_fly:
+            report.checksums_checked = len(writes)
+        _assign(model, new)
     log.debug("loaded %s", report)
     return report
