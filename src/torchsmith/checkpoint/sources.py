@@ -245,10 +245,9 @@ def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
     obj = read_torch_file(path, trusted=trusted, inside=inside)
     info = obj.get(TORCHSMITH_KEY) if isinstance(obj, dict) else None
     try:
-        if isinstance(obj, dict):
-            for k in STATE_DICT_KEYS:  # keys under the state dict are checked before anything turns them into strings
-                if isinstance(obj.get(k), dict):
-                    check_tensors(path, obj[k], file_size=path.stat().st_size)
+        if isinstance(obj, dict):  # keys are checked before anything turns them into strings
+            for inner in [obj] + [obj[k] for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)]:
+                check_tensors(path, inner, file_size=path.stat().st_size)
         tensors, source_key, others = find_state_dict(obj, repr(str(path)))
         check_tensors(path, tensors, file_size=path.stat().st_size)
     except RecursionError as e:
