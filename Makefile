@@ -45,12 +45,13 @@ test-main: $(STAMP)
 test-interop: $(ISTAMP)
 	PYTHONPATH=$(CURDIR)/src $(IPY) -m pytest -q tests/interop
 
-# the reliability suite's long versions (docs/reliability.md): 64 MiB files, 100 kills, every truncation
+# the reliability suite's long versions (docs/reliability.md): 64 MiB files, 100 kills, every truncation, the long fuzz
 faults: $(STAMP)
 	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/test_reliability_crash.py tests/test_reliability_corrupt.py \
-		tests/test_reliability_pickles.py tests/test_reliability_concurrency.py
+		tests/test_reliability_pickles.py tests/test_reliability_concurrency.py tests/test_reliability_integrity.py \
+		tests/test_reliability_transactions.py tests/test_reliability_fuzz.py
 
-# >= 10,000 hypothesis examples each for safetensors headers and config.json
+# >= 10,000 hypothesis examples each for safetensors headers, config.json and torch objects
 fuzz: $(STAMP)
 	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/test_reliability_fuzz.py
 

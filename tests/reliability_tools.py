@@ -443,3 +443,71 @@ def _edit_text(text: str, edits) -> str:
     for pos, ch in edits:
         chars[pos] = ch
     return "".join(chars)
+
+
+def _odd_tensor(kind: str, n: int):
+    """A tensor of a kind torch files can hold and torchsmith must refuse or load cleanly."""
+    base = torch.arange(max(n, 1), dtype=torch.float32)
+    return {
+        "plain": lambda: base,
+        "half": lambda: base.half(),
+        "int8": lambda: base.to(torch.int8),
+        "bool": lambda: base > 1,
+        "complex128": lambda: base.to(torch.complex128),
+        "complex64": lambda: base.to(torch.complex64),
+        "float8": lambda: base.to(torch.float8_e4m3fn),
+        "meta": lambda: torch.empty(n, device="meta"),
+        "sparse": lambda: base.to_sparse(),
+        "quantized": lambda: torch.quantize_per_tensor(base, 0.1, 0, torch.quint8),
+        "nested": lambda: torch.nested.nested_tensor([base, base[:1]]),
+        "expanded": lambda: base[:1].expand(2**20),
+        "view": lambda: base[1:],
+        "transposed": lambda: base.reshape(1, -1).t(),
+        "scalar": lambda: torch.tensor(3.0),
+        "empty": lambda: torch.empty(0, 5),
+    }[kind]()
+
+
+def fuzz_torch_objects(n: int, workdir: str, headroom: int) -> dict:
+    """``n`` hypothesis examples of torch files (real tensors of every kind, keys of every type, nesting)
+    through read_weights, inspect and load_weights: only TorchsmithError escapes, the model unchanged."""
+    import warnings
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    warnings.filterwarnings("ignore")
+    work = Path(workdir)
+    counts = {"examples": 0, "loaded": 0}
+    _warm_up()
+    limit_memory(headroom)
+    kinds = st.sampled_from(["plain", "half", "int8", "bool", "complex128", "complex64", "float8", "meta", "sparse",
+                             "quantized", "nested", "expanded", "view", "transposed", "scalar", "empty"])
+    tensors = st.builds(_odd_tensor, kinds, st.integers(0, 64))
+    keys = st.one_of(st.sampled_from(["conv.weight", "embed.weight", "head.weight", "module.bn.bias", "torchsmith", "state_dict"]),
+                     st.text(max_size=6), st.integers(-3, 3), st.none(), st.tuples(st.integers(0, 2)))
+    leaves = tensors | st.integers() | st.text(max_size=4) | st.none()
+    objects = st.recursive(leaves, lambda c: st.dictionaries(keys, c, max_size=4) | st.lists(c, max_size=3), max_leaves=10)
+    top = st.one_of(
+        st.dictionaries(keys, tensors, max_size=6),
+        st.builds(lambda sd, info: {"state_dict": sd, "torchsmith": info}, st.dictionaries(keys, tensors, max_size=4),
+                  st.fixed_dictionaries({"hash": st.just("xxh3-64") | st.text(max_size=3),
+                                         "checksums": st.text(max_size=20) | st.just('{"a": "0123456789abcdef"}') | objects,
+                                         "metadata": objects})),
+        objects,
+    )
+
+    @_fuzz_settings(n)
+    @given(top)
+    def run(obj):
+        path = work / "f.pt"
+        torch.save(obj, path)
+        counts["examples"] += 1
+        model = filled(TinyNet(width=16), seed=98)
+        ok = _only_torchsmith_errors(lambda: ts.read_weights(path))
+        _only_torchsmith_errors(lambda: ts.inspect_checkpoint(path))
+        _only_torchsmith_errors(lambda: ts.load_weights(model, path, strict=False), model)
+        counts["loaded"] += ok
+
+    run()
+    return counts

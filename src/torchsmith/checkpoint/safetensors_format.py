@@ -30,7 +30,8 @@ from ._hash import HASH_NAME, PLACEHOLDER, bytes_digest, checksum_error, is_dige
 __all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
-CHUNK = 32 * 1024 * 1024  # bytes per readinto / mmap window
+CHUNK = 32 * 1024 * 1024  # bytes per readinto / verification read
+MAX_DIMS = 64  # torch's own limit on dimensions
 
 # metadata keys torchsmith writes
 META_HASH = "torchsmith.hash"
@@ -203,6 +204,8 @@ class SafetensorsFile:
             return f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)})"
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             return f"tensor {name!r} has shape {shape!r}, expected a list of non-negative integers"
+        if len(shape) > MAX_DIMS or math.prod(max(d, 1) for d in shape) >= 2**62:
+            return f"tensor {name!r} has shape {shape!r}, beyond what any tensor can hold (at most {MAX_DIMS} dimensions, a product of sizes below 2**62)"
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             return f"tensor {name!r} has data_offsets {offsets!r}, expected [begin, end]"
         b, e = offsets
