@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from reliability_tools import Timer, damage_source, forge, load_damaged, record, run_child, scale
 
 import torchsmith as ts
@@ -159,12 +160,13 @@ FORGED = {
     "negative offsets": ({"a": _entry(offsets=(-8, 0))}, b"\0" * 8, None, "outside the 8 data bytes"),
     "reversed offsets": ({"a": _entry(offsets=(8, 0))}, b"\0" * 8, None, "outside the 8 data bytes"),
     "float offsets": ({"a": _entry(offsets=(0.0, 8.0))}, b"\0" * 8, None, "expected [begin, end]"),
-    "overlapping": ({"a": _entry(), "b": _entry(shape=(1,), offsets=(4, 8))}, b"\0" * 8, None, "overlaps"),
+    "overlapping": ({"a": _entry(), "b": _entry(shape=(1,), offsets=(4, 8))}, b"\0" * 8, None, "tensors 'a' and 'b' overlap"),
     "gap": ({"a": _entry(shape=(1,), offsets=(4, 8))}, b"\0" * 8, None, "unused bytes"),
     "trailing bytes": ({"a": _entry()}, b"\0" * 12, None, "bytes after the last tensor"),
     "unknown dtype": ({"a": _entry(dtype="Q7")}, b"\0" * 8, None, "unknown dtype 'Q7'"),
     "shape larger than offsets": ({"a": _entry(shape=(3,))}, b"\0" * 8, None, "needs 12 bytes but its offsets span 8"),
-    "astronomic shape": ({"a": _entry(shape=(2**62, 2**62))}, b"\0" * 8, None, "but its offsets span 8"),
+    "astronomic shape": ({"a": _entry(shape=(2**62, 2**62))}, b"\0" * 8, None, "beyond what any tensor can hold"),
+    "shape with a zero": ({"a": _entry(shape=(2**64, 0), offsets=(0, 0))}, b"", None, "beyond what any tensor can hold"),
     "negative shape": ({"a": _entry(shape=(-2,))}, b"\0" * 8, None, "non-negative"),
     "shape not a list": ({"a": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, b"\0" * 8, None, "non-negative"),
     "missing field": ({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, None, "must have exactly"),
@@ -271,3 +273,18 @@ def test_a_torch_zip_claiming_several_disks_is_corrupt_not_a_crash(tmp_path):
     path.write_bytes(data[: at + 16] + (2).to_bytes(4, "little") + data[at + 20 :])
     with pytest.raises(ts.CorruptCheckpointError, match="original.pt"):
         ts.read_weights(path)
+
+
+def test_small_messages_name_the_right_thing(tmp_path):
+    """The overlap names both tensors; a rejected entry adds no "unused bytes"; a refused load says nothing was checked."""
+    path = forge(tmp_path / "o.safetensors", {"a": _entry(), "b": _entry(shape=(1,), offsets=(4, 8))}, b"\0" * 8)
+    with pytest.raises(ts.CorruptCheckpointError, match="tensors 'a' and 'b' overlap"):
+        ts.read_weights(path)
+    path = forge(tmp_path / "r.safetensors", {"a": _entry(dtype="Q7", shape=(1,), offsets=(0, 4)), "b": _entry(shape=(1,), offsets=(4, 8))}, b"\0" * 8)
+    with pytest.raises(ts.CorruptCheckpointError) as info:
+        ts.read_weights(path)
+    assert "unknown dtype 'Q7'" in str(info.value) and "unused bytes" not in str(info.value)
+    saved = ts.save_weights(damage_source(), tmp_path / "w.safetensors")
+    with pytest.raises(ts.IncompatibleCheckpointError) as info:
+        ts.load_weights(torch.nn.Linear(2, 2), saved)
+    assert "present, not checked (nothing was loaded)" in str(info.value) and "0 tensors" not in str(info.value)

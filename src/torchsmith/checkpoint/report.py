@@ -67,7 +67,8 @@ class LoadReport:
         prefixes_removed / prefixes_added: prefix -> number of keys.
         source_key: where a training-loop dict held the weights (``"model_state_dict"``), else None.
         other_keys: the training-loop dict's other entries (``optimizer``, ``epoch``), not loaded.
-        checksums: ``"verified"``, ``"absent"`` (the file has none) or ``"skipped"`` (``verify=False``).
+        checksums: ``"verified"`` (the data is intact: it matches the checksums written with it), ``"absent"``
+            (the file has none), ``"skipped"`` (``verify=False``) or ``"present"`` (a refused load: nothing checked).
         tied: ``(alias, target)`` pairs stored once in the file.
         unlisted: tensors a shard holds that its index does not list (never loaded).
         values / nbytes: numbers of values and bytes loaded.
@@ -112,6 +113,7 @@ class LoadReport:
             "verified": f"verified (xxh3-64, {self.checksums_checked} tensors)",
             "absent": "none in file (not written by torchsmith)",
             "skipped": "present, not verified (verify=False)",
+            "present": "present, not checked (nothing was loaded)",
         }
         rows.append(("checksums", detail.get(self.checksums, self.checksums)))
         for label, table in (("removed", self.prefixes_removed), ("added", self.prefixes_added)):

@@ -182,12 +182,15 @@ class SafetensorsFile:
                 b, e = info["data_offsets"]
                 entries[name] = Entry(name, info["dtype"], tuple(info["shape"]), self.data_start + b, self.data_start + e)
         ordered = sorted(entries.values(), key=lambda en: (en.begin, en.end))
-        pos = self.data_start
+        pos, last = self.data_start, None
+        rejected = bool(problems)  # a rejected entry leaves a gap that is not a problem of its own
         for en in ordered:
             if en.begin < pos:
-                problems.append(f"tensor {en.name!r} overlaps the tensor before it")
-            elif en.begin > pos:
+                problems.append(f"tensors {last.name!r} and {en.name!r} overlap (bytes {en.begin - self.data_start} to {min(pos, en.end) - self.data_start} of the data)")
+            elif en.begin > pos and not rejected:
                 problems.append(f"{en.begin - pos} unused bytes before tensor {en.name!r}")
+            if last is None or en.end > pos:
+                last = en
             pos = max(pos, en.end)
         if not problems and pos != self.size:
             problems.append(f"{self.size - pos} bytes after the last tensor (the data should end the file)")

@@ -374,8 +374,9 @@ def load_weights(
     src = open_source(path, trusted=trusted)
     report, writes = _plan(src, model, prefix, strict, skip_mismatched)
     checking = verify and src.checksum_status == "present"
-    report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
+    report.checksums = "present" if src.checksum_status == "present" else "absent"  # what a refusal reports
     _refuse(report, model, strict, skip_mismatched)
+    report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
     in_place = [w for w in writes if not w[0].is_meta]
     if checking and in_place:  # verify before touching the model
         report.checksums_checked = src.verify([fk for _, fk in writes])
