@@ -205,3 +205,50 @@ def test_trusted_really_unpickles(tmp_path):
     with pytest.raises(ts.CheckpointError):  # runs the payload, then finds no model
         ts.load_model(files["os_system torch zip"], trusted=True)
     assert (sentinels / "os_system").exists()
+
+
+# torchsmith's own allow-list, on top of torch's
+
+
+def _frame_summary_file(tmp_path: Path, target: Path) -> Path:
+    """A torch zip whose pickle calls traceback.FrameSummary(target, 1, "x"): building it reads ``target``."""
+    pkl = b"\x80\x02}X\x01\x00\x00\x00fctraceback\nFrameSummary\n(" + _str(str(target)) + b"K\x01" + _str("x") + b"tRs."
+    return _torch_zip_with(pkl, tmp_path / "frame.pt")
+
+
+def load_with_frame_summary_allowed(path: str) -> str:
+    """In a child: put FrameSummary on torch's list (as importing torch.distributed once did), then load."""
+    import traceback
+
+    torch.serialization.add_safe_globals([traceback.FrameSummary])
+    try:
+        ts.read_weights(path)
+    except ts.TorchsmithError as e:
+        return f"{type(e).__name__}: {e}"
+    return "loaded"
+
+
+def test_globals_torch_allows_but_weights_do_not_need_are_refused(tmp_path):
+    from reliability_tools import run_child
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading would hang: the child's timeout catches that
+    path = _frame_summary_file(tmp_path, fifo)
+    outcome = run_child(load_with_frame_summary_allowed, str(path), timeout=60)
+    assert outcome.startswith("UnsafeCheckpointError") and "traceback.FrameSummary" in outcome, outcome
+
+
+def test_a_compressed_record_is_refused_without_inflating(tmp_path):
+    """A zip bomb: data.pkl deflated from 64 MiB of one byte; the refusal reads only the directory."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for info in src.infolist():
+            if info.filename.endswith("/data.pkl"):
+                dst.writestr(info.filename, src.read(info) + b"\0" * 2**26, compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(info.filename, src.read(info))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(ts.CorruptCheckpointError, match="is compressed"):
+        ts.read_weights(bomb)

@@ -82,6 +82,30 @@ def pickle_globals(data: bytes, *, max_pickles: int = 16) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+# torchsmith's own allow-list, on top of torch's: only what a file of weights needs. torch's list grows
+# with what gets imported (``torch.distributed`` once added ``traceback.FrameSummary``, which opens any
+# path it names); a global must be on both lists to be unpickled.
+_OWN_EXACT = {
+    "collections.OrderedDict",
+    "builtins.set", "builtins.frozenset", "builtins.complex", "builtins.slice", "builtins.bytearray",
+    "torch.Size", "torch.device", "torch.serialization._get_layout",
+    "torch.storage.UntypedStorage", "torch.storage.TypedStorage",
+    "torch._tensor._rebuild_from_type_v2", "torch.nn.parameter.Parameter",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
+}
+
+
+def own_allowed(name: str) -> bool:
+    """True when ``module.name`` is on torchsmith's weights-only allow-list (see ``_OWN_EXACT``)."""
+    if name in _OWN_EXACT or name.startswith("torch._utils._rebuild_") or name.startswith("numpy.dtypes."):
+        return True
+    module, _, attr = name.rpartition(".")
+    if module != "torch":
+        return False
+    value = getattr(torch, attr, None)
+    return attr.endswith("Storage") or isinstance(value, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))
+
+
 def _allowed_globals() -> set[str]:
     try:
         from torch import _weights_only_unpickler as wo
@@ -135,9 +159,20 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Fal
     opened = open_regular(path, inside=inside)
     with opened:
         is_zip = _is_zip(opened)
-        if is_zip:
-            check_zip_records(opened, path)
+        pickles = check_zip_records(opened, path) if is_zip else [_legacy_head(opened)]
+        if not trusted:
+            strangers = [g for p in pickles for g in pickle_globals(p) if not own_allowed(g)]
+            if strangers:
+                raise refusal(path, list(dict.fromkeys(strangers)))
         return _load_pinned(path, _pinned(opened, path), trusted, mmap and is_zip, map_location)
+
+
+def _legacy_head(opened, limit: int = 64 * 2**20) -> bytes:
+    """The start of a legacy (non-zip) torch file, where its pickles are (the raw data follows them)."""
+    try:
+        return opened.read(limit)
+    finally:
+        opened.seek(0)
 
 
 def _is_data_record(name: str) -> bool:
@@ -146,7 +181,7 @@ def _is_data_record(name: str) -> bool:
     return len(parts) >= 3 and parts[-2] == "data" and parts[-1].isdigit()
 
 
-def check_zip_records(opened, path: Path) -> None:
+def check_zip_records(opened, path: Path) -> list[bytes]:
     """Check the CRC-32 of every record of a torch zip but the tensor data, before anything is unpickled.
 
     The pickle (``data.pkl``) holds the ``"torchsmith"`` entry with the checksums, the tensor names,
@@ -155,10 +190,13 @@ def check_zip_records(opened, path: Path) -> None:
     uncompressed; a compressed one (a zip bomb's way to turn kilobytes into gigabytes) is refused
     without being inflated.
 
+    Returns the pickle records' bytes (for the allow-list scan).
+
     Raises:
         CorruptCheckpointError: a record whose bytes do not match their CRC, or a compressed or oversized record.
     """
     size = os.fstat(opened.fileno()).st_size
+    pickles = []
     try:
         with zipfile.ZipFile(opened) as z:
             for info in z.infolist():
@@ -173,14 +211,16 @@ def check_zip_records(opened, path: Path) -> None:
                 if _is_data_record(info.filename):
                     continue
                 with z.open(info) as record:  # zipfile checks the CRC-32 when the record ends
-                    while record.read(1 << 20):
-                        pass
+                    chunks = list(iter(lambda: record.read(1 << 20), b""))
+                if info.filename.endswith(".pkl"):
+                    pickles.append(b"".join(chunks))
     except zipfile.BadZipFile as e:
         raise CorruptCheckpointError(f"{str(path)!r} is a damaged torch file: {e} (the pickle or a small record changed).") from e
     except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
         raise CorruptCheckpointError(f"{str(path)!r} is a damaged torch file ({type(e).__name__}: {e}).") from e
     finally:
         opened.seek(0)
+    return pickles
 
 
 def _is_zip(opened) -> bool:
