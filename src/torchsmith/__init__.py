@@ -20,6 +20,8 @@ from .checkpoint import (
     read_weights,
     save_model,
     save_weights,
+    sign_checkpoint,
+    verify_checkpoint,
 )
 from .errors import (
     CheckpointError,
@@ -34,6 +36,7 @@ from .errors import (
     UnknownModelError,
     UnsafeCheckpointError,
     UnsaveableModelError,
+    SignatureError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
@@ -70,6 +73,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SignatureError",
     # registry
     "create_model",
     "list_models",
@@ -117,4 +121,6 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    "sign_checkpoint",
+    "verify_checkpoint",
 ]

@@ -182,6 +182,31 @@ def diff_cmd(
         raise typer.Exit(3)
 
 
+@app.command("sign")
+def sign_cmd(
+    path: str = typer.Argument(..., help="A checkpoint file or a save_model directory."),
+    key: str = typer.Option(..., "--key", help="Elliptic-curve private key (PEM)."),
+    signature: Optional[str] = typer.Option(None, "--signature", help="Where to write it (default: DIR/model.sig or FILE.sig)."),
+) -> None:
+    """Sign a checkpoint with a private key (OpenSSF model-signing, offline)."""
+    from .checkpoint import sign_checkpoint
+
+    typer.echo(f"signed: {sign_checkpoint(path, private_key=key, signature=signature)}")
+
+
+@app.command("verify")
+def verify_cmd(
+    path: str = typer.Argument(..., help="A checkpoint file or a save_model directory."),
+    key: str = typer.Option(..., "--key", help="The signer's public key (PEM)."),
+    signature: Optional[str] = typer.Option(None, "--signature", help="The signature (default: DIR/model.sig or FILE.sig)."),
+) -> None:
+    """Check a checkpoint's signature against a public key; exit 1 when it does not match."""
+    from .checkpoint import verify_checkpoint
+
+    verify_checkpoint(path, public_key=key, signature=signature)
+    typer.echo(f"signature ok: {path}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:

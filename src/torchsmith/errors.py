@@ -24,6 +24,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SignatureError",
 ]
 
 
@@ -94,6 +95,10 @@ class IncompatibleCheckpointError(CheckpointError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class SignatureError(CheckpointError):
+    """A checkpoint whose signature is missing or does not match its files and the public key given."""
 
 
 class UnsaveableModelError(CheckpointError):

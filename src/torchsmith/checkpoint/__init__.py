@@ -11,6 +11,7 @@ from .atomic import atomic_write
 from .info import CheckpointDiff, CheckpointInfo, convert_checkpoint, diff_checkpoints, inspect_checkpoint
 from .keys import find_state_dict, strip_wrappers
 from .report import Cast, LoadReport, Mismatch
+from .signing import sign_checkpoint, verify_checkpoint
 from .weights import load_weights, read_weights, save_weights
 from .whole import load_model, save_model
 
@@ -28,6 +29,8 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    "sign_checkpoint",
+    "verify_checkpoint",
     "atomic_write",
     "find_state_dict",
     "strip_wrappers",

@@ -34,6 +34,7 @@ from ._files import open_regular, read_capped
 from ._hash import bytes_digest
 from .atomic import atomic_write_all
 from .report import LoadReport
+from .signing import verify_checkpoint
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .sources import SafetensorsSource
 from .torch_format import read_torch_file
@@ -298,6 +299,7 @@ def load_model(
     verify: bool = True,
     trusted: bool = False,
     return_report: bool = False,
+    verify_signature: str | os.PathLike | None = None,
 ) -> nn.Module | tuple[nn.Module, LoadReport]:
     """Rebuild a model saved by :func:`save_model`, without pickle.
 
@@ -309,11 +311,17 @@ def load_model(
     A legacy whole-model pickle (``torch.save(model)``) is refused with an
     error naming what it would import; with ``trusted=True`` it is unpickled.
 
+    ``verify_signature``: a public key (PEM); the directory's signature (``model.sig``, made by
+    :func:`sign_checkpoint` / ``torchsmith sign``) is checked against it before anything is read.
+
     Raises:
         CheckpointError: not a save_model directory, or the model name is not registered
             (import the module that registers it first); plus the errors of load_weights.
+        SignatureError: ``verify_signature`` was given and the signature is missing or does not match.
     """
     directory = Path(directory)
+    if verify_signature is not None:
+        verify_checkpoint(directory, public_key=verify_signature)
     if directory.is_file():
         return _refuse_pickled_model(directory, trusted)
     doc, st = _read_pair(directory, verify)

@@ -1,0 +1,101 @@
+"""Signing checkpoints, for authenticity: the OpenSSF ``model-signing`` package, with keys, offline.
+
+Checksums show a file is intact (not damaged); anyone who edits it can recompute them. A signature
+made with a private key shows the files are the ones the key's holder signed. torchsmith does not
+invent a scheme: it calls ``model_signing`` (elliptic-curve keys in PEM files, no network).
+
+    >>> sign_checkpoint("runs/best", private_key="key.pem")          # writes runs/best/model.sig
+    PosixPath('runs/best/model.sig')
+    >>> verify_checkpoint("runs/best", public_key="pub.pem")         # raises SignatureError if not
+    >>> model = load_model("runs/best", verify_signature="pub.pem")
+
+A directory's signature lives inside it (``model.sig``, left out of what is signed) and covers
+every other file there, so an added, removed or changed file fails verification; a single file's
+signature is written next to it (``model.safetensors.sig``). Keys: ``openssl ecparam -name
+prime256v1 -genkey -noout -out key.pem`` and ``openssl ec -in key.pem -pubout -out pub.pem``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError, SignatureError
+
+__all__ = ["sign_checkpoint", "verify_checkpoint", "signature_path"]
+
+SIGNATURE_NAME = "model.sig"
+
+
+def signature_path(path: str | os.PathLike) -> Path:
+    """Where the signature of ``path`` lives: ``DIR/model.sig`` for a directory, ``FILE.sig`` for a file."""
+    path = Path(path)
+    return path / SIGNATURE_NAME if path.is_dir() else path.with_name(path.name + ".sig")
+
+
+def _library():
+    try:
+        from model_signing import signing, verifying
+    except ImportError as e:  # an optional dependency
+        raise CheckpointError(
+            f"Signing needs the OpenSSF model-signing package, which is not importable here ({e}). "
+            f"Install it with: pip install 'torchsmith[sign]' (model-signing and pyopenssl)."
+        ) from e
+    return signing, verifying
+
+
+def _check_inputs(path: Path, key: str | os.PathLike, what: str) -> None:
+    if not path.exists():
+        raise CheckpointError(f"Cannot {what} {str(path)!r}: it does not exist.")
+    if not Path(key).is_file():
+        raise CheckpointError(f"Cannot {what} {str(path)!r}: key file {str(key)!r} does not exist (a PEM file).")
+
+
+def sign_checkpoint(path: str | os.PathLike, *, private_key: str | os.PathLike, signature: str | os.PathLike | None = None) -> Path:
+    """Sign a checkpoint file or directory with an elliptic-curve private key (PEM); returns the signature's path.
+
+    Raises:
+        CheckpointError: the path or key is missing, the package is not installed, or signing failed.
+    """
+    path = Path(path)
+    _check_inputs(path, private_key, "sign")
+    signing, _ = _library()
+    out = Path(signature) if signature is not None else signature_path(path)
+    from model_signing import hashing
+
+    config = signing.Config().use_elliptic_key_signer(private_key=str(private_key))
+    config = config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[out]))  # the signature itself
+    try:
+        config.sign(path, out)
+    except Exception as e:  # the library raises ValueError / OSError / cryptography errors
+        raise CheckpointError(f"Signing {str(path)!r} failed: {type(e).__name__}: {e}") from e
+    return out
+
+
+def verify_checkpoint(path: str | os.PathLike, *, public_key: str | os.PathLike, signature: str | os.PathLike | None = None) -> None:
+    """Check the signature of a checkpoint file or directory against a public key (PEM).
+
+    Raises:
+        SignatureError: no signature, or it does not match (a changed, added or removed file, another key).
+        CheckpointError: the path or key is missing, or the package is not installed.
+    """
+    path = Path(path)
+    _check_inputs(path, public_key, "verify")
+    _, verifying = _library()
+    from model_signing import hashing
+
+    sig = Path(signature) if signature is not None else signature_path(path)
+    if not sig.is_file():
+        raise SignatureError(
+            f"{str(path)!r} has no signature at {str(sig)!r}. Sign it with `torchsmith sign {path} --key KEY.pem`, "
+            f"or pass the signature's path."
+        )
+    config = verifying.Config().use_elliptic_key_verifier(public_key=str(public_key))
+    config = config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[sig]))
+    try:
+        config.verify(path, sig)
+    except Exception as e:
+        raise SignatureError(
+            f"Signature check of {str(path)!r} failed: {str(e)[:500]}. The files are not the ones signed with the "
+            f"key matching {str(public_key)!r} (changed, added or removed files, or another key); do not load them."
+        ) from e
