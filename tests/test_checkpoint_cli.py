@@ -82,3 +82,13 @@ def test_diff_exit_codes_and_json(tmp_path):
     assert d["max_abs_diff"]["conv.bias"] == 0.5 and d["max_abs_diff"]["conv.weight"] == 0.0
     result = run("diff", str(tmp_path / "a.safetensors"), "ckpt_tiny")
     assert result.exit_code == 3 and "different" in result.stdout
+
+
+def test_inspect_summarizes_many_tensors_unless_asked_for_all(tmp_path):
+    path = ts.save_weights({f"layer{i:03d}.w": torch.zeros(2) for i in range(100)}, tmp_path / "many.safetensors")
+    result = run("inspect", str(path))
+    assert result.exit_code == 0, result.output
+    assert "layer039.w" in result.stdout and "layer040.w" not in result.stdout
+    assert "and 60 more tensors" in result.stdout and "tensors: 100" in result.stdout
+    result = run("inspect", str(path), "--all")
+    assert "layer099.w" in result.stdout and "more tensors" not in result.stdout

@@ -193,3 +193,20 @@ def test_a_really_full_filesystem(tmp_path, fail_after):
         free = os.statvfs(path.parent)
         record("full filesystem", tmpfs=mounted, free_after_kib=free.f_bavail * free.f_frsize // 1024)
 
+
+
+def test_loads_remove_temporaries_of_dead_processes(tmp_path):
+    """kill -9 during a save leaves a hidden temporary; the next load (not only the next save) removes it."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is no longer running
+    path = ts.save_weights(filled(TinyNet(), seed=1), tmp_path / "w.safetensors")
+    directory = ts.save_model(ts.create_model("ckpt_tiny"), tmp_path / "m")
+    stale = [tmp_path / f".w.safetensors.tmp-{dead.pid}-0123abcd", directory / f".model.safetensors.tmp-{dead.pid}-89abcdef"]
+    alive = tmp_path / f".w.safetensors.tmp-{os.getpid()}-00000000"  # a save in progress: kept
+    for p in (*stale, alive):
+        p.write_bytes(b"partial")
+    ts.read_weights(path)
+    ts.load_model(directory)
+    assert not any(p.exists() for p in stale) and alive.exists()

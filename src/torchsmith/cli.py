@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from typing import Optional
 
 import typer
@@ -80,12 +81,16 @@ def list_cmd(
 # checkpoints
 
 
+INSPECT_ROWS = 40  # rows `torchsmith inspect` prints without --all
+
+
 @app.command("inspect")
 def inspect_cmd(
     path: str = typer.Argument(..., help="A checkpoint file, a sharded index, or a directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check checksums."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
+    show_all: bool = typer.Option(False, "--all", help=f"List every tensor (by default the first {INSPECT_ROWS} and a count)."),
 ) -> None:
     """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
     from .checkpoint import inspect_checkpoint
@@ -99,11 +104,15 @@ def inspect_cmd(
     table.add_column("key")
     table.add_column("shape")
     table.add_column("dtype")
-    for key, shape, dtype in info.entries:
+    rows = info.entries if show_all else info.entries[:INSPECT_ROWS]
+    for key, shape, dtype in rows:
         alias = f" = {info.aliases[key]}" if key in info.aliases else ""
         table.add_row(key + alias, "(" + ", ".join(map(str, shape)) + ")", dtype)
     out = Console()
     out.print(table)
+    if len(rows) < len(info.entries):
+        dtypes = ", ".join(f"{n:,} {d}" for d, n in Counter(d for _, _, d in info.entries).most_common())
+        out.print(f"... and {len(info.entries) - len(rows):,} more tensors (--all lists them; --json gives all). dtypes: {dtypes}")
     out.print(f"tensors: {info.tensors}   parameters: {info.parameters:,}   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
     out.print(f"checksums: {info.checksums}")
     if info.prefixes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import BinaryIO
 
 from ..errors import CheckpointError
 
-__all__ = ["atomic_write", "atomic_write_all", "clean_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_all", "clean_stale_temporaries", "clean_stale_temporaries_in"]
 
 _TMP_TAG = ".tmp-"
 
@@ -60,6 +61,28 @@ def clean_stale_temporaries(target: str | os.PathLike) -> list[Path]:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
                 removed.append(entry)
+    return removed
+
+
+_ANY_TMP = re.compile(r"\..+" + re.escape(_TMP_TAG) + r"(\d+)-[0-9a-f]{8}")
+
+
+def clean_stale_temporaries_in(directory: str | os.PathLike) -> list[Path]:
+    """Remove every temporary in ``directory`` left by a process that no longer runs (loads call this too).
+
+    Never raises: a read-only directory is left as it is.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _ANY_TMP.fullmatch(entry.name)
+        if m and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
     return removed
 
 

@@ -21,6 +21,7 @@ from . import _json
 from ._files import open_regular, read_json_bytes
 from ._hash import HASH_NAME, bytes_digest, checksum_error, is_digest
 from ._tensor_checks import check_tensors
+from .atomic import clean_stale_temporaries_in
 from .keys import STATE_DICT_KEYS, find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
@@ -288,6 +289,7 @@ def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
     if isinstance(path, Source):  # already open (load_model hands over the file it checked)
         return path
     path, inside = _resolve(Path(path))
+    clean_stale_temporaries_in(path.parent)  # a save killed with -9 left one; any load may tidy it
     if path.name.endswith(INDEX_SUFFIX):
         return _open_index(path, inside)
     try:

@@ -32,7 +32,7 @@ from ..registry import create_model, model_config
 from . import _json
 from ._files import open_regular, read_capped
 from ._hash import bytes_digest
-from .atomic import atomic_write_all
+from .atomic import atomic_write_all, clean_stale_temporaries_in
 from .report import LoadReport
 from .signing import verify_checkpoint
 from .safetensors_format import SafetensorsFile, write_safetensors
@@ -320,6 +320,8 @@ def load_model(
         SignatureError: ``verify_signature`` was given and the signature is missing or does not match.
     """
     directory = Path(directory)
+    if directory.is_dir():
+        clean_stale_temporaries_in(directory)  # a save killed with -9 left one (it would also fail a signature)
     if verify_signature is not None:
         verify_checkpoint(directory, public_key=verify_signature)
     if directory.is_file():
