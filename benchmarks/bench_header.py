@@ -1,0 +1,58 @@
+"""Header costs: a 100,000-tensor safetensors header (about what a 671B mixture-of-experts checkpoint
+with FP8 scales holds), parsed and planned against a model, side by side with safetensors' own parser.
+
+Interleaved rounds in one process; prints the medians and the ratio (ours / safetensors.safe_open).
+"Plan" is everything load_weights does before reading data: parse, validate, match keys, check shapes.
+
+    python benchmarks/bench_header.py              # 100,000 tensors
+    python benchmarks/bench_header.py --tensors 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+import torchsmith as ts
+from torchsmith.checkpoint.safetensors_format import SafetensorsFile
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tensors", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    sd = {f"layers.{i // 8}.experts.{i % 8}.w": torch.zeros(1, dtype=torch.float16) for i in range(args.tensors)}
+    model = nn.Module()
+    for i, (k, t) in enumerate(sd.items()):
+        model.register_buffer(f"b{i}", t.clone())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = ts.save_weights(sd, Path(tmp) / "many.safetensors")
+        flat = ts.save_weights({f"b{i}": t for i, t in enumerate(sd.values())}, Path(tmp) / "flat.safetensors")
+        times: dict[str, list[float]] = {"ours: parse": [], "safetensors: safe_open + keys": [], "ours: load_weights (plan + read)": []}
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            SafetensorsFile(path)
+            times["ours: parse"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with safe_open(str(path), "pt") as f:
+                list(f.keys())
+            times["safetensors: safe_open + keys"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ts.load_weights(model, flat)
+            times["ours: load_weights (plan + read)"].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:<40} {v:8.3f} s   ({args.tensors:,} tensors, median of {args.rounds})")
+    print(f"ratio parse ours / safetensors: {med['ours: parse'] / med['safetensors: safe_open + keys']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
