@@ -37,7 +37,8 @@ from .errors import (
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
-from .registry import create_model, get_model_builder, list_models, model_config, register_model
+from ._version import __version__
+from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
 from .surgery import (
     FreezeReport,
     MultiInputModel,
@@ -45,15 +46,15 @@ from .surgery import (
     add_inputs,
     fold_batchnorm,
     freeze,
+    freeze_report,
     get_module,
     optimize_for_inference,
     replace_head,
     replace_module,
     unfreeze,
 )
+from .replay import build_from_config
 from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -72,10 +73,12 @@ __all__ = [
     "UnsaveableModelError",
     # registry
     "create_model",
+    "create_layer",
     "list_models",
     "register_model",
     "get_model_builder",
     "model_config",
+    "update_config",
     # layers
     "FeatureInfo",
     "FrozenBatchNorm2d",
@@ -88,6 +91,7 @@ __all__ = [
     "UNet",
     "EncoderUNet",
     "MLP",
+    "build_from_config",
     # features
     "FeatureExtractor",
     "extract_features",
@@ -99,6 +103,7 @@ __all__ = [
     "replace_head",
     "FreezeReport",
     "freeze",
+    "freeze_report",
     "unfreeze",
     "adapt_input_channels",
     "MultiInputModel",

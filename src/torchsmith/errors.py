@@ -18,6 +18,7 @@ __all__ = [
     "FeatureExtractionError",
     "SurgeryError",
     "closest",
+    "did_you_mean",
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
@@ -67,6 +68,18 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
         lower = {c.lower(): c for c in choices}
         hits = [lower[h] for h in hits]
     return hits
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """``" Did you mean 'a', 'b'?"`` for the names closest to ``word``, or ``""``: the one spelling of the hint.
+
+    >>> did_you_mean("resnet5O", ["resnet50", "resnet18", "unet"])
+    " Did you mean 'resnet50'?"
+    >>> did_you_mean("zzz", ["resnet50"])
+    ''
+    """
+    hits = closest(word, choices, n=n)
+    return f" Did you mean {', '.join(map(repr, hits))}?" if hits else ""
 
 
 # checkpoints
