@@ -207,7 +207,10 @@ def replace_head(
     elif isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     elif isinstance(old, CONV_TYPES):
-        new = type(old)(old.in_channels, num_classes, kernel_size=old.kernel_size, bias=old.bias is not None)
+        new = type(old)(
+            old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
+            dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode,
+        )  # same geometry: a 3x3 head keeps its padding  # fmt: skip
     elif isinstance(old, nn.Identity) and isinstance(getattr(model, "num_features", None), int):
         new = nn.Linear(model.num_features, num_classes)
     else:
