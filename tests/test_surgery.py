@@ -191,7 +191,7 @@ def test_freeze_unknown_patterns_are_all_named():
     model = create_model("resnet18")
     with pytest.raises(SurgeryError) as err:
         freeze(model, ["layer5", "layr1", "layer2"])
-    assert "'layer5': did you mean 'layer4'" in str(err.value) and "'layr1'" in str(err.value)
+    assert "'layer5'. Did you mean 'layer4'" in str(err.value) and "'layr1'" in str(err.value)
     assert all(p.requires_grad for p in model.parameters())  # nothing changed
     with pytest.raises(SurgeryError, match="bn must be"):
         freeze(model, bn="off")

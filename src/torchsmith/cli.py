@@ -142,20 +142,39 @@ def convert_cmd(
         Console().print(f"wrote {out}")
 
 
+def _diff_side(target: str) -> str | dict:
+    """A checkpoint path as is; anything else is a registered model name, built on meta (keys, shapes, dtypes)."""
+    from pathlib import Path
+
+    import torch
+
+    from .registry import create_model
+
+    if Path(target).exists() or any(sep in target for sep in "/\\") or Path(target).suffix:
+        return target
+    with torch.device("meta"):
+        return create_model(target).state_dict()  # an unknown name: UnknownModelError with the closest names
+
+
 @app.command("diff")
 def diff_cmd(
     a: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
-    b: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
+    b: str = typer.Argument(..., help="A checkpoint, or a registered model name (compared by keys, shapes and dtypes)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle torch files that need code (only for files you trust)."),
 ) -> None:
     """Compare two checkpoints (or one and a model name): missing, extra, shape/dtype changes, max abs difference.
 
-    Exit code 0 when they are the same, 3 when they differ, 1 on error.
+    A model name (``torchsmith diff ckpt.safetensors resnet50``) is built on the meta device: keys, shapes and
+    dtypes are compared, not values. Exit code 0 when they are the same, 3 when they differ, 1 on error.
     """
+    import dataclasses
+
     from .checkpoint import diff_checkpoints
 
-    d = diff_checkpoints(a, b, trusted=trusted)
+    sides = [_diff_side(a), _diff_side(b)]
+    d = diff_checkpoints(*sides, trusted=trusted)
+    d = dataclasses.replace(d, a=a, b=b)
     if as_json:
         typer.echo(json.dumps(d.to_dict(), indent=2))
     else:

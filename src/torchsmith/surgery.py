@@ -33,7 +33,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._probe import CONV_TYPES, example_input, logger, probe
-from .errors import SurgeryError, closest
+from .errors import SurgeryError, did_you_mean
 from .layers import FrozenBatchNorm2d
 from .registry import model_config, set_config, update_config
 
@@ -103,9 +103,7 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError as err:
-        near = closest(path, _paths(model))
-        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
-        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{hint}") from err
+        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, _paths(model))}") from err
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
@@ -234,8 +232,7 @@ def _matching(model: nn.Module, patterns: Iterable[str], what: str) -> set[str]:
             unknown.append(pattern)
         roots.update(hits)
     if unknown:
-        lines = [f"  {p!r}" + (f": did you mean {', '.join(map(repr, closest(p, paths[1:])))}?" if closest(p, paths[1:]) else "")
-                 for p in unknown]  # fmt: skip
+        lines = [f"  {p!r}.{did_you_mean(p, paths[1:])}" for p in unknown]
         raise SurgeryError(f"{what} pattern(s) match no module of {type(model).__name__}:\n" + "\n".join(lines))
     return {p for p in paths if any(p == r or r == "" or p.startswith(r + ".") for r in roots)}
 
