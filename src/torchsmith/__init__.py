@@ -5,7 +5,8 @@
     >>> torchsmith.list_models("resnet1*")
     ['resnet101', 'resnet101_fpn', 'resnet152', 'resnet152_fpn', 'resnet18', 'resnet18_fpn']
     >>> torchsmith.save_model(model, "out/resnet50-20")          # config.json + model.safetensors
-    >>> torchsmith.load_model("out/resnet50-20")                 # rebuilt without pickle
+    PosixPath('out/resnet50-20')
+    >>> model = torchsmith.load_model("out/resnet50-20")         # rebuilt without pickle
 """
 
 from .checkpoint import (

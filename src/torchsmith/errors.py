@@ -59,7 +59,7 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The registered names most like ``word`` (for "did you mean" hints).
 
     >>> closest("resnet5O", ["resnet50", "resnet18", "unet"])
-    ['resnet50']
+    ['resnet50', 'resnet18']
     """
     choices = list(choices)
     hits = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)
@@ -74,7 +74,7 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """``" Did you mean 'a', 'b'?"`` for the names closest to ``word``, or ``""``: the one spelling of the hint.
 
     >>> did_you_mean("resnet5O", ["resnet50", "resnet18", "unet"])
-    " Did you mean 'resnet50'?"
+    " Did you mean 'resnet50', 'resnet18'?"
     >>> did_you_mean("zzz", ["resnet50"])
     ''
     """

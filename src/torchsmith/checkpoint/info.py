@@ -5,7 +5,7 @@
     >>> _ = save_weights(model, "model.safetensors"), save_weights(model, "b.pt")
     >>> info = inspect_checkpoint("model.safetensors")
     >>> info.tensors, info.parameters, info.checksums
-    (122, 11689512, 'verified')
+    (122, 11699132, 'verified')
     >>> diff_checkpoints("model.safetensors", "b.pt").max_abs_diff["fc.weight"]
     0.0
 """

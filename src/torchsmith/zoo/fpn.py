@@ -8,8 +8,9 @@ state-dict keys (``body.*``, ``fpn.*``), same trainable parameters for each
 Example::
 
     >>> from torchsmith import create_model
-    >>> m = create_model("resnet152_fpn").eval()
-    >>> out = m(torch.randn(1, 3, 224, 224))
+    >>> with torch.device("meta"):                      # shapes only: no memory, no compute
+    ...     m = create_model("resnet152_fpn").eval()
+    ...     out = m(torch.randn(1, 3, 224, 224))
     >>> {k: tuple(v.shape) for k, v in out.items()}
     {'0': (1, 256, 56, 56), '1': (1, 256, 28, 28), '2': (1, 256, 14, 14), '3': (1, 256, 7, 7), 'pool': (1, 256, 4, 4)}
 """
