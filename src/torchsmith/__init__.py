@@ -29,6 +29,7 @@ from .errors import (
     FeatureExtractionError,
     IncompatibleCheckpointError,
     ModelConfigError,
+    SpecError,
     SurgeryError,
     TorchsmithError,
     UnknownModelError,
@@ -52,6 +53,7 @@ from .surgery import (
     unfreeze,
 )
 from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
+from .spec import GraphModel, LayerDict, LayerList, build, register_block, spec_schema, to_spec
 
 __version__ = "0.1.0"
 
@@ -70,6 +72,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SpecError",
     # registry
     "create_model",
     "list_models",
@@ -117,4 +120,12 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    # specs
+    "build",
+    "to_spec",
+    "spec_schema",
+    "register_block",
+    "GraphModel",
+    "LayerList",
+    "LayerDict",
 ]
