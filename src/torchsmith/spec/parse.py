@@ -112,12 +112,12 @@ class _Parser:
         return [*N.CONTAINERS, *N.NN_LAYERS, *self.blocks, *(self.ops if in_graph else ()), *self.models]
 
     def unknown(self, path: str, name: str, in_graph: bool) -> None:
+        if not in_graph and name in self.ops:
+            self.add(path, f"{name!r} is a graph op: use it in a graph node, e.g. graph: {{nodes: {{x: {{{name}: null, from: [a, b]}}}}}}")
+            return
         hint = closest(name, self.known(in_graph))
         where = "torch.nn layers, registered blocks" + (", graph ops" if in_graph else "") + " and registered models"
-        extra = ""
-        if not in_graph and name in self.ops:
-            extra = f" {name!r} is a graph op: use it in a graph node (with from: [...])."
-        self.add(path, f"unknown layer {name!r}." + (f" Did you mean {', '.join(map(repr, hint))}?" if hint else f" Names are {where}.") + extra)
+        self.add(path, f"unknown layer {name!r}." + (f" Did you mean {', '.join(map(repr, hint))}?" if hint else f" Names are {where}."))
 
     # layers
 

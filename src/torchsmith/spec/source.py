@@ -55,12 +55,14 @@ def read_spec(spec: Any) -> dict[str, Any]:
 
 def _read_file(path: Path) -> str:
     try:
-        if not path.is_file():
-            raise SpecError(
-                f"No spec file at {str(path)!r}. Pass a path to a .yaml/.json file, YAML/JSON text holding a mapping, or a dict."
-            )
-        if path.stat().st_size > MAX_BYTES:
-            raise SpecError(f"{str(path)!r} is {path.stat().st_size:,} bytes; a spec file is at most {MAX_BYTES:,}.")
+        found, size = path.is_file(), path.stat().st_size if path.is_file() else 0
+    except (OSError, ValueError):  # a name too long, a NUL in it
+        found, size = False, 0
+    if not found:
+        raise SpecError(f"No spec file at {str(path)!r}. Pass a path to a .yaml/.json file, YAML/JSON text holding a mapping, or a dict.")
+    if size > MAX_BYTES:
+        raise SpecError(f"{str(path)!r} is {size:,} bytes; a spec file is at most {MAX_BYTES:,}.")
+    try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SpecError(f"Cannot read the spec file {str(path)!r}: {e}") from e
