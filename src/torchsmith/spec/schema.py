@@ -36,7 +36,13 @@ def _layer(ref_self: str, names: list[str], extra: dict[str, Any]) -> dict[str, 
         "description": "A layer: a name (ReLU) or {Name: arguments}.",
         "oneOf": [
             {"$ref": f"#/$defs/{ref_self}_name"},
-            {"type": "object", "minProperties": 1, "maxProperties": 2 + len(extra), "properties": props, "additionalProperties": False},
+            {
+                "type": "object",
+                "properties": props,
+                "additionalProperties": False,
+                # exactly one layer name per mapping, beside repeat (and from)
+                "oneOf": [{"required": [n]} for n in [*names, "Sequential", "ModuleList", "ModuleDict", "Graph"]],
+            },
         ],
     }
 
