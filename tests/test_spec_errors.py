@@ -166,3 +166,26 @@ def test_missing_file_and_non_mapping():
         ts.build("- ReLU\n- Tanh\n")
     with pytest.raises(ts.SpecError, match="takes a dict, YAML/JSON text or a path"):
         ts.build(42)
+
+
+def test_repeated_yaml_keys_are_refused_not_dropped():
+    with pytest.raises(ts.SpecError) as info:
+        ts.build("layers:\n  conv1: {Conv2d: [3, 8, 3]}\n  relu: ReLU\n  conv1: {Conv2d: [8, 8, 3]}\n")
+    assert info.value.problems == ["line 4: 'conv1' is already a key at line 2"]
+
+
+def test_graph_attribute_names_are_reserved():
+    for name in ("graph_nodes", "_release", "forward", "training"):
+        got = problems({"graph": {"nodes": {"a": "ReLU", name: "ReLU"}, "outputs": name}})
+        assert got == [f"graph.nodes.{name}: {name!r} cannot name a node: use letters, digits, _ and dots between parts, and no module attribute name"]
+
+
+def test_from_outside_a_graph():
+    assert problems({"layers": [{"Linear": [2, 2], "from": "x"}]}) == [
+        "layers[0].from: from is for graph nodes; in a sequential each layer reads the previous one"
+    ]
+
+
+def test_x_keys_hold_yaml_anchors():
+    model = ts.build("x-conv: &conv {Conv2d: {args: [auto, 8, 3], padding: 1}}\ninput: [1, 3, 8, 8]\nlayers: [*conv, ReLU, *conv]\n")
+    assert (model[0].in_channels, model[2].in_channels) == (3, 8) and model[0] is not model[2]

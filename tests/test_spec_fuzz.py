@@ -18,7 +18,8 @@ NAMES = ["Conv2d", "Linear", "ReLU", "BatchNorm2d", "Flatten", "Dropout", "Seque
          "DoubleConv", "concat", "add", "crop_like", "interpolate", "mlp", "resnet18", "LSTM", "Upsample", "Embedding",
          "os.system", "__import__", "Module", "torch.nn.Linear"]
 KEYS = NAMES + ["layers", "graph", "model", "input", "name", "repeat", "from", "args", "nodes", "inputs", "outputs",
-                "in_features", "out_features", "in_channels", "kernel_size", "dim", "conv1", "a", "b", "x.y"]
+                "in_features", "out_features", "in_channels", "kernel_size", "dim", "conv1", "a", "b", "x.y", "training",
+                "forward", "graph_nodes", "_modules", "x-anchor"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 40), st.floats(-2, 2, allow_nan=False), st.sampled_from(["auto", "input", "a", "b", "conv1"]),

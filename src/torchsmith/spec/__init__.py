@@ -140,7 +140,7 @@ def to_spec(model: nn.Module) -> dict[str, Any]:
         )
     if cfg["name"] == SPEC_MODEL:
         recorded = cfg["kwargs"].get("spec")
-        return copy.deepcopy(recorded) if recorded is not None else {"layers": {}}
+        return copy.deepcopy(recorded) if recorded is not None else {"model": SPEC_MODEL}  # the empty Sequential
     problems: list[str] = []
     names = {cls: name for table in (ACT_LAYERS, NORM_LAYERS) for name, cls in reversed(list(table.items()))}
 

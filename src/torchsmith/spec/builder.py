@@ -133,7 +133,10 @@ class _Builder:
             values[entry.name] = out
         if not ok:
             return None, None
-        model = GraphModel(inputs=node.inputs, nodes=nodes, modules=modules, outputs=node.outputs)
+        try:
+            model = GraphModel(inputs=node.inputs, nodes=nodes, modules=modules, outputs=node.outputs)
+        except (KeyError, TypeError, ValueError) as e:  # a name nn.Module refuses
+            return self.fail(node.path, f"the graph cannot hold its modules: {e}")
         if not self.infer:
             return model, None
         out = node.outputs
@@ -197,6 +200,16 @@ def _raise(problems: list[str]) -> None:
 
 
 def construct(root: Node, shapes: dict[str, tuple[int, ...]] | None) -> tuple[nn.Module, Any]:
+    """``(model, output)`` for a parsed spec; see :func:`_construct`."""
+    try:
+        return _construct(root, shapes)
+    except TorchsmithError:
+        raise
+    except Exception as e:  # a layer's own check that validation did not foresee: still a spec error
+        raise SpecError(f"The spec cannot be built: {type(e).__name__}: {e}") from e
+
+
+def _construct(root: Node, shapes: dict[str, tuple[int, ...]] | None) -> tuple[nn.Module, Any]:
     """``(model, output)`` for a parsed spec; ``output`` is a meta tensor (or dict of them) when ``shapes`` is given.
 
     The model is built on the current default device.

@@ -21,7 +21,10 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["LayerList", "LayerDict", "GraphModel", "GraphNode"]
+__all__ = ["LayerList", "LayerDict", "GraphModel", "GraphNode", "RESERVED_NAMES"]
+
+# attributes a GraphModel sets besides its modules: no node may take these names
+RESERVED_NAMES = frozenset({"graph_inputs", "graph_nodes", "graph_outputs", "_release"})
 
 
 class LayerList(nn.ModuleList):

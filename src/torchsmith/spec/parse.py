@@ -6,7 +6,8 @@ The top level is a mapping with exactly one of
 - ``graph``: ``{inputs: [...], nodes: {name: layer + from}, outputs: ...}``;
 - ``model``: any one layer;
 
-plus optional ``name``, ``description`` and ``input`` (a shape, or ``{input name: shape}`` for graphs).
+plus optional ``name``, ``description`` and ``input`` (a shape, or ``{input name: shape}`` for graphs);
+keys starting with ``x-`` are ignored (a place for YAML anchors).
 
 A layer is a name (``ReLU``) or a one-name mapping ``{Conv2d: ARGS}``, ``ARGS`` being null, a list
 (positional), a mapping (keywords, positional under ``args``) or one value (``{Dropout: 0.5}``);
@@ -34,7 +35,9 @@ from typing import Any, Union
 from ..errors import SpecError, closest
 from ..registry import get_model_builder, list_models
 from . import names as N
-from .modules import GraphModel, LayerDict, LayerList
+from torch import nn
+
+from .modules import RESERVED_NAMES, GraphModel, LayerDict, LayerList
 
 __all__ = ["parse_spec", "Call", "Container", "Graph", "GraphEntry", "Repeat", "Node"]
 
@@ -43,6 +46,12 @@ BODY_KEYS = ("layers", "graph", "model")
 GRAPH_KEYS = ("inputs", "nodes", "outputs")
 MAX_REPEAT = 1024
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_MODULE_ATTRS = frozenset(vars(nn.Module()))  # training, _parameters, ...: set on every instance
+
+
+def _is_attribute(cls: type, name: str) -> bool:
+    """Whether ``name`` is taken on instances of ``cls`` (so no child module can have it)."""
+    return hasattr(cls, name) or name in _MODULE_ATTRS
 
 
 @dataclass
@@ -132,6 +141,8 @@ class _Parser:
         if len(keys) != 1:
             if not keys:
                 self.add(path, f"no layer named; only {sorted(set(value) & set(reserved))}")
+            elif "from" in keys and not in_graph:
+                self.add(f"{path}.from", "from is for graph nodes; in a sequential each layer reads the previous one")
             else:
                 layerish = [k for k in keys if k in self.known(in_graph)]
                 hint = ""
@@ -182,7 +193,7 @@ class _Parser:
         if not isinstance(value, (list, dict)):
             self.add(path, f"{kind} takes a list or a mapping of layers, got {_kind_of(value)}")
             return None
-        return Container(path, kind, self.items(value, path, {"Sequential": _seq_cls(), "ModuleList": LayerList, "ModuleDict": LayerDict}[kind]))
+        return Container(path, kind, self.items(value, path, {"Sequential": nn.Sequential, "ModuleList": LayerList, "ModuleDict": LayerDict}[kind]))
 
     def items(self, value: list | dict, path: str, cls: type) -> list[tuple[str | None, Node]]:
         out: list[tuple[str | None, Node]] = []
@@ -198,7 +209,7 @@ class _Parser:
             self.add(path, "no layers")
         for k, v in value.items():
             where = f"{path}.{k}"
-            if not _NAME.match(k) or hasattr(cls, k):
+            if not _NAME.match(k) or _is_attribute(cls, k):
                 self.add(where, f"{k!r} cannot name a child module: use letters, digits and _ (and not a {cls.__name__} attribute)")
                 continue
             node = self.layer(v, where)
@@ -298,8 +309,14 @@ class _Parser:
         for name, spec in nodes.items():
             where = f"{path}.nodes.{name}"
             segments = name.split(".")
-            if not all(_NAME.match(s) for s in segments) or hasattr(GraphModel, segments[0]) or any(hasattr(LayerDict, s) for s in segments[1:]):
+            if (
+                not all(_NAME.match(s) for s in segments)
+                or _is_attribute(GraphModel, segments[0])
+                or segments[0] in RESERVED_NAMES
+                or any(_is_attribute(LayerDict, s) for s in segments[1:])
+            ):
                 self.add(where, f"{name!r} cannot name a node: use letters, digits, _ and dots between parts, and no module attribute name")
+                seen.append(name)  # reported once, here; later references to it are not errors of their own
                 continue
             if name in seen:
                 self.add(where, f"{name!r} is already {'an input' if name in inputs else 'a node'}")
@@ -358,12 +375,6 @@ class _Parser:
         return list(src) if ok else None
 
 
-def _seq_cls() -> type:
-    from torch import nn
-
-    return nn.Sequential
-
-
 def _show_sig(sig: inspect.Signature) -> str:
     return "(" + ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in sig.parameters.values()) + ")"
 
@@ -382,7 +393,7 @@ def parse_spec(doc: dict[str, Any]) -> tuple[Node, dict[str, tuple[int, ...]] | 
     """
     problems: list[str] = []
     for k in doc:
-        if k not in TOP_KEYS:
+        if k not in TOP_KEYS and not k.startswith("x-"):  # x-...: free keys, e.g. for YAML anchors
             hint = closest(k, TOP_KEYS)
             problems.append(f"{k}: unknown top-level key." + (f" Did you mean {hint[0]!r}?" if hint else f" Keys are {list(TOP_KEYS)}."))
     bodies = [k for k in BODY_KEYS if k in doc]

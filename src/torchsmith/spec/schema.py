@@ -14,7 +14,7 @@ from typing import Any
 
 from ..registry import list_models
 from . import names as N
-from .parse import MAX_REPEAT, TOP_KEYS
+from .parse import MAX_REPEAT
 
 __all__ = ["spec_schema"]
 
@@ -78,8 +78,8 @@ def spec_schema() -> dict[str, Any]:
             "graph": {"$ref": "#/$defs/graph"},
             "model": {"$ref": "#/$defs/layer"},
         },
+        "patternProperties": {"^x-": {"description": "ignored: a place for YAML anchors"}},
         "additionalProperties": False,
-        "propertyNames": {"enum": list(TOP_KEYS)},
         "oneOf": [{"required": ["layers"]}, {"required": ["graph"]}, {"required": ["model"]}],
         "$defs": {
             "value": value,

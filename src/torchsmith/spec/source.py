@@ -77,11 +77,39 @@ def _parse(text: str, where: str) -> Any:
         except ValueError:
             pass  # YAML flow style is not always JSON
     try:
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), where)  # nodes only: nothing constructed
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SpecError(f"{where} is not valid YAML/JSON: {e}") from e
     except RecursionError as e:
         raise SpecError(f"{where} nests too deeply (at most {MAX_DEPTH} levels).") from e
+
+
+def _refuse_duplicate_keys(root: Any, where: str) -> None:
+    """YAML keeps the last of two equal keys silently; a spec with two ``conv1:`` entries is a mistake."""
+    import yaml
+
+    problems: list[str] = []
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in keys:
+                        problems.append(f"line {key.start_mark.line + 1}: {key.value!r} is already a key at line {keys[key.value] + 1}")
+                    keys.setdefault(key.value, key.start_mark.line)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    if problems:
+        problems.sort(key=lambda p: int(p.split(":")[0].removeprefix("line ")))
+        raise SpecError(f"{where} repeats keys (YAML would keep only the last):\n" + "\n".join(f"  {p}" for p in problems), problems)
 
 
 def _plain(doc: dict[str, Any]) -> dict[str, Any]:
