@@ -60,7 +60,7 @@ def test_load_model_rebuilds_a_sequential_spec_in_process(tmp_path):
 def test_create_model_spec_is_the_same_builder():
     spec = yaml.safe_load((SPECS / "mlp.yaml").read_text())
     model = ts.create_model("spec", spec=spec)
-    assert ts.model_config(model) == {"name": "spec", "kwargs": {"spec": spec}}
+    assert ts.model_config(model) == {"name": "spec", "kwargs": {"spec": spec}, "steps": []}
     assert len(ts.create_model("spec")) == 0  # no spec: an empty Sequential (so `torchsmith list` can show it)
     with pytest.raises(ts.SpecError, match="takes the spec as a dict"):
         ts.create_model("spec", spec="layers: [ReLU]")
