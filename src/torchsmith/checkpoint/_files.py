@@ -6,7 +6,16 @@ the open); a file that a directory or an index names must really live in that di
 opened file's real path (``/proc/self/fd/N``, so a link swapped in after the check does not count)
 must be inside the directory's real path, so a symlink out of a checkpoint directory is refused.
 
-    >>> f = open_regular("runs/best/config.json", inside="runs/best", max_bytes=MAX_JSON_BYTES)
+    >>> d = save_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2), "run")
+    >>> with open_regular("run/config.json", inside="run", max_bytes=MAX_JSON_BYTES) as f:
+    ...     f.read(1)
+    b'{'
+    >>> import os; os.symlink(os.path.abspath("run/model.safetensors"), "elsewhere.safetensors")
+    >>> os.mkdir("linked"); os.symlink(os.path.abspath("elsewhere.safetensors"), "linked/model.safetensors")
+    >>> open_regular("linked/model.safetensors", inside="linked")
+    Traceback (most recent call last):
+    ...
+    torchsmith.errors.CorruptCheckpointError: Refused 'linked/model.safetensors': it resolves to ... outside the checkpoint directory ...
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
 """Holding Ctrl-C back while a model is being written, so it ends all old or all new.
 
-    >>> with deferred_interrupts():
-    ...     copy_every_tensor()        # a SIGINT here is remembered, not raised
-    # ... and raised here, once the copy is complete
+    >>> import os, signal
+    >>> done = []
+    >>> try:
+    ...     with deferred_interrupts():
+    ...         os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of the copy: remembered
+    ...         done.append("copy finished")
+    ... except KeyboardInterrupt:
+    ...     done.append("then interrupted")
+    >>> done
+    ['copy finished', 'then interrupted']
 
 Only the main thread receives signals in Python, so elsewhere (and where the SIGINT handler is not
 Python's own) this does nothing. The copy phase it guards takes a fraction of a second: everything

@@ -6,7 +6,11 @@ views whose few stored bytes stand for gigabytes. Every one is checked here (all
 collected), so a load either refuses the file with a ``CheckpointError`` before writing anything,
 or reads only plain strided CPU tensors of bounded size.
 
-    >>> check_tensors(Path("w.pt"), {"w": torch.ones(2)}, file_size=1000)
+    >>> check_tensors(Path("w.pt"), {"w": torch.ones(2)}, file_size=1000)   # fine: returns None
+    >>> check_tensors(Path("w.pt"), {"w": torch.empty(2, device="meta")}, file_size=1000)
+    Traceback (most recent call last):
+    ...
+    torchsmith.errors.CheckpointError: Cannot load 'w.pt': 'w' is on the meta device (no data). ...
 """
 
 from __future__ import annotations

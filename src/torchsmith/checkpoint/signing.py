@@ -4,10 +4,16 @@ Checksums show a file is intact (not damaged); anyone who edits it can recompute
 made with a private key shows the files are the ones the key's holder signed. torchsmith does not
 invent a scheme: it calls ``model_signing`` (elliptic-curve keys in PEM files, no network).
 
-    >>> sign_checkpoint("runs/best", private_key="key.pem")          # writes runs/best/model.sig
-    PosixPath('runs/best/model.sig')
-    >>> verify_checkpoint("runs/best", public_key="pub.pem")         # raises SignatureError if not
-    >>> model = load_model("runs/best", verify_signature="pub.pem")
+    >>> from cryptography.hazmat.primitives import serialization as pem
+    >>> from cryptography.hazmat.primitives.asymmetric import ec
+    >>> key = ec.generate_private_key(ec.SECP256R1())      # or: openssl ecparam -name prime256v1 -genkey
+    >>> _ = open("key.pem", "wb").write(key.private_bytes(pem.Encoding.PEM, pem.PrivateFormat.PKCS8, pem.NoEncryption()))
+    >>> _ = open("pub.pem", "wb").write(key.public_key().public_bytes(pem.Encoding.PEM, pem.PublicFormat.SubjectPublicKeyInfo))
+    >>> run = save_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2), "run")
+    >>> sign_checkpoint(run, private_key="key.pem")
+    PosixPath('run/model.sig')
+    >>> verify_checkpoint(run, public_key="pub.pem")          # raises SignatureError if not
+    >>> model = load_model(run, verify_signature="pub.pem")
 
 A directory's signature lives inside it (``model.sig``, left out of what is signed) and covers
 every other file there, so an added, removed or changed file fails verification; a single file's
@@ -64,9 +70,9 @@ def sign_checkpoint(path: str | os.PathLike, *, private_key: str | os.PathLike, 
     from model_signing import hashing
 
     config = signing.Config().use_elliptic_key_signer(private_key=str(private_key))
-    config = config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[out]))  # the signature itself
+    config = config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[out.absolute()]))  # the signature itself
     try:
-        config.sign(path, out)
+        config.sign(path.absolute(), out.absolute())  # the library compares ignored paths as given: all absolute
     except Exception as e:  # the library raises ValueError / OSError / cryptography errors
         raise CheckpointError(f"Signing {str(path)!r} failed: {type(e).__name__}: {e}") from e
     return out
@@ -91,9 +97,9 @@ def verify_checkpoint(path: str | os.PathLike, *, public_key: str | os.PathLike,
             f"or pass the signature's path."
         )
     config = verifying.Config().use_elliptic_key_verifier(public_key=str(public_key))
-    config = config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[sig]))
+    config = config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[sig.absolute()]))
     try:
-        config.verify(path, sig)
+        config.verify(path.absolute(), sig.absolute())
     except Exception as e:
         raise SignatureError(
             f"Signature check of {str(path)!r} failed: {str(e)[:500]}. The files are not the ones signed with the "

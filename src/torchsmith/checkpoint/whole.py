@@ -6,8 +6,11 @@
     >>> model.fc.out_features
     10
 
-The configuration comes from the registry (``model.torchsmith_config``).
-Values must be JSON; layer classes from ``torchsmith.layers`` name tables
+The configuration comes from the registry (``model.torchsmith_config``): the
+builder's name and keywords, and the surgery steps recorded since, replayed by
+``load_model`` on the meta device before the weights are read. ``save_model``
+first rebuilds the model that way and compares it with yours, so it never
+writes a directory ``load_model`` would rebuild differently. Values must be JSON; layer classes from ``torchsmith.layers`` name tables
 (``norm_layer=FrozenBatchNorm2d``) are written as their names and torch dtypes
 as strings. Loading never imports anything a config names: only registered
 models and the name tables are looked up.
@@ -26,14 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
-from ..registry import create_model, model_config
+from ..registry import model_config
+from ..replay import build_from_config, finish_loaded
 from . import _json
 from ._files import open_regular, read_capped
 from ._hash import bytes_digest
 from .atomic import atomic_write_all, clean_stale_temporaries_in
-from .report import LoadReport
 from .signing import verify_checkpoint
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .sources import SafetensorsSource
@@ -138,6 +142,7 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
         )
     problems: list[str] = []
     kwargs = {k: _encode(v, k, problems) for k, v in cfg["kwargs"].items()}
+    steps = _encode(cfg["steps"], "steps", problems)
     if problems:
         raise UnsaveableModelError(
             f"save_model: model {cfg['name']!r} was built with arguments config.json cannot hold: "
@@ -145,7 +150,73 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
             f"names ({', '.join(sorted(set(NORM_LAYERS) | set(ACT_LAYERS)))}) instead, or register a model class "
             f"whose constructor takes JSON-able arguments and builds the objects itself."
         )
-    return {"name": cfg["name"], "kwargs": kwargs}
+    return {"name": cfg["name"], "kwargs": kwargs, "steps": steps}
+
+
+def _decode_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    problems: list[str] = []
+    kwargs = _decode(doc["kwargs"], "kwargs", problems)
+    steps = _decode(doc.get("steps", []), "steps", problems)
+    if problems:
+        raise CorruptCheckpointError(f"{where}: {'; '.join(problems)}.")
+    return {"name": doc["name"], "kwargs": kwargs, "steps": steps}
+
+
+def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
+    """Where ``found`` differs from ``expected``: module types along every path, BatchNorm modes pinned by
+    ``freeze``, then state-dict keys, shapes and dtypes; ``path: expected X, found Y``, in model order."""
+    out = []
+    want, have = dict(expected.named_modules()), dict(found.named_modules())
+
+    def kind(m: nn.Module) -> str:
+        return type(m).__name__ + (" (kept in eval mode)" if "train" in m.__dict__ else "")
+
+    for path in dict.fromkeys([*have, *want]):
+        where = path or "<model>"
+        if path not in want:
+            out.append(f"{where}: expected nothing, found {kind(have[path])}")
+        elif path not in have:
+            out.append(f"{where}: expected {kind(want[path])}, found nothing")
+        elif type(want[path]) is not type(have[path]) or kind(want[path]) != kind(have[path]):
+            out.append(f"{where}: expected {kind(want[path])}, found {kind(have[path])}")
+    sd_want, sd_have = expected.state_dict(), found.state_dict()
+    for key in dict.fromkeys([*sd_have, *sd_want]):
+        if key not in sd_want:
+            out.append(f"{key}: expected no tensor, found {tuple(sd_have[key].shape)}")
+        elif key not in sd_have:
+            out.append(f"{key}: expected a {tuple(sd_want[key].shape)} tensor, found none")
+        elif sd_want[key].shape != sd_have[key].shape:
+            out.append(f"{key}: expected shape {tuple(sd_want[key].shape)}, found {tuple(sd_have[key].shape)}")
+        elif sd_want[key].dtype != sd_have[key].dtype:
+            out.append(f"{key}: expected {str(sd_want[key].dtype).removeprefix('torch.')}, "
+                       f"found {str(sd_have[key].dtype).removeprefix('torch.')}")  # fmt: skip
+    return out
+
+
+def check_rebuildable(model: nn.Module, config: dict[str, Any]) -> None:
+    """Rebuild ``config`` (as written to JSON) on the meta device and compare it with ``model``.
+
+    Raises:
+        UnsaveableModelError: naming the first differences (path, expected, found) and what to do.
+    """
+    decoded = _decode_config(json.loads(json.dumps(config)), "save_model")
+    name = config["name"]
+    try:
+        rebuilt = build_from_config(decoded, device="meta")
+    except TorchsmithError as e:
+        raise UnsaveableModelError(f"save_model: the recorded config of this {name!r} does not rebuild: {e}") from e
+    diffs = _differences(rebuilt, model)
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs) - 5} more)" if len(diffs) > 5 else "")
+        steps = len(decoded["steps"])
+        raise UnsaveableModelError(
+            f"save_model: load_model would not rebuild this model. Built from {name!r} with its recorded keywords "
+            f"and {steps} recorded step{'s' if steps != 1 else ''}, it differs from yours in {len(diffs)} "
+            f"place{'s' if len(diffs) != 1 else ''}: {shown}. Change models with torchsmith's recorded operations "
+            f"(replace_module with a module from create_model or create_layer, replace_head, freeze, ...), or "
+            f"register the class with @register_model and build it through create_model; or save only the "
+            f"weights with save_weights(). Nothing was written."
+        )
 
 
 # whole models
@@ -159,13 +230,14 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
     config = model_to_config(model)
+    check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
     metadata = check_metadata(metadata)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # both files are written and fsynced before either is renamed: a failure while writing (a full
-    # disk) leaves the old pair in place; only the two renames come after all the writing
-    # the weights are renamed first, then config.json, back to back (a load in between reads the pair again)
+    # disk) leaves the old pair in place; then the weights are renamed, then config.json, back to back
+    # (a load in between reads the pair again)
     with atomic_write_all([directory / WEIGHTS_NAME, directory / CONFIG_NAME]) as (weights_file, config_file):
         header = write_safetensors(weights_file, stored, metadata=metadata, aliases=aliases)
         _write_config(config_file, config, header)
@@ -173,8 +245,6 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
 
 
 def _write_config(f, config: dict[str, Any], header: bytes) -> None:
-    from .. import __version__
-
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -225,6 +295,9 @@ def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str,
         problems.append("'name' must be the registered model name")
     if not isinstance(doc.get("kwargs"), dict):
         problems.append("'kwargs' must be an object")
+    steps = doc.get("steps", [])
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("op"), str) for s in steps):
+        problems.append("'steps' must be a list of objects with an 'op' name")
     if doc.get("weights") != WEIGHTS_NAME:
         problems.append(f"'weights' must be {WEIGHTS_NAME!r}")
     checksum = doc.get("checksums", {}).get(WEIGHTS_NAME, {}) if isinstance(doc.get("checksums"), dict) else None
@@ -240,10 +313,10 @@ def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str,
             f"on purpose, pass verify=False, or save the model again)"
         )
     if isinstance(doc.get("kwargs"), dict):
-        count, depth = _config_size(doc["kwargs"])
+        count, depth = _config_size([doc["kwargs"], doc.get("steps", [])])
         if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
             problems.append(
-                f"'kwargs' holds more than {MAX_CONFIG_VALUES:,} values or nests deeper than {MAX_CONFIG_DEPTH} "
+                f"'kwargs' and 'steps' hold more than {MAX_CONFIG_VALUES:,} values or nest deeper than {MAX_CONFIG_DEPTH} "
                 f"(the limits MAX_CONFIG_VALUES / MAX_CONFIG_DEPTH of torchsmith.checkpoint.whole); nothing was built"
             )
     if problems:
@@ -298,15 +371,16 @@ def load_model(
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     trusted: bool = False,
-    return_report: bool = False,
     verify_signature: str | os.PathLike | None = None,
-) -> nn.Module | tuple[nn.Module, LoadReport]:
-    """Rebuild a model saved by :func:`save_model`, without pickle.
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model`, without pickle; returns the model.
 
-    The model is built on the meta device (no memory, no init) and the
-    weights are read straight into newly allocated tensors that become its
-    parameters: one allocation of the weights in all. Models holding
-    non-persistent buffers are built for real instead, then loaded in place.
+    The model is built on the meta device (no memory, no init), its recorded
+    surgery steps are replayed, and the weights are read straight into newly
+    allocated tensors that become its parameters: one allocation of the
+    weights in all. Models holding non-persistent buffers are built for real
+    instead, then loaded in place. Every key must match: anything else raises
+    :class:`IncompatibleCheckpointError` with the full report as ``.report``.
 
     A legacy whole-model pickle (``torch.save(model)``) is refused with an
     error naming what it would import; with ``trusted=True`` it is unpickled.
@@ -328,13 +402,9 @@ def load_model(
         return _refuse_pickled_model(directory, trusted)
     doc, st = _read_pair(directory, verify)
     weights = directory / WEIGHTS_NAME
-    problems: list[str] = []
-    kwargs = _decode(doc["kwargs"], "kwargs", problems)
-    if problems:
-        raise CorruptCheckpointError(f"load_model: {str(directory / CONFIG_NAME)!r}: {'; '.join(problems)}.")
+    config = _decode_config(doc, f"load_model: {str(directory / CONFIG_NAME)!r}")
     try:
-        with torch.device("meta"):
-            model = create_model(doc["name"], **kwargs)
+        model = build_from_config(config, device="meta")
     except UnknownModelError as e:
         raise CheckpointError(
             f"load_model: {str(directory)!r} holds a {doc['name']!r}, which is not registered here. "
@@ -343,11 +413,11 @@ def load_model(
     except TorchsmithError:
         raise
     except Exception as e:
-        raise CheckpointError(f"load_model: building {doc['name']!r} with {kwargs} failed: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"load_model: building {doc['name']!r} with {config['kwargs']} failed: {type(e).__name__}: {e}") from e
     persistent = set(model.state_dict())
     if any(name not in persistent for name, _ in model.named_buffers()):
-        model = create_model(doc["name"], **kwargs).to(map_location)  # non-persistent buffers need real init
+        model = build_from_config(config, device=map_location)  # non-persistent buffers need real init
     # the very file whose header matched config.json, not the path again (a save may replace it meanwhile)
     source = SafetensorsSource(weights, [st], dict(st.aliases), dict(st.metadata), "safetensors")
-    report = load_weights(model, source, map_location=map_location, verify=verify, prefix=None)
-    return (model, report) if return_report else model
+    load_weights(model, source, map_location=map_location, verify=verify, prefix=None)
+    return finish_loaded(model, config["steps"])
