@@ -169,8 +169,8 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Fal
 
 def _legacy_head(opened, limit: int = 64 * 2**20) -> bytes:
     """The start of a legacy (non-zip) torch file, where its pickles are (the raw data follows them)."""
-    try:
-        return opened.read(limit)
+    try:  # read(n) allocates n bytes up front: ask only for what the file holds
+        return opened.read(min(limit, os.fstat(opened.fileno()).st_size))
     finally:
         opened.seek(0)
 
