@@ -28,6 +28,7 @@ from .errors import (
     DuplicateModelError,
     FeatureExtractionError,
     IncompatibleCheckpointError,
+    InspectError,
     ModelConfigError,
     SurgeryError,
     TorchsmithError,
@@ -36,6 +37,7 @@ from .errors import (
     UnsaveableModelError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+from .inspect import Summary, Trace, summary, trace
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from .registry import create_model, get_model_builder, list_models, model_config, register_model
 from .surgery import (
@@ -64,6 +66,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "InspectError",
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
@@ -105,6 +108,11 @@ __all__ = [
     "add_inputs",
     "fold_batchnorm",
     "optimize_for_inference",
+    # inspection
+    "summary",
+    "Summary",
+    "trace",
+    "Trace",
     # checkpoints
     "save_weights",
     "load_weights",
