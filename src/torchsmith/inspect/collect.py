@@ -245,11 +245,17 @@ def collect(
         state = _stand_ins(model, backend, fake_mode)
         if backend == "meta":
             convert = lambda t: torch.empty_like(t, device="meta")  # noqa: E731
-        elif backend == "fake":
-            convert = lambda t: fake_mode.from_tensor(t)  # noqa: E731
-        else:
-            device = next(iter(state.values())).device if state else torch.device("cpu")
-            convert = lambda t: torch.zeros(t.shape, dtype=t.dtype, device=device) if t.is_meta else t  # noqa: E731
+        else:  # inputs given by shape (meta) become inputs on the model's device
+            ref = next(iter([*model.parameters(), *model.buffers()]), None)
+            device = ref.device if ref is not None and not ref.is_meta else torch.device("cpu")
+            if backend == "fake":
+                def convert(t: Tensor) -> Tensor:
+                    if not t.is_meta:
+                        return fake_mode.from_tensor(t)
+                    with fake_mode:
+                        return torch.empty(t.shape, dtype=t.dtype, device=device)
+            else:
+                convert = lambda t: torch.zeros(t.shape, dtype=t.dtype, device=device) if t.is_meta else t  # noqa: E731
         run_args, run_kwargs = map_tensors(args, convert), map_tensors(kwargs, convert)
         excluded = {t.untyped_storage()._cdata for t in state.values()}
         saved: dict[int, int] = {}
