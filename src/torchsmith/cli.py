@@ -182,6 +182,106 @@ def diff_cmd(
         raise typer.Exit(3)
 
 
+# inspection
+
+
+def parse_input_size(text: str) -> list[tuple[int, ...]]:
+    """``'1,3,224,224'`` -> ``[(1, 3, 224, 224)]``; several inputs separated by ``;`` (``x`` also separates dims).
+
+    >>> parse_input_size("1,3,224,224"), parse_input_size("2x8; 2x8")
+    ([(1, 3, 224, 224)], [(2, 8), (2, 8)])
+    """
+    shapes = []
+    for part in text.split(";"):
+        dims = [d.strip() for d in part.replace("x", ",").split(",")]
+        if not part.strip() or not all(d.isdigit() and d.isascii() for d in dims):
+            raise typer.BadParameter(f"{text!r} is not a shape like 1,3,224,224 (several inputs: 1,3,224,224;1,10)")
+        shapes.append(tuple(int(d) for d in dims))
+    return shapes
+
+
+def _dtype(name: str):
+    import torch
+
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise typer.BadParameter(f"{name!r} is not a torch dtype (float32, float16, bfloat16, long, int32, bool, ...)")
+    return dtype
+
+
+def _load(model: str, *, meta: bool):
+    """A registered model name (built on the meta device when ``meta``), or a save_model directory."""
+    import os
+
+    import torch
+
+    from .registry import create_model
+
+    if os.path.isdir(model):
+        from .checkpoint import load_model
+
+        return load_model(model)
+    if meta:
+        with torch.device("meta"):
+            return create_model(model)
+    return create_model(model)
+
+
+def _inputs(model, input_size: Optional[str], dtype: str):
+    from ._probe import example_input
+
+    shapes = parse_input_size(input_size) if input_size else [tuple(example_input(model).shape)]
+    return shapes if len(shapes) > 1 else shapes[0], _dtype(dtype)
+
+
+_INPUT_HELP = "Input shape, e.g. 1,3,224,224 (several inputs: 1,3,224,224;1,10). Default: guessed from the first layer."
+_MODEL_HELP = "A registered model name or a save_model directory."
+
+
+@app.command("summary")
+def summary_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    input_size: Optional[str] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
+    depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest level printed."),
+    mode: str = typer.Option("same", "--mode", help="same, train or eval (train: the activation memory of a training step)."),
+    allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+) -> None:
+    """Shapes, parameters, FLOPs and memory of a model, on the meta device (no memory, no compute)."""
+    from .inspect import summary
+
+    net = _load(model, meta=not allow_real)
+    size, dt = _inputs(net, input_size, dtype)
+    s = summary(net, size, dtype=dt, depth=depth, mode=mode, allow_real=allow_real)
+    if as_json:
+        typer.echo(s.to_json())
+    elif markdown:
+        typer.echo(s.to_markdown())
+    else:
+        typer.echo(str(s), nl=False)
+
+
+@app.command("trace")
+def trace_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    input_size: Optional[str] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long: zeros, i.e. token id 0)."),
+) -> None:
+    """Run a real forward on random inputs and print every module call with the shapes in and out."""
+    import torch
+
+    from .inspect import trace
+
+    net = _load(model, meta=False).eval()
+    size, dt = _inputs(net, input_size, dtype)
+    shapes = size if isinstance(size, list) else [size]
+    make = (lambda s: torch.randn(*s, dtype=dt)) if dt.is_floating_point else (lambda s: torch.zeros(*s, dtype=dt))
+    with torch.no_grad():
+        trace(net, *[make(s) for s in shapes])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:

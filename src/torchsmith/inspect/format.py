@@ -33,8 +33,26 @@ def _outputs(rec: LayerRecord) -> str:
     return "\n".join(f"{leaf.key}: {format_shape(leaf.shape)}" for leaf in rec.outputs)
 
 
-def _cells(rec: LayerRecord) -> list[str]:
-    name = "  " * rec.depth + rec.name + (f" (call {rec.call})" if rec.call > 1 else "")
+def _names(records: list[LayerRecord]) -> list[tuple[int, str]]:
+    """(indent, label) per row: the path relative to the nearest ancestor printed above it, so rows of
+    interleaved containers (a U-Net's ``downs`` and ``encoder``) still read as a tree."""
+    stack: list[str] = []
+    out = []
+    for rec in records:
+        if not rec.path:
+            stack = [""]
+            out.append((0, rec.type))
+            continue
+        while stack and stack[-1] and not rec.path.startswith(stack[-1] + "."):
+            stack.pop()
+        parent = stack[-1] if stack else ""
+        out.append((len(stack), rec.path[len(parent) + 1:] if parent else rec.path))
+        stack.append(rec.path)
+    return out
+
+
+def _cells(rec: LayerRecord, indent: int, label: str) -> list[str]:
+    name = "  " * indent + label + (f" (call {rec.call})" if rec.call > 1 else "")
     if rec.call > 1:
         params = "(shared)" if rec.params else "--"
     else:
@@ -72,8 +90,9 @@ def rich_table(s: Summary) -> Group:
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in ("Params", "FLOPs", "Output bytes") else "left",
                          overflow="fold")
-    for rec in s.rows():
-        table.add_row(*_cells(rec))
+    rows = s.rows()
+    for rec, (indent, label) in zip(rows, _names(rows)):
+        table.add_row(*_cells(rec, indent, label))
     return Group(table, Text("\n".join(footer_lines(s))))
 
 
@@ -91,8 +110,9 @@ def render_markdown(s: Summary) -> str:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in ("Params", "FLOPs", "Output bytes")
                                                           else "---" for c in COLUMNS) + "|"]
-    for rec in s.rows():
-        cells = _cells(rec)
-        cells[0] = "&nbsp;" * (2 * rec.depth) + cells[0].strip()
+    rows = s.rows()
+    for rec, (indent, label) in zip(rows, _names(rows)):
+        cells = _cells(rec, indent, label)
+        cells[0] = "&nbsp;" * (2 * indent) + cells[0].strip()
         lines.append("| " + " | ".join(esc(c) for c in cells) + " |")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in footer_lines(s)) + "\n"

@@ -47,11 +47,12 @@ class Trace:
         return "\n".join(str(s) for s in self.steps)
 
 
-def trace(model: nn.Module, *inputs: Any, file: TextIO | None = sys.stdout, **kwargs: Any) -> Trace:
+def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", **kwargs: Any) -> Trace:
     """Run ``model(*inputs, **kwargs)`` and print each module as it is called, with shapes in and out.
 
     Printed in call order, one line per call: indented name, type, input shapes -> output shapes
-    (every tensor of tuple / dict / dataclass outputs). ``file=None`` prints nothing. Returns a
+    (every tensor of tuple / dict / dataclass outputs), to ``file`` (``sys.stdout`` at the time of
+    the call by default; ``None`` prints nothing). Returns a
     :class:`Trace`; ``.output`` is the model's output.
 
     Raises:
@@ -72,6 +73,7 @@ def trace(model: nn.Module, *inputs: Any, file: TextIO | None = sys.stdout, **kw
     paths = {m: name for name, m in model.named_modules()}
     result = Trace()
     open_steps: list[tuple[TraceStep, nn.Module, Any]] = []
+    file = sys.stdout if file == "stdout" else file
     console = Console(file=file, highlight=False, soft_wrap=True) if file is not None else None
 
     def pre_hook(module: nn.Module, args: tuple, kw: dict) -> None:
