@@ -64,11 +64,12 @@ def dict_of_layers() -> nn.Module:
 
 
 def snapshot(model: nn.Module) -> dict:
-    """Everything a probe must leave as it was: tensors (values, device, dtype, grad flag), modes,
-    attribute names and identities, hooks."""
+    """Everything a probe must leave as it was: tensors (identity, storage, device, dtype, grad flag, and
+    values: version counter, storage address, checksum), modes, attributes, hooks."""
     state = {}
     for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        state[name] = (t.device, t.dtype, t.requires_grad, t.detach().clone() if t.device.type != "meta" else None, id(t))
+        checksum = None if t.is_meta else float(t.detach().sum(dtype=torch.float64)) if t.numel() else 0.0
+        state[name] = (t.device, t.dtype, t.requires_grad, (t._version, t.untyped_storage().data_ptr(), checksum), id(t))
     modules = {}
     for name, m in model.named_modules(remove_duplicate=False):
         attrs = {}
@@ -87,8 +88,8 @@ def same_snapshot(a: dict, b: dict) -> list[str]:
         (d1, t1, g1, v1, i1), (d2, t2, g2, v2, i2) = a["state"][k], b["state"][k]
         if (d1, t1, g1, i1) != (d2, t2, g2, i2):
             problems.append(f"{k}: device/dtype/grad/identity changed")
-        elif v1 is not None and not torch.equal(v1, v2):
-            problems.append(f"{k}: values changed")
+        elif v1 != v2:
+            problems.append(f"{k}: written in place or storage replaced")
     if a["modules"] != b["modules"]:
         for k in a["modules"]:
             if a["modules"][k] != b["modules"].get(k):
