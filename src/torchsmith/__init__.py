@@ -37,7 +37,7 @@ from .errors import (
     UnsaveableModelError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
-from .inspect import Summary, Trace, summary, trace
+from .inspect import Summary, Trace, diagram, summary, trace
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from .registry import create_model, get_model_builder, list_models, model_config, register_model
 from .surgery import (
@@ -113,6 +113,7 @@ __all__ = [
     "Summary",
     "trace",
     "Trace",
+    "diagram",
     # checkpoints
     "save_weights",
     "load_weights",

@@ -6,7 +6,8 @@ module call, :mod:`.totals` the whole-model figures, :mod:`.format` prints them,
 FLOP formulas, :mod:`.diagram` renders the graph. None of these change the model they are given.
 """
 
+from .diagram import diagram
 from .summary import Summary, summary
 from .trace import Trace, trace
 
-__all__ = ["Summary", "summary", "Trace", "trace"]
+__all__ = ["Summary", "summary", "Trace", "trace", "diagram"]
