@@ -122,3 +122,12 @@ def test_cli_trace(capsys):
     assert main(["trace", "mlp", "--input", "1,784"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("MLP") and lines[0].endswith("(1, 784) -> (1, 10)")
+
+
+def test_cli_diagram_writes_one_self_contained_page(tmp_path, capsys):
+    out = tmp_path / "sub" / "unet.html"
+    assert main(["diagram", "unet", "-o", str(out), "--input", "1,3,64,64", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["output"] == str(out) and out.stat().st_size == data["bytes"]
+    text = out.read_text()
+    assert "ELK" in text and '"items"' in text and "<script src" not in text

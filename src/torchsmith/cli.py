@@ -282,6 +282,27 @@ def trace_cmd(
         trace(net, *[make(s) for s in shapes])
 
 
+@app.command("diagram")
+def diagram_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    output: str = typer.Option("model.html", "--output", "-o", help="The HTML file to write."),
+    input_size: Optional[str] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
+    allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Write an interactive architecture diagram: one offline HTML file (open it in a browser)."""
+    from .inspect import diagram
+
+    net = _load(model, meta=not allow_real)
+    size, dt = _inputs(net, input_size, dtype)
+    out = diagram(net, size, dtype=dt, path=output, allow_real=allow_real)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "output": str(out), "bytes": out.stat().st_size}))
+    else:
+        typer.echo(f"wrote {out}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:
