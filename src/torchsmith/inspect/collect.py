@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .._probe import modes_kept
 from .flops import count_flops, counts_nothing
@@ -84,17 +85,26 @@ class ParamInfo:
 def module_params(model: nn.Module) -> dict[str, ParamInfo]:
     """Per module path: distinct parameters (a tied weight once), yes/no/partial trainable, tied partners."""
     owners: dict[int, set[str]] = {}
+    held: dict[str, dict[int, nn.Parameter]] = {path: {} for path, _ in model.named_modules()}
     for name, p in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(p), set()).add(name.rpartition(".")[0])
+        owner = name.rpartition(".")[0]
+        owners.setdefault(id(p), set()).add(owner)
+        parts = owner.split(".") if owner else []
+        for i in range(len(parts) + 1):  # the owner and every ancestor hold it
+            path = ".".join(parts[:i])
+            if path in held:
+                held[path][id(p)] = p
     out = {}
-    for path, module in model.named_modules():
-        params = list(module.parameters())
-        count = sum(p.numel() for p in params)
-        flags = {p.requires_grad for p in params}
+    for path, params in held.items():
+        count = sum(p.numel() for p in params.values())
+        flags = {p.requires_grad for p in params.values()}
         trainable = "--" if not params else "yes" if flags == {True} else "no" if flags == {False} else "partial"
-        inside = (lambda o: o == path or o.startswith(path + ".")) if path else (lambda o: True)
-        tied = sorted({o for p in params for o in owners.get(id(p), ()) if not inside(o)})
-        out[path] = ParamInfo(count, trainable, tuple(tied))
+        tied = ()
+        shared = [owners[i] for i in params if len(owners[i]) > 1]
+        if shared:
+            inside = (lambda o: o == path or o.startswith(path + ".")) if path else (lambda o: True)
+            tied = tuple(sorted({o for group in shared for o in group if not inside(o)}))
+        out[path] = ParamInfo(count, trainable, tied)
     return out
 
 
@@ -167,16 +177,100 @@ class Run:
         return sum(r.status == "ok" for r in self.records)
 
 
+def _batch_norm_meta(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """``native_batch_norm`` on meta tensors as the CPU kernel shapes it (save_mean / save_invstd of C
+    values when training, empty otherwise), without torch's Python decomposition (most of a ResNet's
+    meta time). Running statistics are left alone: on meta they hold no values."""
+    stats = input.new_empty((input.shape[1],) if training else (0,))
+    return torch.empty_like(input), stats, stats.new_empty(stats.shape)
+
+
+_FAST_META = {torch.ops.aten.native_batch_norm.default: _batch_norm_meta}
+_POINTWISE_DTYPE: dict[tuple, torch.dtype] = {}
+
+
+def _pointwise_meta(func: Any, args: tuple, kwargs: dict) -> Any:
+    """A pointwise op on meta tensors without torch's Python meta function (0.5 ms a call): the output
+    is the broadcast shape, contiguous, its dtype found once per
+    combination of argument types by running the op on one-element tensors. ``None``: not handled."""
+    if kwargs.get("out") is not None or len(func._schema.returns) != 1:
+        return None
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if not tensors or not all(t.is_meta for t in tensors):
+        return None
+    if func._schema.is_mutable:  # in place: the first argument, unchanged in shape
+        return args[0] if torch.broadcast_shapes(*(t.shape for t in tensors)) == args[0].shape else None
+    key = (func, tuple((a.dtype, a.dim() == 0) if isinstance(a, Tensor) else type(a) for a in args),
+           tuple((k, type(v)) for k, v in kwargs.items()))
+    dtype = _POINTWISE_DTYPE.get(key)
+    if dtype is None:
+        small = [a.new_empty(() if a.dim() == 0 else (1,)) if isinstance(a, Tensor) else a for a in args]
+        dtype = _POINTWISE_DTYPE[key] = func(*small, **kwargs).dtype
+    shape = tensors[0].shape
+    if any(t.shape != shape for t in tensors):
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    # contiguous: any view the real (possibly strided) output allows, a contiguous one allows too
+    return torch.empty(shape, dtype=dtype, device="meta")
+_SDPA_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+class _MetaAttention(torch.autograd.Function):
+    """Attention on meta tensors, shapes only: keeps for backward what the CPU flash kernel keeps
+    (q, k, v, output, log-sum-exp), where torch's meta path would decompose to the math form (the full
+    attention matrix saved, and seconds of Python per call on a long sequence)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, H, T, Dv)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)  # (B, H, T)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - summaries never run backward
+        raise NotImplementedError("shape-only attention has no backward")
+
+
+class _Functions(TorchFunctionMode):
+    """On meta: ``scaled_dot_product_attention`` by :class:`_MetaAttention`, its FLOPs counted by formula."""
+
+    def __init__(self, counter: _Counter):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and len(args) >= 3 and all(
+                isinstance(t, Tensor) and t.is_meta and t.dim() == 4 for t in args[:3]):
+            q, k, v = args[:3]
+            out = _MetaAttention.apply(q, k, v)
+            self.counter.record(_SDPA_CPU, (q, k, v), {}, out)
+            return out
+        return func(*args, **kwargs)
+
+
 class _Counter(TorchDispatchMode):
     """Counts FLOPs per op into every open module record; optionally tracks data flow for the diagram."""
 
     def __init__(self, run: Run, stack: list[LayerRecord], flow: Any = None):
         super().__init__()
         self.run, self.stack, self.flow = run, stack, flow
+        self.meta = run.backend == "meta"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = None
+        if self.meta:
+            fast = _FAST_META.get(func)
+            if fast is not None and args[0].is_meta:
+                out = fast(*args, **kwargs)
+            elif torch.Tag.pointwise in func.tags:
+                out = _pointwise_meta(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
+        return self.record(func, args, kwargs, out)
+
+    def record(self, func, args: tuple, kwargs: dict, out: Any) -> Any:
         n = count_flops(func, args, kwargs, out)
         if n is None:
             if not counts_nothing(func):
@@ -273,7 +367,9 @@ def collect(
             es.enter_context(fake_mode)
         es.enter_context(torch.enable_grad())
         es.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
-        es.enter_context(_Counter(run, stack, flow))
+        counter = es.enter_context(_Counter(run, stack, flow))
+        if backend == "meta":
+            es.enter_context(_Functions(counter))
         try:
             out = torch.func.functional_call(model, state, run_args, run_kwargs, strict=False)
             run.outputs = list(output_leaves(out))

@@ -51,7 +51,7 @@ _NO_ARITHMETIC = {
     "_local_scalar_dense", "item", "native_dropout", "bernoulli_", "rand_like", "randn_like", "randint",
     "uniform_", "normal_", "upsample_nearest2d", "upsample_nearest1d", "upsample_nearest3d", "_unsafe_index",
     "flip", "roll", "channel_shuffle", "pixel_shuffle", "_assert_async", "_assert_tensor_metadata", "to",
-    "_unsafe_index_put", "resize_",
+    "_unsafe_index_put", "resize_", "device",
 }
 
 
