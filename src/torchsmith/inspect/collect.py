@@ -185,7 +185,14 @@ def _batch_norm_meta(input, weight, bias, running_mean, running_var, training, m
     return torch.empty_like(input), stats, stats.new_empty(stats.shape)
 
 
-_FAST_META = {torch.ops.aten.native_batch_norm.default: _batch_norm_meta}
+def _addmm_meta(bias, m1, m2, *, beta=1, alpha=1):
+    """``addmm`` (every ``nn.Linear`` on 2-d input) on meta: (n, k) @ (k, m) -> (n, m)."""
+    if m1.dim() != 2 or m2.dim() != 2 or m1.shape[1] != m2.shape[0]:
+        return torch.ops.aten.addmm.default(bias, m1, m2, beta=beta, alpha=alpha)  # torch's own error
+    return torch.empty((m1.shape[0], m2.shape[1]), dtype=m1.dtype, device="meta")
+
+
+_FAST_META = {torch.ops.aten.native_batch_norm.default: _batch_norm_meta, torch.ops.aten.addmm.default: _addmm_meta}
 _POINTWISE_DTYPE: dict[tuple, torch.dtype] = {}
 
 
