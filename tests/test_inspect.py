@@ -259,3 +259,12 @@ def test_missing_module_lookup_suggests_a_name():
     s = ts.summary(nn.Sequential(OrderedDict(linear=nn.Linear(4, 2))), (1, 4))
     with pytest.raises(InspectError, match="did you mean 'linear'"):
         s["linaer"]
+
+
+def test_docs_page_examples_run():
+    import doctest
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
+    result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
