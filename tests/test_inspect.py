@@ -268,3 +268,15 @@ def test_docs_page_examples_run():
     page = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
     result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
+
+
+def test_transposed_conv_and_grouped_conv_flops_equal_flop_counter_mode():
+    def make():
+        return nn.Sequential(nn.Conv2d(8, 16, 3, groups=4, padding=1), nn.ConvTranspose2d(16, 4, 4, stride=2))
+
+    s = ts.summary(make(), (2, 8, 10, 10))
+    total, _ = flop_counter_total(make, (2, 8, 10, 10))
+    assert s.total_flops == total
+    grouped = 2 * (2 * 16 * 10 * 10) * (8 // 4) * 9  # 2 x batch x out positions x in channels per group x k^2
+    transposed = 2 * (2 * 10 * 10) * 16 * 4 * 16  # 2 x batch x in positions x in x out x k^2
+    assert s.total_flops == grouped + transposed

@@ -60,6 +60,5 @@ def test_train_mode_saved_bytes_match_a_real_step(peer):
     args, kwargs = peer.example()
     torch.manual_seed(0)
     s = ts.summary(model, inputs=args, kwargs=kwargs, mode="train", allow_real=True)
-    with sdpa_kernel(SDPBackend.MATH) if s.backend != "real" else torch.enable_grad():
-        real = saved_bytes_real(model, *args, **kwargs)
+    real = saved_bytes_real(model, *args, **kwargs)  # CPU's own attention kernel, as summary emulates on meta
     assert abs(s.saved_bytes - real) <= 0.01 * real, (s.backend, s.saved_bytes, real)
