@@ -239,7 +239,8 @@ class _MetaAttention(torch.autograd.Function):
 
 
 class _Functions(TorchFunctionMode):
-    """On meta: ``scaled_dot_product_attention`` by :class:`_MetaAttention`, its FLOPs counted by formula."""
+    """On meta: ``scaled_dot_product_attention`` by :class:`_MetaAttention` where the CPU would use its
+    flash kernel (everything but dropout during training), its FLOPs counted by formula."""
 
     def __init__(self, counter: _Counter):
         super().__init__()
@@ -248,12 +249,18 @@ class _Functions(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and len(args) >= 3 and all(
-                isinstance(t, Tensor) and t.is_meta and t.dim() == 4 for t in args[:3]):
+                isinstance(t, Tensor) and t.is_meta and t.dim() == 4 for t in args[:3]) and not self._math(args, kwargs):
             q, k, v = args[:3]
             out = _MetaAttention.apply(q, k, v)
             self.counter.record(_SDPA_CPU, (q, k, v), {}, out)
             return out
         return func(*args, **kwargs)
+
+    @staticmethod
+    def _math(args: tuple, kwargs: dict) -> bool:
+        """True where CPU picks the math kernel rather than flash: dropout while building a graph."""
+        dropout = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
+        return bool(dropout) and torch.is_grad_enabled() and any(t.requires_grad for t in args[:3])
 
 
 class _Counter(TorchDispatchMode):
