@@ -198,7 +198,7 @@ def summary(
         allow_real: when meta and fake both fail (data-dependent shapes, ``.item()``), run for real on
             the given inputs (zeros for an ``input_size``) instead of marking the rows not computed.
 
-    Example (a ResNet-18 at 224x224: 3.64 GFLOPs, ``FlopCounterMode``'s figure):
+    Example (a ResNet-18 at 224x224: 3.63 GFLOPs, ``FlopCounterMode``'s figure):
 
         >>> import torchsmith
         >>> s = torchsmith.summary(torchsmith.create_model("resnet18"), (1, 3, 224, 224))

@@ -60,7 +60,7 @@ def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", 
             and the shapes that went into it (``layer3.0.conv1 (Conv2d) got (1, 128, 28, 28), expects
             256 input channels: ...``); the original error is chained as ``__cause__``.
 
-    Example (the tutorial's dict-of-layers composition):
+    Example (the tutorial's first composition, Conv2d(3, 20, 5)-ReLU-Conv2d(20, 64, 5)-ReLU):
 
         >>> import torch
         >>> net = nn.Sequential(nn.Conv2d(3, 20, 5), nn.ReLU(), nn.Conv2d(20, 64, 5), nn.ReLU())
