@@ -13,6 +13,7 @@ Run: ``.venv/bin/python benchmarks/bench_surgery.py [--rounds 5]``
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 import warnings
 
@@ -60,7 +61,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 224, 224)
     last = extract_features(model, ["layer4"])
     stage2 = extract_features(model, ["layer2"])
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(copy.deepcopy(model))  # in place, as all surgery: the copy is optimized
     candidates = {
         "eager": model,
         "optimized": fast,
@@ -69,7 +70,7 @@ def main() -> None:
         f"extract layer4 ({last.strategy})": last,
         f"extract layer2 ({stage2.strategy})": stage2,
     }
-    compiled = optimize_for_inference(model, compile=True)
+    compiled = optimize_for_inference(copy.deepcopy(model), compile=True)
     start = time.perf_counter()
     with torch.inference_mode():
         compiled(x)  # compile once, outside the timed rounds
