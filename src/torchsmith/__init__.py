@@ -30,6 +30,7 @@ from .errors import (
     FeatureExtractionError,
     IncompatibleCheckpointError,
     ModelConfigError,
+    SpecError,
     SurgeryError,
     TorchsmithError,
     UnknownModelError,
@@ -56,6 +57,7 @@ from .surgery import (
 )
 from .replay import build_from_config
 from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
+from .spec import GraphModel, LayerDict, LayerList, build, register_block, spec_schema, to_spec
 
 __all__ = [
     "__version__",
@@ -72,6 +74,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SpecError",
     # registry
     "create_model",
     "create_layer",
@@ -123,4 +126,12 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    # specs
+    "build",
+    "to_spec",
+    "spec_schema",
+    "register_block",
+    "GraphModel",
+    "LayerList",
+    "LayerDict",
 ]

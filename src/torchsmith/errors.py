@@ -25,6 +25,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SpecError",
 ]
 
 
@@ -111,3 +112,14 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class UnsaveableModelError(CheckpointError):
     """A model whose configuration cannot be written as JSON (``save_model``)."""
+
+
+# specs
+
+
+class SpecError(TorchsmithError, ValueError):
+    """A model spec that cannot be read, validated or built; ``.problems`` lists each as ``"path: message"``."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])
