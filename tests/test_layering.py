@@ -14,7 +14,7 @@ RANKS = {
     "layers": 1,
     "registry": 2, "_probe": 2,
     "zoo": 3, "features": 3, "surgery": 3,
-    "replay": 4,
+    "replay": 4, "spec": 4,
     "checkpoint": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
