@@ -264,3 +264,13 @@ def test_graph_inputs_by_name_and_input_size_override():
     assert torch.equal(model(image, extra), model(extra=extra, image=image))
     with pytest.raises(TypeError, match="takes the inputs"):
         model(image)
+
+
+@pytest.mark.slow
+def test_a_spec_graph_exports_with_torch_export():
+    model = ts.build(SPECS / "fpn_top_down.yaml").eval()
+    x = torch.rand(1, 3, 32, 32)
+    exported = torch.export.export(model, (x,)).module()
+    with torch.no_grad():
+        got, expected = exported(x), model(x)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
