@@ -274,3 +274,14 @@ def test_a_spec_graph_exports_with_torch_export():
     with torch.no_grad():
         got, expected = exported(x), model(x)
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_a_spec_graph_traces_with_torch_fx():
+    model = ts.build(SPECS / "fpn_top_down.yaml").eval()
+    traced = torch.fx.symbolic_trace(model)
+    called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {"c2.0", "lat4", "p2"} <= called  # module nodes by their dotted names
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        got, expected = traced(x), model(x)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
