@@ -21,6 +21,7 @@ from .checkpoint import (
     save_model,
     save_weights,
 )
+from .distributed import load_distributed, save_distributed
 from .errors import (
     CheckpointError,
     ChecksumError,
@@ -117,4 +118,7 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    # distributed checkpoints (torch.distributed.checkpoint)
+    "save_distributed",
+    "load_distributed",
 ]
