@@ -133,6 +133,19 @@ def wrap(model: nn.Module, strategy: str, d: Dist) -> nn.Module:
     return fully_shard(model)
 
 
+def average_buffers(model: nn.Module, d: Dist) -> None:
+    """Average BatchNorm running statistics over ranks (in place).
+
+    DDP broadcasts rank 0's buffers before every forward; FSDP2 shards parameters only, so each rank's
+    running statistics drift apart on its own batches, and a checkpoint would hold whichever rank's copy
+    got written. Averaging them at the end of each epoch gives every rank (and every save) the same ones.
+    """
+    for buffer in model.buffers():
+        if d.on and buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= d.world
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Whole tensors on every rank, keys of the plain model (a collective under FSDP)."""
     return {k: v.cpu() for k, v in get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()}
@@ -196,6 +209,7 @@ def train(
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}")
             if d.on:
                 dist.all_reduce(total)
+                average_buffers(model, d)  # a no-op in effect under DDP, whose replicas hold rank 0's
             history.loss.append((total[0] / total[1]).item())
             accuracy = (evaluate(model, data["test_x"].to(d.device)).argmax(1) == test_targets).float().mean().item()
             history.accuracy.append(accuracy)
@@ -256,6 +270,7 @@ def check(out: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)  # small images: one thread per process wastes least CPU time
     d = setup()
     out = Path(args.out)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
@@ -325,6 +340,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--batch-size", type=int, default=64, help="global batch (split over ranks)")
     p.add_argument("--limit", type=int, default=None, help="use only this many training images (quick runs)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--no-check", action="store_true", help="skip the fresh-process check")
     p.add_argument("--check", metavar="OUT", help="only load the models saved under OUT and compare predictions")
     return p.parse_args(argv)

@@ -10,11 +10,15 @@ Both work the same without a process group (one process). Neither changes its ar
 :func:`load_distributed`, which loads into ``model``, ``optimizer`` and ``state`` in place, and only once
 the whole checkpoint has been read and checked (a failed load leaves them as they were).
 
-    >>> model = torch.nn.Linear(4, 2); opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    >>> save_distributed(model, opt, "runs/dcp", state={"progress": {"epoch": 3}})
-    PosixPath('runs/dcp')
-    >>> progress = {"epoch": 0}
-    >>> load_distributed(model, opt, "runs/dcp", state={"progress": progress}); progress
+    >>> import tempfile, torch
+    >>> from torchsmith import save_distributed, load_distributed
+    >>> tmp = tempfile.mkdtemp()
+    >>> model = torch.nn.Linear(4, 2)                                    # weight (2, 4), bias (2,)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> save_distributed(model, opt, f"{tmp}/dcp", state={"progress": {"epoch": 3}}).name
+    'dcp'
+    >>> progress = {"epoch": 0}                                          # dicts are filled for the keys they have
+    >>> load_distributed(model, opt, f"{tmp}/dcp", state={"progress": progress}); progress
     {'epoch': 3}
 
 ``torchsmith convert runs/dcp model.safetensors`` consolidates the model's weights into one file.
@@ -22,30 +26,25 @@ the whole checkpoint has been read and checked (a failed load leaves them as the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.checkpoint.stateful import Stateful
-from torch.utils._pytree import tree_map_only
 
-from .checkpoint.dcp import MODEL_KEY, DCPReader, SafeLoadPlanner
 from .errors import CheckpointError, IncompatibleCheckpointError
+
+# torch.distributed.checkpoint (and our reader over it, checkpoint/dcp.py) is imported inside the
+# functions: it would add about a third to `import torchsmith`.
 
 __all__ = ["save_distributed", "load_distributed"]
 
+MODEL_KEY = "model"  # the same as checkpoint.dcp.MODEL_KEY, which convert reads
 OPTIM_KEY = "optim"
 
 
@@ -58,7 +57,7 @@ def _plain_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
     for name, value in (state or {}).items():
         if name in (MODEL_KEY, OPTIM_KEY):
             raise CheckpointError(f"state key {name!r} is reserved for the model or optimizer; choose another name.")
-        if isinstance(value, Stateful):
+        if _stateful(value):
             out[name] = value.state_dict()
         elif isinstance(value, dict):
             out[name] = value
@@ -68,6 +67,11 @@ def _plain_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"load_state_dict() (a scheduler, a sampler)."
             )
     return out
+
+
+def _stateful(value: Any) -> bool:
+    """An object DCP would treat as Stateful: it has ``state_dict()`` and ``load_state_dict()``."""
+    return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))
 
 
 def _expected(wanted: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[str]]:
@@ -86,6 +90,8 @@ def _expected(wanted: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], li
 
 def _check_against(metadata, wanted: Mapping[str, Any], directory: Path) -> None:
     """Every problem between what we load and what the checkpoint holds, in one IncompatibleCheckpointError."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     stored = metadata.state_dict_metadata
     shapes, others = _expected(wanted)
     missing = [k for k in shapes if k not in stored]
@@ -108,6 +114,31 @@ def _check_against(metadata, wanted: Mapping[str, Any], directory: Path) -> None
             f"load_distributed: {str(directory)!r} does not fit: {'; '.join(parts)}. Nothing was loaded. "
             f"Build the model (and optimizer) as it was when saved, or take the weights alone with "
             f"`torchsmith convert DCP_DIR out.safetensors` and load_weights."
+        )
+
+
+def _group() -> bool:
+    """True when a default process group runs (under torchrun); else DCP reads and writes as one process."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _one_process_quietly() -> Iterator[None]:
+    """DCP warns on every call without a process group; one process is a use we support, not a mistake."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None, what: str) -> None:
+    if optimizer is None:
+        return
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(1 for group in optimizer.param_groups for p in group["params"] if id(p) not in own)
+    if foreign:
+        raise CheckpointError(
+            f"{what}: the optimizer holds {foreign} tensors that are not parameters of this "
+            f"{type(model).__name__}; pass the optimizer built over this model's parameters (after wrapping it)."
         )
 
 
@@ -134,18 +165,22 @@ def save_distributed(
 
     Example (one process; under torchrun the same call on every rank)::
 
-        >>> model = torch.nn.Linear(4, 2)                                       # weight (2, 4), bias (2,)
-        >>> save_distributed(model, None, "runs/linear-dcp")
-        PosixPath('runs/linear-dcp')
-        >>> sorted(os.listdir("runs/linear-dcp"))
+        >>> import os, tempfile, torch
+        >>> directory = save_distributed(torch.nn.Linear(4, 2), None, f"{tempfile.mkdtemp()}/linear-dcp")
+        >>> sorted(os.listdir(directory))                                    # rank 0 also writes .metadata
         ['.metadata', '__0_0.distcp']
     """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    _check_optimizer(model, optimizer, "save_distributed")
     directory = Path(directory)
     to_save: dict[str, Any] = {MODEL_KEY: get_model_state_dict(model)}
     if optimizer is not None:
         to_save[OPTIM_KEY] = get_optimizer_state_dict(model, optimizer)
     to_save.update(_plain_state(state))
-    dcp.save(to_save, checkpoint_id=directory)
+    with _one_process_quietly():
+        dcp.save(to_save, checkpoint_id=directory, no_dist=not _group())
     return directory
 
 
@@ -167,14 +202,32 @@ def load_distributed(
 
     Example::
 
+        >>> import tempfile, torch
+        >>> saved = torch.nn.Linear(4, 2)
+        >>> directory = save_distributed(saved, None, f"{tempfile.mkdtemp()}/linear-dcp")
         >>> model = torch.nn.Linear(4, 2)
-        >>> load_distributed(model, None, "runs/linear-dcp")                    # the weights saved above
+        >>> load_distributed(model, None, directory)
+        >>> torch.equal(model.weight, saved.weight)
+        True
 
     Raises:
         CheckpointError: not a DCP directory.
+        CorruptCheckpointError: a data file could not be read (truncated, missing) on some rank.
         IncompatibleCheckpointError: missing entries, model entries the model lacks, or shape mismatches (all listed).
         UnsafeCheckpointError: the metadata or an entry needs code to unpickle.
     """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.utils._pytree import tree_map_only
+
+    from .checkpoint.dcp import DCPReader, SafeLoadPlanner, dcp_errors
+
+    _check_optimizer(model, optimizer, "load_distributed")
     directory = Path(directory)
     reader = DCPReader(directory, trusted=trusted)
     metadata = reader.read_metadata()
@@ -187,12 +240,15 @@ def load_distributed(
     # read into copies: the model, optimizer and state change only once everything has been read
     copies = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), wanted)
     copies.update(copy.deepcopy(plain))
-    dcp.load(copies, storage_reader=DCPReader(directory, trusted=trusted), planner=SafeLoadPlanner(trusted=trusted))
+    with dcp_errors(directory):
+        reader = DCPReader(directory, trusted=trusted)
+        with _one_process_quietly():
+            dcp.load(copies, storage_reader=reader, planner=SafeLoadPlanner(trusted=trusted), no_dist=not _group())
     set_model_state_dict(model, copies[MODEL_KEY])
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, copies[OPTIM_KEY])
     for name, value in (state or {}).items():
-        if isinstance(value, Stateful):
+        if _stateful(value):
             value.load_state_dict(copies[name])
         else:
             value.clear()

@@ -16,26 +16,35 @@ either of which runs whatever code the file names. Here:
 
 ``trusted=True`` restores torch's own, unrestricted behaviour.
 
-    >>> sd = read_dcp("runs/dcp")          # the model's tensors, full size, keys without 'model.'
-    >>> convert_checkpoint("runs/dcp", "model.safetensors")
+    >>> import tempfile, torch
+    >>> from torchsmith import convert_checkpoint, save_distributed
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = save_distributed(torch.nn.Linear(4, 2), None, f"{tmp}/dcp")
+    >>> {k: tuple(v.shape) for k, v in read_dcp(f"{tmp}/dcp").items()}   # whole tensors, 'model.' dropped
+    {'weight': (2, 4), 'bias': (2,)}
+    >>> convert_checkpoint(f"{tmp}/dcp", f"{tmp}/model.safetensors").name
+    'model.safetensors'
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from ..errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
 
-__all__ = ["METADATA_NAME", "MODEL_KEY", "is_dcp", "DCPReader", "SafeLoadPlanner", "read_dcp_metadata", "read_dcp"]
+__all__ = ["METADATA_NAME", "MODEL_KEY", "is_dcp", "DCPReader", "SafeLoadPlanner", "dcp_errors", "read_dcp_metadata", "read_dcp"]
 
 METADATA_NAME = ".metadata"
 MODEL_KEY = "model"  # save_distributed stores the model under this key, the optimizer under "optim"
@@ -128,8 +137,9 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
+            why = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "it names code")
             raise UnsafeCheckpointError(
-                f"the distributed checkpoint entry {fqn!r} is a pickle that needs code to load ({e}). "
+                f"the distributed checkpoint entry {fqn!r} is a pickle that needs code to load ({why}). "
                 f"If you trust the checkpoint, pass trusted=True."
             ) from e
         if self.flatten_state_dict:
@@ -138,6 +148,24 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             set_element(self.original_state_dict, self.mappings[fqn], obj)
         else:
             self.state_dict[fqn] = obj
+
+
+@contextlib.contextmanager
+def dcp_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn DCP's ``CheckpointException`` (a BaseException that wraps each rank's error) into a TorchsmithError.
+
+    Our own errors raised inside DCP (an unsafe entry) come out as themselves; anything else (a truncated
+    ``.distcp`` file, a rank that failed to read) becomes :class:`CorruptCheckpointError` naming the ranks.
+    """
+    try:
+        yield
+    except CheckpointException as e:
+        errors = [failure[0] if isinstance(failure, tuple) else failure for failure in e.failures.values()]
+        for err in errors:
+            if isinstance(err, CheckpointError):
+                raise err from e
+        summary = "; ".join(f"rank {rank}: {type(err).__name__}: {err}" for rank, err in zip(e.failures, errors))
+        raise CorruptCheckpointError(f"reading the distributed checkpoint {str(path)!r} failed ({summary}).") from e
 
 
 def read_dcp_metadata(path: str | os.PathLike, *, trusted: bool = False) -> Metadata:
@@ -170,5 +198,6 @@ def read_dcp(path: str | os.PathLike, *, key: str | None = MODEL_KEY, trusted: b
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     reader = DCPReader(path, trusted=trusted)  # a fresh reader: _load_state_dict reads the metadata itself
-    _load_state_dict(sd, storage_reader=reader, planner=SafeLoadPlanner(trusted=trusted, allow_partial_load=True), no_dist=True)
+    with dcp_errors(path):
+        _load_state_dict(sd, storage_reader=reader, planner=SafeLoadPlanner(trusted=trusted, allow_partial_load=True), no_dist=True)
     return {k[len(prefix) :]: v for k, v in sd.items()}
