@@ -131,6 +131,10 @@ def test_a_model_that_does_not_fit_is_refused_whole_and_left_alone(tmp_path):
 def test_not_a_checkpoint_and_a_damaged_one(tmp_path):
     with pytest.raises(ts.CheckpointError, match="not a distributed checkpoint: it does not exist"):
         ts.load_distributed(tiny_model(), None, tmp_path / "nowhere")
+    other = torch.optim.SGD(tiny_model().parameters(), lr=0.1)
+    with pytest.raises(ts.CheckpointError, match="optimizer holds tensors that are not parameters of this Sequential"):
+        ts.save_distributed(tiny_model(), other, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
     model, _, _ = trained()
     ts.save_distributed(model, None, tmp_path / "ck")
     data = tmp_path / "ck" / "__0_0.distcp"

@@ -130,16 +130,17 @@ def _one_process_quietly() -> Iterator[None]:
         yield
 
 
-def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None, what: str) -> None:
-    if optimizer is None:
-        return
-    own = {id(p) for p in model.parameters()}
-    foreign = sum(1 for group in optimizer.param_groups for p in group["params"] if id(p) not in own)
-    if foreign:
+def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, what: str) -> dict[str, Any]:
+    """``get_optimizer_state_dict``, with a clear error for an optimizer over another model's parameters."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    try:
+        return get_optimizer_state_dict(model, optimizer)
+    except KeyError as e:  # torch finds no name for a parameter
         raise CheckpointError(
-            f"{what}: the optimizer holds {foreign} tensors that are not parameters of this "
-            f"{type(model).__name__}; pass the optimizer built over this model's parameters (after wrapping it)."
-        )
+            f"{what}: the optimizer holds tensors that are not parameters of this {type(model).__name__}; "
+            f"pass the optimizer built over this model's parameters (after wrapping it)."
+        ) from e
 
 
 def _few(keys: list[str]) -> str:
@@ -171,13 +172,12 @@ def save_distributed(
         ['.metadata', '__0_0.distcp']
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    _check_optimizer(model, optimizer, "save_distributed")
     directory = Path(directory)
     to_save: dict[str, Any] = {MODEL_KEY: get_model_state_dict(model)}
     if optimizer is not None:
-        to_save[OPTIM_KEY] = get_optimizer_state_dict(model, optimizer)
+        to_save[OPTIM_KEY] = _optimizer_state(model, optimizer, "save_distributed")
     to_save.update(_plain_state(state))
     with _one_process_quietly():
         dcp.save(to_save, checkpoint_id=directory, no_dist=not _group())
@@ -219,7 +219,6 @@ def load_distributed(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
-        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
@@ -227,7 +226,6 @@ def load_distributed(
 
     from .checkpoint.dcp import DCPReader, SafeLoadPlanner, dcp_errors
 
-    _check_optimizer(model, optimizer, "load_distributed")
     directory = Path(directory)
     reader = DCPReader(directory, trusted=trusted)
     metadata = reader.read_metadata()
@@ -235,7 +233,7 @@ def load_distributed(
     plain = _plain_state(state)
     _check_against(metadata, {**wanted, **plain}, directory)  # before the optimizer's state is initialised
     if optimizer is not None:
-        wanted[OPTIM_KEY] = get_optimizer_state_dict(model, optimizer)
+        wanted[OPTIM_KEY] = _optimizer_state(model, optimizer, "load_distributed")
         _check_against(metadata, {OPTIM_KEY: wanted[OPTIM_KEY]}, directory)
     # read into copies: the model, optimizer and state change only once everything has been read
     copies = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), wanted)
