@@ -175,3 +175,12 @@ def test_metadata_naming_other_globals_is_refused(tmp_path):
     (tmp_path / "ck" / ".metadata").write_bytes(b"\x80\x04garbage")
     with pytest.raises(ts.CorruptCheckpointError, match="not readable DCP metadata"):
         read_dcp(tmp_path / "ck")
+
+
+def test_the_docs_page_examples_run():
+    import doctest
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
+    result = doctest.testfile(str(page), module_relative=False)
+    assert result.failed == 0 and result.attempted >= 10
