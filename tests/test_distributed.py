@@ -171,7 +171,13 @@ def test_metadata_naming_other_globals_is_refused(tmp_path):
     for call in (lambda: ts.load_distributed(tiny_model(), None, tmp_path / "ck"), lambda: read_dcp(tmp_path / "ck")):
         with pytest.raises(ts.UnsafeCheckpointError, match="names posix.system, which is not part of DCP metadata"):
             call()
-    assert not sentinel.exists()
+    from typer.testing import CliRunner
+
+    from torchsmith.cli import app
+
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "ck"), str(tmp_path / "out.safetensors")])
+    assert result.exit_code == 1 and "not part of DCP metadata" in result.output and "--trusted" in result.output
+    assert not sentinel.exists() and not (tmp_path / "out.safetensors").exists()
     (tmp_path / "ck" / ".metadata").write_bytes(b"\x80\x04garbage")
     with pytest.raises(ts.CorruptCheckpointError, match="not readable DCP metadata"):
         read_dcp(tmp_path / "ck")
