@@ -152,3 +152,18 @@ def test_ctrl_c_stops_every_worker_before_it_propagates(monkeypatch):
         _engine._run([(1, patient), (1, patient), (1, interrupted)])
     assert len(polled) == 2  # both others saw the stop and returned before _run did
     assert not [t for t in threading.enumerate() if t.name.startswith("torchsmith-load-")]
+
+
+def test_meta_targets_that_need_a_cast_are_read_in_bounded_batches(tmp_path, threaded, monkeypatch):
+    from torchsmith.checkpoint import weights
+
+    monkeypatch.setattr(weights, "BATCH_BYTES", 1000)  # several batches for this model
+    src = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10))
+    path = ts.save_weights(src, tmp_path / "w.safetensors")
+    with torch.device("meta"):
+        dst = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10)).double()
+    report = ts.load_weights(dst, path)
+    assert report.ok and len(report.casts) == 4 and report.checksums_checked == 4
+    ref = load_file(path)
+    assert all(v.dtype == torch.float64 and torch.equal(v, ref[k].double()) for k, v in dst.state_dict().items())
+    assert len(weights._batches([(t, k) for k, t in dst.state_dict().items()], open_source(path), "cpu")) > 1

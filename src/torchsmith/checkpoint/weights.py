@@ -38,6 +38,7 @@ __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+BATCH_BYTES = 256 * 2**20  # fresh tensors read at once when each must then be moved or cast
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -311,6 +312,24 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
     )
 
 
+def _batches(writes: list, src: Source, map_location) -> list[list]:
+    """The fresh reads in one batch when they stay as read (CPU, same dtype), else in batches of
+    about BATCH_BYTES, each moved or cast before the next is read (bounded staging memory)."""
+    staged = [w for w in writes if torch.device(map_location).type != "cpu" or src.spec(w[1])[1] != w[0].dtype]
+    if not staged:
+        return [writes] if writes else []
+    batches: list[list] = [[]]
+    size = 0
+    for target, fk in writes:
+        n = target.numel() * target.element_size()
+        if batches[-1] and size + n > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append((target, fk))
+        size += n
+    return batches
+
+
 def _empty(spec: tuple[tuple[int, ...], torch.dtype]) -> torch.Tensor:
     shape, dtype = spec
     return torch.empty(shape, dtype=dtype)
@@ -380,9 +399,11 @@ def load_weights(
         report.checksums_checked = src.verify([fk for _, fk in writes])
     on_the_fly = checking and not in_place
     # meta targets: fresh tensors, checked as the data arrives (one pass), assigned only once all is read
-    fresh = [(target, fk, _empty(src.spec(fk))) for target, fk in writes if target.is_meta]
-    src.read_many([(fk, t) for _, fk, t in fresh], verify=on_the_fly)
-    new = {id(target): t.to(device=map_location, dtype=target.dtype) for target, fk, t in fresh}
+    new: dict[int, torch.Tensor] = {}
+    for batch in _batches([w for w in writes if w[0].is_meta], src, map_location):
+        fresh = [(target, fk, _empty(src.spec(fk))) for target, fk in batch]
+        src.read_many([(fk, t) for _, fk, t in fresh], verify=on_the_fly)
+        new.update((id(target), t.to(device=map_location, dtype=target.dtype)) for target, _, t in fresh)
     with torch.no_grad():
         # live targets: straight into the parameter's memory when it has the file's layout, else through a temporary
         direct, other = [], []
