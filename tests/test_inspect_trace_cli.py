@@ -14,7 +14,7 @@ from torch import nn
 
 import torchsmith as ts
 from torchsmith import InspectError
-from torchsmith.cli import main, parse_input_size
+from torchsmith.cli import _parse_inputs, main
 
 # trace
 
@@ -74,19 +74,24 @@ def test_trace_error_in_a_linear_layer():
 # the CLI
 
 
-@given(st.lists(st.lists(st.integers(0, 10**6), min_size=1, max_size=6), min_size=1, max_size=3),
-       st.sampled_from([",", "x", ", "]))
-def test_parse_input_size_round_trips(shapes, sep):
-    text = ";".join(sep.join(map(str, s)) for s in shapes)
-    assert parse_input_size(text) == [tuple(s) for s in shapes]
+@given(st.lists(st.integers(1, 10**6), min_size=1, max_size=6), st.sampled_from([",", "x"]))
+def test_input_shapes_parse_as_the_spec_commands_do(shape, sep):
+    assert _parse_inputs([sep.join(map(str, shape))]) == shape
+    assert _parse_inputs([f"x={sep.join(map(str, shape))}", "y=2,3"]) == {"x": shape, "y": [2, 3]}
 
 
-@pytest.mark.parametrize("bad", ["", "1,,3", "1,3,a", "-1,3", "1.5,3", ";", "1;"])
-def test_parse_input_size_rejects(bad):
+@pytest.mark.parametrize("bad", [[""], ["1,3,a"], ["-1,3"], ["1.5,3"], ["0,3"], ["1,3", "2,3"]])
+def test_input_shapes_rejected(bad):
     import typer
 
     with pytest.raises(typer.BadParameter):
-        parse_input_size(bad)
+        _parse_inputs(bad)
+
+
+def test_cli_named_inputs_become_keyword_arguments(capsys):
+    assert main(["summary", "mlp", "--input", "x=3,784", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["input"] == "x=(3, 784)" and data["outputs"][0]["shape"] == [3, 10]
 
 
 def test_cli_summary_json_matches_the_api(capsys):
@@ -114,7 +119,9 @@ def test_cli_summary_of_a_saved_model_directory(tmp_path, capsys):
 def test_cli_errors_and_usage(capsys):
     assert main(["summary", "resnt18"]) == 1
     assert "resnet18" in capsys.readouterr().err
-    assert main(["summary", "resnet18", "--input", "1,3,x"]) == 2
+    assert main(["summary", "resnet18", "--input", "1,3,a"]) == 2
+    assert main(["summary", "resnet18", "--input", "1,3"]) == 1  # a 2-d input for a conv: an InspectError
+    assert "conv1 (Conv2d) got (1, 3)" in capsys.readouterr().err
     assert main(["summary", "resnet18", "--dtype", "floaty"]) == 2
 
 

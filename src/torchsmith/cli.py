@@ -207,21 +207,6 @@ def diff_cmd(
 # inspection
 
 
-def parse_input_size(text: str) -> list[tuple[int, ...]]:
-    """``'1,3,224,224'`` -> ``[(1, 3, 224, 224)]``; several inputs separated by ``;`` (``x`` also separates dims).
-
-    >>> parse_input_size("1,3,224,224"), parse_input_size("2x8; 2x8")
-    ([(1, 3, 224, 224)], [(2, 8), (2, 8)])
-    """
-    shapes = []
-    for part in text.split(";"):
-        dims = [d.strip() for d in part.replace("x", ",").split(",")]
-        if not part.strip() or not all(d.isdigit() and d.isascii() for d in dims):
-            raise typer.BadParameter(f"{text!r} is not a shape like 1,3,224,224 (several inputs: 1,3,224,224;1,10)")
-        shapes.append(tuple(int(d) for d in dims))
-    return shapes
-
-
 def _dtype(name: str):
     import torch
 
@@ -249,21 +234,30 @@ def _load(model: str, *, meta: bool):
     return create_model(model)
 
 
-def _inputs(model, input_size: Optional[str], dtype: str):
+def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
+    """``summary`` / ``diagram`` arguments from ``--input`` (the spec commands' format, ``_parse_inputs``):
+    one shape -> ``input_size``; ``name=shape`` (repeatable) -> keyword inputs; none -> guessed from the
+    first layer. ``make(shape, dtype)`` builds the tensors (meta by default)."""
+    import torch
+
     from ._probe import example_input
 
-    shapes = parse_input_size(input_size) if input_size else [tuple(example_input(model).shape)]
-    return shapes if len(shapes) > 1 else shapes[0], _dtype(dtype)
+    dt = _dtype(dtype)
+    make = make or (lambda shape, dt: torch.empty(*shape, dtype=dt, device="meta"))
+    parsed = _parse_inputs(values) if values else list(example_input(model).shape)
+    if isinstance(parsed, dict):
+        return {"inputs": {name: make(shape, dt) for name, shape in parsed.items()}}
+    return {"inputs": make(parsed, dt)}
 
 
-_INPUT_HELP = "Input shape, e.g. 1,3,224,224 (several inputs: 1,3,224,224;1,10). Default: guessed from the first layer."
+_INPUT_HELP = "Input shape, e.g. 1,3,224,224, or name=shape per keyword input (repeatable). Default: guessed from the first layer."
 _MODEL_HELP = "A registered model name or a save_model directory."
 
 
 @app.command("summary")
 def summary_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    input_size: Optional[str] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
     depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest level printed."),
     mode: str = typer.Option("same", "--mode", help="same, train or eval (train: the activation memory of a training step)."),
@@ -271,24 +265,30 @@ def summary_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
 ) -> None:
-    """Shapes, parameters, FLOPs and memory of a model, on the meta device (no memory, no compute)."""
+    """Shapes, parameters, FLOPs and memory of a model, on the meta device (no memory, no compute).
+
+    Exit code 1 when the forward cannot run (the rows it reached are still printed).
+    """
     from .inspect import summary
 
     net = _load(model, meta=not allow_real)
-    size, dt = _inputs(net, input_size, dtype)
-    s = summary(net, size, dtype=dt, depth=depth, mode=mode, allow_real=allow_real)
+    s = summary(net, **_example(net, input_size, dtype), depth=depth, mode=mode, allow_real=allow_real)
     if as_json:
         typer.echo(s.to_json())
     elif markdown:
         typer.echo(s.to_markdown())
     else:
         typer.echo(str(s), nl=False)
+    if not s.complete:  # the rows it could compute are printed; the exit code says it is partial
+        from .errors import InspectError
+
+        raise InspectError(f"incomplete summary: {s.error} (--allow-real runs the model for real)")
 
 
 @app.command("trace")
 def trace_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    input_size: Optional[str] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long: zeros, i.e. token id 0)."),
 ) -> None:
     """Run a real forward on random inputs and print every module call with the shapes in and out."""
@@ -297,18 +297,21 @@ def trace_cmd(
     from .inspect import trace
 
     net = _load(model, meta=False).eval()
-    size, dt = _inputs(net, input_size, dtype)
-    shapes = size if isinstance(size, list) else [size]
-    make = (lambda s: torch.randn(*s, dtype=dt)) if dt.is_floating_point else (lambda s: torch.zeros(*s, dtype=dt))
+
+    def make(shape, dt):
+        return torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)
+
+    example = _example(net, input_size, dtype, make)["inputs"]
+    args, kwargs = ((), example) if isinstance(example, dict) else ((example,), {})
     with torch.no_grad():
-        trace(net, *[make(s) for s in shapes])
+        trace(net, *args, **kwargs)
 
 
 @app.command("diagram")
 def diagram_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
     output: str = typer.Option("model.html", "--output", "-o", help="The HTML file to write."),
-    input_size: Optional[str] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
     allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -317,8 +320,7 @@ def diagram_cmd(
     from .inspect import diagram
 
     net = _load(model, meta=not allow_real)
-    size, dt = _inputs(net, input_size, dtype)
-    out = diagram(net, size, dtype=dt, path=output, allow_real=allow_real)
+    out = diagram(net, **_example(net, input_size, dtype), path=output, allow_real=allow_real)
     if as_json:
         typer.echo(json.dumps({"model": model, "output": str(out), "bytes": out.stat().st_size}))
     else:

@@ -65,7 +65,7 @@ def describe_failure(path: str, module: nn.Module, args: Any, err: BaseException
     got = shapes_of(args)
     expects = ""
     first = next(iter(output_leaves(args)), None)
-    if isinstance(module, nn.modules.conv._ConvNd) and first is not None and len(first.shape) >= 2:
+    if isinstance(module, nn.modules.conv._ConvNd) and first is not None and len(first.shape) > len(module.kernel_size):
         channels = first.shape[-(len(module.kernel_size) + 1)]
         if channels != module.in_channels:
             expects = f", expects {module.in_channels} input channels"
