@@ -28,6 +28,7 @@ from ..errors import CheckpointError, IncompatibleCheckpointError
 from . import _json
 from .atomic import atomic_write
 from .keys import match_keys
+from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
 from .safetensors_format import DTYPE_NAMES, META_ALIASES, write_safetensors
 from .sources import INDEX_SUFFIX, Source, TensorSource, open_source
@@ -85,6 +86,17 @@ def state_dict_of(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -
     return sd
 
 
+def tensor_identity(t: torch.Tensor) -> tuple:
+    """Equal for two tensors exactly when they are the same values in memory (tied weights).
+
+    Two names for one tensor object, or two tensor objects viewing the same bytes with the same
+    layout. Meta and empty tensors have no bytes to share: only the object itself counts.
+    """
+    if t.is_meta or t.numel() == 0:
+        return ("object", id(t))
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 def dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors stored once, and ``alias -> stored name`` for exact duplicates (tied weights)."""
     stored: dict[str, torch.Tensor] = {}
@@ -94,7 +106,7 @@ def dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[s
         if t.numel() == 0:
             stored[name] = t
             continue
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        ident = tensor_identity(t)
         if ident in seen:
             aliases[name] = seen[ident]
         else:
@@ -269,7 +281,7 @@ def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: 
         model_keys=len(targets),
     )
     writes = []
-    done: dict[int, str] = {}
+    done: dict[tuple, str] = {}
     for mk, fk in match.pairs.items():
         target = targets[mk]
         shape, dtype = src.spec(fk)
@@ -279,13 +291,32 @@ def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: 
         report.loaded.append(mk)
         if dtype != target.dtype:
             report.casts.append(Cast(mk, _dt(dtype), _dt(target.dtype)))
-        if id(target) in done:  # tied in the model: one write serves both keys
+        if tensor_identity(target) in done:  # tied in the model: one write serves both keys
             continue
-        done[id(target)] = fk
+        done[tensor_identity(target)] = mk
         writes.append((target, fk))
         report.values += target.numel()
         report.nbytes += target.numel() * target.element_size()
+    # a model key the file lacks whose tensor is one the load fills is tied (save_pretrained drops lm_head.weight)
+    for mk in list(report.missing):
+        partner = done.get(tensor_identity(targets[mk]))
+        if partner is not None:
+            report.missing.remove(mk)
+            report.tied_in_model.append((mk, partner))
     return report, writes
+
+
+def _left_on_meta(report: LoadReport, model: nn.Module, writes: list, map_location) -> dict[str, torch.Tensor]:
+    """Meta tensors the writes will not fill: recompute the ones the model can (returned), name the rest."""
+    filled = {id(target) for target, _ in writes}
+    left = {name: t for name, t in meta_tensors(model).items() if id(t) not in filled}
+    if not left:
+        return {}
+    in_state = set(model.state_dict(keep_vars=True))
+    rebuilt = recompute(model, [n for n in left if n not in in_state], device=map_location)
+    report.recomputed = sorted(rebuilt)
+    report.on_meta = sorted(n for n in left if n not in rebuilt)
+    return rebuilt
 
 
 def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool) -> None:
@@ -296,6 +327,8 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
         problems.append(f"{len(report.unexpected)} file keys unknown to the model")
     if report.mismatched and not skip_mismatched:
         problems.append(f"{len(report.mismatched)} keys with a different shape or dtype")
+    if strict and report.on_meta:
+        problems.append(f"{len(report.on_meta)} tensors would be left on the meta device, without values")
     if not problems:
         return
     hints = []
@@ -305,6 +338,11 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
         hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
     if report.missing and report.unexpected:
         hints.append("pass prefix='backbone.' to add or strip a prefix")
+    if strict and report.on_meta:
+        hints.append(
+            "build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
+            "tensors under 'on meta' values before using the model"
+        )
     advice = "; ".join(hints)
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
@@ -346,15 +384,20 @@ def load_weights(
     ``module.`` / ``_orig_mod.`` on either side; a string such as
     ``"backbone."`` is stripped from or added to the file's keys; ``None``
     matches keys exactly. Parameters on the meta device are materialised on
-    ``map_location``; others are written in place, on their own device.
+    ``map_location``; others are written in place, on their own device. A key
+    the file lacks whose tensor is the very tensor of a loaded key (an output
+    layer tied to the embedding) is ``tied``, not missing. Tensors no file holds
+    (non-persistent buffers) that are still on meta are recomputed when the model
+    can be rebuilt (registry config, transformers ``config``), else named under
+    ``on_meta``: a failure, refused when ``strict``.
     Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
 
     Transactional: keys, shapes, dtypes and checksums are all checked before
     anything is written; on any error the model is byte-for-byte unchanged.
 
     Raises:
-        IncompatibleCheckpointError: missing / unexpected keys (``strict``) or mismatched shapes
-            (unless ``skip_mismatched``); ``.report`` holds the details.
+        IncompatibleCheckpointError: missing / unexpected keys or tensors left on meta (``strict``), or
+            mismatched shapes (unless ``skip_mismatched``); ``.report`` holds the details.
         ChecksumError: damaged tensor data, naming the file and tensor.
         UnsafeCheckpointError: a pickle needing code (pass ``trusted=True`` only for files you trust).
         CorruptCheckpointError: a damaged file.
@@ -369,6 +412,7 @@ def load_weights(
         raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
     src = open_source(path, trusted=trusted)
     report, writes = _plan(src, model, prefix, strict, skip_mismatched)
+    rebuilt = _left_on_meta(report, model, writes, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
     _refuse(report, model, strict, skip_mismatched)
@@ -394,5 +438,7 @@ def load_weights(
     if on_the_fly:
         report.checksums_checked = len(writes)
     _assign(model, new)
+    for name, value in rebuilt.items():
+        put(model, name, value)
     log.debug("loaded %s", report)
     return report
