@@ -1,7 +1,7 @@
 """Looking at checkpoints without a model: ``inspect_checkpoint``, ``diff_checkpoints``, ``convert_checkpoint``.
 
     >>> info = inspect_checkpoint("model.safetensors")
-    >>> info.tensors, info.parameters, info.checksums
+    >>> info.tensors, info.values, info.checksums
     (122, 11689512, 'verified')
     >>> diff_checkpoints("a.safetensors", "b.pt").max_abs_diff["fc.weight"]
     0.0
@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import CheckpointError
 from .keys import WRAPPER_SEGMENTS, match_keys
+from .formats import dtype_name
 from .sources import Source, open_source
 from .weights import parse_size, save_weights
 
@@ -27,12 +29,16 @@ __all__ = ["CheckpointInfo", "inspect_checkpoint", "CheckpointDiff", "diff_check
 
 @dataclass
 class CheckpointInfo:
-    """What a checkpoint holds: per-tensor ``[key, shape, dtype]``, totals, layout, metadata, checksum status."""
+    """What a checkpoint holds: per-tensor ``[key, shape, dtype]``, totals, layout, metadata, checksum status.
+
+    ``values`` counts every value stored (parameters and buffers alike: a file does not say which is
+    which), each tied tensor once; ``nbytes`` is their size.
+    """
 
     path: str
     format: str
     tensors: int
-    parameters: int
+    values: int
     nbytes: int
     entries: list[tuple[str, list[int], str]]
     prefixes: dict[str, int]
@@ -74,15 +80,15 @@ def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted:
     src = open_source(path, trusted=trusted)
     stored = src.keys()
     entries = []
-    params = nbytes = 0
+    values = nbytes = 0
     for k in stored:
         shape, dtype = src.spec(k)
-        entries.append((k, list(shape), str(dtype).removeprefix("torch.")))
+        entries.append((k, list(shape), dtype_name(dtype)))
         if k not in src.aliases:
             n = 1
             for d in shape:
                 n *= d
-            params += n
+            values += n
             nbytes += n * dtype.itemsize
     status = src.checksum_status
     if verify and status == "present":
@@ -92,7 +98,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted:
         path=str(src.path),
         format=src.format,
         tensors=len(stored),
-        parameters=params,
+        values=values,
         nbytes=nbytes,
         entries=entries,
         prefixes=_prefix_counts(stored),
@@ -138,11 +144,31 @@ def _named_tensors(target: str | os.PathLike, trusted: bool) -> tuple[str, dict[
     return str(target), read_weights(target, trusted=trusted)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """0.0 for the same bits or NaN where the other has NaN too; inf where only one side is NaN."""
+    if a.dtype == b.dtype and torch.equal(_bits(a), _bits(b)):
+        return 0.0
+    if a.numel() == 0:
+        return 0.0
+    if a.dtype == torch.bool or b.dtype == torch.bool:
+        return float((a != b).any())
+    x, y = a.to(torch.float64), b.to(torch.float64)
+    nan_x, nan_y = x.isnan(), y.isnan()
+    diff = torch.where(x == y, 0.0, (x - y).abs())  # equal infinities: 0, not inf - inf = nan
+    diff = torch.where(nan_x & nan_y, 0.0, torch.where(nan_x | nan_y, torch.inf, diff))
+    return diff.max().item()
+
+
 def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: bool = False) -> CheckpointDiff:
     """Compare two checkpoints, or a checkpoint and a registered model name (``"resnet18"``).
 
     Keys are matched through wrapper prefixes (``module.`` / ``_orig_mod.``);
-    values are compared in float64 as the maximum absolute difference per tensor.
+    values are compared in float64 as the maximum absolute difference per tensor: NaN where
+    the other side has NaN is equal (a file equals itself), NaN against a number is ``inf``.
     """
     name_a, sd_a = _named_tensors(a, trusted)
     name_b, sd_b = _named_tensors(b, trusted)
@@ -154,11 +180,8 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: boo
             shape[ka] = (list(ta.shape), list(tb.shape))
             continue
         if ta.dtype != tb.dtype:
-            dtype[ka] = (str(ta.dtype).removeprefix("torch."), str(tb.dtype).removeprefix("torch."))
-        if ta.numel() == 0 or ta.dtype == torch.bool or tb.dtype == torch.bool:
-            maxdiff[ka] = float((ta != tb).any()) if ta.numel() else 0.0
-        else:
-            maxdiff[ka] = (ta.to(torch.float64) - tb.to(torch.float64)).abs().max().item()
+            dtype[ka] = (dtype_name(ta.dtype), dtype_name(tb.dtype))
+        maxdiff[ka] = _max_abs_diff(ta, tb)
     return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
 
 
@@ -173,8 +196,10 @@ def convert_checkpoint(
 ) -> Path:
     """Convert between ``.pt`` and ``.safetensors`` (sharded with ``max_shard_size``), verifying on the way.
 
-    ``strip_prefix`` removes a prefix from every key that has it (``"module."``).
-    ``progress(done_bytes, total_bytes)`` is called as tensors are written. Returns the path written.
+    ``strip_prefix`` removes a prefix from every key that has it (``"module."``). Tied tensors
+    (one tensor under several names, as in a ``pytorch_model.bin``) are stored once. The output's
+    directory is created when it does not exist. ``progress(done_bytes, total_bytes)`` is called as
+    tensors are written. Returns the path written.
 
     Raises:
         CheckpointError: the output would be the input file, or a stripped key collides with another.
@@ -200,4 +225,13 @@ def convert_checkpoint(
         if progress is not None:
             progress(done, total)
 
-    return save_weights(sd, dst, max_shard_size=max_shard_size, progress=tick)
+    parent = Path(dst).parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return save_weights(sd, dst, max_shard_size=max_shard_size, progress=tick)
+    except BaseException:
+        for p in created:  # a failed convert leaves no new directories behind (innermost first)
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise

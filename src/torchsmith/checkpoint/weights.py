@@ -30,15 +30,15 @@ from .atomic import atomic_write
 from .keys import match_keys
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
-from .safetensors_format import DTYPE_NAMES, META_ALIASES, write_safetensors
-from .sources import INDEX_SUFFIX, Source, TensorSource, open_source
+from .formats import DTYPE_NAMES, INDEX_SUFFIX, SAFETENSORS_SUFFIX, dtype_name, format_for
+from .safetensors_format import META_ALIASES, write_safetensors
+from .sources import Source, TensorSource, open_source, tensor_identity
 from .torch_format import write_torch_file
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -86,17 +86,6 @@ def state_dict_of(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -
     return sd
 
 
-def tensor_identity(t: torch.Tensor) -> tuple:
-    """Equal for two tensors exactly when they are the same values in memory (tied weights).
-
-    Two names for one tensor object, or two tensor objects viewing the same bytes with the same
-    layout. Meta and empty tensors have no bytes to share: only the object itself counts.
-    """
-    if t.is_meta or t.numel() == 0:
-        return ("object", id(t))
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-
-
 def dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors stored once, and ``alias -> stored name`` for exact duplicates (tied weights)."""
     stored: dict[str, torch.Tensor] = {}
@@ -128,7 +117,7 @@ def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _shard_names(path: Path, n: int) -> list[str]:
-    stem = path.name.removesuffix(".safetensors")
+    stem = path.name.removesuffix(SAFETENSORS_SUFFIX)
     return [f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
@@ -141,7 +130,7 @@ def _old_shards(index: Path) -> set[str]:
 
 def _remove_shards(index: Path, names: set[str]) -> None:
     """Delete shard files of an older save that the current one no longer uses."""
-    pattern = re.compile(re.escape(index.name.removesuffix(".safetensors" + INDEX_SUFFIX)) + r"-\d{5}-of-\d{5}\.safetensors")
+    pattern = re.compile(re.escape(index.name.removesuffix(SAFETENSORS_SUFFIX + INDEX_SUFFIX)) + r"-\d{5}-of-\d{5}\.safetensors")
     for name in names:
         if pattern.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):
@@ -196,9 +185,9 @@ def save_weights(
 ) -> Path:
     """Write weights atomically, with a checksum of every tensor; returns the path written.
 
-    The format follows the suffix: ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``
-    write a torch file (``{"state_dict", "torchsmith"}``), anything else
-    safetensors. Tied (shared) tensors are stored once and re-tied on load.
+    The format follows the suffix (one table, ``checkpoint.formats``): ``.pt`` /
+    ``.pth`` / ``.bin`` / ``.ckpt`` / ``.pkl`` / ``.tar`` write a torch file
+    (``{"state_dict", "torchsmith"}``), anything else safetensors. Tied (shared) tensors are stored once and re-tied on load.
     With ``max_shard_size`` (``"2GB"``), a safetensors checkpoint larger than
     that is split into ``model-00001-of-0000N.safetensors`` files plus
     ``model.safetensors.index.json`` (the index path is returned).
@@ -214,7 +203,7 @@ def save_weights(
     path = Path(path)
     sd = state_dict_of(model_or_state_dict)
     metadata = check_metadata(metadata)
-    if path.suffix in TORCH_SUFFIXES:
+    if format_for(path) == "torch":
         if max_shard_size is not None:
             raise CheckpointError(f"max_shard_size applies to safetensors; {str(path)!r} is a torch file. Use a .safetensors path.")
         with atomic_write(path) as f:
@@ -260,11 +249,7 @@ def _castable(a: torch.dtype, b: torch.dtype) -> bool:
     return ints and b not in (torch.bool,) and not b.is_floating_point and not b.is_complex
 
 
-def _dt(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
-
-
-def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: bool) -> tuple[LoadReport, list]:
+def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport, list]:
     """Check every key, shape and dtype; return the report and ``(target, file_key)`` writes."""
     targets = model.state_dict(keep_vars=True)
     match = match_keys(src.keys(), targets, prefix=prefix)
@@ -286,11 +271,11 @@ def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: 
         target = targets[mk]
         shape, dtype = src.spec(fk)
         if tuple(target.shape) != shape or not _castable(dtype, target.dtype):
-            report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), _dt(dtype), _dt(target.dtype)))
+            report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), dtype_name(dtype), dtype_name(target.dtype)))
             continue
         report.loaded.append(mk)
         if dtype != target.dtype:
-            report.casts.append(Cast(mk, _dt(dtype), _dt(target.dtype)))
+            report.casts.append(Cast(mk, dtype_name(dtype), dtype_name(target.dtype)))
         if tensor_identity(target) in done:  # tied in the model: one write serves both keys
             continue
         done[tensor_identity(target)] = mk
@@ -411,7 +396,7 @@ def load_weights(
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
     src = open_source(path, trusted=trusted)
-    report, writes = _plan(src, model, prefix, strict, skip_mismatched)
+    report, writes = _plan(src, model, prefix)
     rebuilt = _left_on_meta(report, model, writes, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")

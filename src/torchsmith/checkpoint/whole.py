@@ -30,6 +30,7 @@ from ..registry import create_model, model_config
 from . import _json
 from ._hash import bytes_digest
 from .atomic import atomic_write
+from .formats import TORCH_DTYPES, dtype_name
 from .report import LoadReport
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .torch_format import read_torch_file
@@ -46,7 +47,6 @@ _LAYER_NAMES: dict[Any, str] = {}
 for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _LAYER_NAMES.setdefault(_cls, _name)
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
 
 
 # config encoding
@@ -68,8 +68,8 @@ def _encode(value: Any, where: str, problems: list[str]) -> Any:
         if bad:
             problems.append(f"{where} has non-string keys {bad[:3]}")
         return {str(k): _encode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
-    if isinstance(value, torch.dtype) and str(value).removeprefix("torch.") in _DTYPES:
-        return {"$dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.dtype) and dtype_name(value) in TORCH_DTYPES:
+        return {"$dtype": dtype_name(value)}
     try:
         if value in _LAYER_NAMES:
             return {"$layer": _LAYER_NAMES[value]}
@@ -90,9 +90,9 @@ def _decode(value: Any, where: str, problems: list[str]) -> Any:
                 problems.append(f"{where}: unknown layer name {name!r}")
             return cls
         if set(value) == {"$dtype"}:
-            if value["$dtype"] not in _DTYPES:
+            if value["$dtype"] not in TORCH_DTYPES:
                 problems.append(f"{where}: unknown dtype {value['$dtype']!r}")
-            return _DTYPES.get(value["$dtype"])
+            return TORCH_DTYPES.get(value["$dtype"])
         return {k: _decode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
     return value
 
@@ -197,10 +197,18 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return doc
 
 
-def _refuse_pickled_model(path: Path, trusted: bool) -> nn.Module:
+def _refuse_pickled_model(path: Path, trusted: bool) -> tuple[nn.Module, LoadReport]:
+    """The model in a whole-model pickle (``trusted`` only), and a report of what it holds."""
     obj = read_torch_file(path, trusted=trusted, mmap=False)
     if isinstance(obj, nn.Module):
-        return obj
+        sd = obj.state_dict()
+        stored, aliases = dedupe(sd)
+        report = LoadReport(
+            path=str(path), format="torch (whole pickled model)", loaded=list(sd), model_keys=len(sd),
+            tied=sorted(aliases.items()), values=sum(t.numel() for t in stored.values()),
+            nbytes=sum(t.numel() * t.element_size() for t in stored.values()),
+        )
+        return obj, report
     raise CheckpointError(
         f"load_model: {str(path)!r} holds a {type(obj).__name__}, not a whole model. "
         f"For weights use load_weights(model, {str(path)!r})."
@@ -231,7 +239,8 @@ def load_model(
     """
     directory = Path(directory)
     if directory.is_file():
-        return _refuse_pickled_model(directory, trusted)
+        model, report = _refuse_pickled_model(directory, trusted)
+        return (model, report) if return_report else model
     doc = _read_config(directory)
     weights = directory / doc["weights"]
     st = SafetensorsFile(weights)
