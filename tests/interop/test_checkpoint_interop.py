@@ -192,3 +192,18 @@ def test_meta_model_that_cannot_recompute_its_buffers_fails_and_names_them(tmp_p
     report = ts.load_weights(dst, path, strict=False)
     assert not report.ok and report.on_meta == expected and "on meta" in str(report)
     assert "INCOMPLETE" in str(report)
+
+
+@pytest.mark.parametrize("peer", models(tag="tied"))
+def test_convert_of_a_pytorch_model_bin_keeps_ties_once(peer, tmp_path):
+    src = nudge(peer.build(), seed=4)
+    torch.save(src.state_dict(), tmp_path / "pytorch_model.bin")
+    out = ts.convert_checkpoint(tmp_path / "pytorch_model.bin", tmp_path / "out" / "model.safetensors")
+    info = ts.inspect_checkpoint(out)
+    assert sorted(info.aliases.items()) == sorted(TIED[peer.name])
+    assert info.values == sum(p.numel() for p in src.parameters()) + sum(
+        b.numel() for k, b in src.named_buffers() if k in src.state_dict()
+    )
+    dst = peer.build()
+    assert ts.load_weights(dst, out).ok
+    assert same_tensors(every_tensor(dst), every_tensor(src)) == []

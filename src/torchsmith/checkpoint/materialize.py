@@ -2,19 +2,27 @@
 
 A model built under ``torch.device("meta")`` has every tensor on meta, also the
 ones no checkpoint holds: non-persistent buffers (BERT's ``position_ids``, GPT-2's
-causal mask) and tensors kept in plain attributes (torchvision's anchor cells).
+causal mask) and tensors kept in plain attributes (a list of anchor cells).
 :func:`meta_tensors` names them all; :func:`recompute` builds the model a second
 time with only its parameters on meta (no weight memory, no init cost) and takes
 those tensors from it, when the model says how it was built: a torchsmith registry
-config, or a transformers ``config``. Nothing here changes its argument; the
-caller assigns the tensors returned (:func:`put`).
+config, or a transformers ``config``. Only :func:`put` changes its argument (it
+assigns a tensor returned by :func:`recompute`); the others return new objects.
 
+    >>> class Positions(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.embed = nn.Embedding(4, 2)
+    ...         self.register_buffer("ids", torch.arange(4), persistent=False)  # (4,)
     >>> with torch.device("meta"):
-    ...     bert = transformers.BertModel(cfg)
-    >>> sorted(meta_tensors(bert, persistent=False))
-    ['embeddings.position_ids', 'embeddings.token_type_ids']
-    >>> sorted(recompute(bert, ["embeddings.position_ids"]))
-    ['embeddings.position_ids']
+    ...     m = Positions()
+    >>> sorted(meta_tensors(m)), sorted(meta_tensors(m, persistent=False))
+    (['embed.weight', 'ids'], ['ids'])
+    >>> recompute(m, ["ids"])  # neither registry-built nor a transformers model: nothing says how to rebuild
+    {}
+
+Built through the registry (``create_model`` or a registered builder), the same call returns
+``{'ids': tensor([0, 1, 2, 3])}``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["meta_tensors", "recompute", "put"]
+__all__ = ["all_tensors", "meta_tensors", "recompute", "put"]
 
 log = logging.getLogger(__name__)
 
