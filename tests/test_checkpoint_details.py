@@ -1,5 +1,5 @@
 """Checkpoint details: float8 dtypes, the suffix table, NaN-aware diff, inspect's value count, convert's ties
-and new directories, load_model's report on the trusted-pickle path."""
+and new directories."""
 
 from __future__ import annotations
 
@@ -165,17 +165,3 @@ def test_a_failed_convert_leaves_no_new_directory(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         ts.convert_checkpoint(tmp_path / "w.pt", tmp_path / "new" / "sub" / "m.safetensors", progress=interrupt)
     assert not (tmp_path / "new").exists()
-
-
-# load_model
-
-
-def test_load_model_returns_the_report_on_the_trusted_pickle_path(tmp_path):
-    model = filled(TinyNet(tie=True), seed=9)
-    torch.save(model, tmp_path / "whole.pt")
-    loaded, report = ts.load_model(tmp_path / "whole.pt", trusted=True, return_report=True)
-    assert isinstance(loaded, TinyNet) and snapshot(loaded) == snapshot(model)
-    assert report.loaded == list(model.state_dict()) and report.model_keys == 9 and report.ok
-    assert report.tied == [("head.weight", "embed.weight")]
-    assert report.values == sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-    assert isinstance(ts.load_model(tmp_path / "whole.pt", trusted=True), TinyNet)

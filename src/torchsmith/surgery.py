@@ -1,5 +1,12 @@
 """Model surgery for any ``nn.Module``: find, replace, re-head, freeze, re-input, fold.
 
+Every function here changes the model you pass, in place, and returns it (so
+calls chain); ``add_inputs`` and ``optimize_for_inference(compile=True)``
+return a wrapper around it. None copies: ``copy.deepcopy(model)`` first to
+keep the original. Reports come from their own functions (``freeze_report``).
+On a model built through the registry, each change of structure is recorded
+as a JSON step in ``model.torchsmith_config`` so ``load_model`` can replay it.
+
 The tutorial's "modify a pretrained model" section, done right: setting
 ``fc.out_features = 20`` changes a printed number and nothing else;
 :func:`replace_head` builds a new layer, so the model really gives 20 outputs.
@@ -9,13 +16,12 @@ Example::
     >>> model = create_model("resnet50")
     >>> replace_head(model, 20)(torch.randn(1, 3, 224, 224)).shape     # (B, 20)
     torch.Size([1, 20])
-    >>> print(freeze(model, exclude=["layer2", "layer3", "layer4"]))   # doctest: +ELLIPSIS
+    >>> print(freeze_report(freeze(model, exclude=["layer2", "layer3", "layer4"])))   # doctest: +ELLIPSIS
     frozen: conv1, bn1, layer1, fc ...
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import functools
 from collections.abc import Iterable, Sequence
@@ -27,8 +33,9 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._probe import CONV_TYPES, example_input, logger, probe
-from .errors import SurgeryError, closest
+from .errors import SurgeryError, did_you_mean
 from .layers import FrozenBatchNorm2d
+from .registry import model_config, set_config, update_config
 
 __all__ = [
     "get_module",
@@ -36,6 +43,7 @@ __all__ = [
     "replace_head",
     "FreezeReport",
     "freeze",
+    "freeze_report",
     "unfreeze",
     "adapt_input_channels",
     "MultiInputModel",
@@ -69,14 +77,16 @@ def _find_path(model: nn.Module, target: nn.Module) -> str:
     raise SurgeryError(f"{type(target).__name__} is not a submodule of {type(model).__name__}.")
 
 
-def _update_config(model: nn.Module, **kwargs: int) -> None:
-    """Keep ``num_classes`` / ``in_chans`` (attribute and recorded builder kwargs) true after surgery."""
+def _update_attrs(model: nn.Module, **kwargs: int) -> None:
+    """Keep the ``num_classes`` / ``in_chans`` attributes true after surgery (the recorded config gets a step)."""
     for key, value in kwargs.items():
         if isinstance(getattr(model, key, None), int):
             setattr(model, key, value)
-        config = getattr(model, "torchsmith_config", None)
-        if isinstance(config, dict) and isinstance(config.get("kwargs"), dict):
-            config["kwargs"][key] = value
+
+
+def _record(model: nn.Module, op: str, **args) -> None:
+    """Append the step ``{"op": op, **args}`` to a registry-built model's config (replayed by ``load_model``)."""
+    update_config(model, step={"op": op, **args})
 
 
 # find and replace
@@ -93,13 +103,16 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError as err:
-        near = closest(path, _paths(model))
-        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
-        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{hint}") from err
+        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, _paths(model))}") from err
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``path``, moved to the device (and floating dtype) of what it replaces; returns ``model``.
+
+    ``new`` is recorded for ``save_model`` when torchsmith can describe it
+    without pickle: built with ``create_model`` or ``create_layer``. Any other
+    module works the same in memory, and ``save_model`` refuses the model,
+    naming the path.
 
     Example::
 
@@ -107,6 +120,15 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
         >>> type(model.layer1[0].relu).__name__
         'GELU'
     """
+    _put(model, path, new)
+    described = model_config(new)
+    if described is not None:
+        _record(model, "replace_module", path=path, module=described)
+    return model
+
+
+def _put(model: nn.Module, path: str, new: nn.Module) -> None:
+    """``replace_module`` without recording (for the operations that record themselves)."""
     if not path:
         raise SurgeryError("replace_module needs a submodule path; the root cannot replace itself.")
     old = get_module(model, path)
@@ -118,7 +140,6 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
         if ref.is_floating_point():
             new = new.to(dtype=ref.dtype)  # only floating tensors change dtype
     setattr(parent, name, new)
-    return model
 
 
 # heads
@@ -184,13 +205,17 @@ def replace_head(
     elif isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     elif isinstance(old, CONV_TYPES):
-        new = type(old)(old.in_channels, num_classes, kernel_size=old.kernel_size, bias=old.bias is not None)
+        new = type(old)(
+            old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
+            dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode,
+        )  # same geometry: a 3x3 head keeps its padding  # fmt: skip
     elif isinstance(old, nn.Identity) and isinstance(getattr(model, "num_features", None), int):
         new = nn.Linear(model.num_features, num_classes)
     else:
         raise SurgeryError(f"the head {path!r} is a {type(old).__name__}; replace_head handles Linear, conv and Identity heads.")
-    replace_module(model, path, new)
-    _update_config(model, num_classes=num_classes)
+    _put(model, path, new)
+    _update_attrs(model, num_classes=num_classes)
+    _record(model, "replace_head", num_classes=num_classes, path=path)
     return model
 
 
@@ -207,8 +232,7 @@ def _matching(model: nn.Module, patterns: Iterable[str], what: str) -> set[str]:
             unknown.append(pattern)
         roots.update(hits)
     if unknown:
-        lines = [f"  {p!r}" + (f": did you mean {', '.join(map(repr, closest(p, paths[1:])))}?" if closest(p, paths[1:]) else "")
-                 for p in unknown]  # fmt: skip
+        lines = [f"  {p!r}.{did_you_mean(p, paths[1:])}" for p in unknown]
         raise SurgeryError(f"{what} pattern(s) match no module of {type(model).__name__}:\n" + "\n".join(lines))
     return {p for p in paths if any(p == r or r == "" or p.startswith(r + ".") for r in roots)}
 
@@ -232,14 +256,14 @@ def _numel(params: Iterable[nn.Parameter]) -> int:
 
 @dataclass
 class FreezeReport:
-    """What :func:`freeze` changed. ``str(report)`` is a short readable summary."""
+    """What freezing did to a model (:func:`freeze_report`). ``str(report)`` is a short readable summary."""
 
     frozen: list[str]  # top-most modules whose parameters are all frozen ("" = the whole model)
     trainable: list[str]  # top-most modules whose parameters are all trainable
-    frozen_params: int  # parameter values made non-trainable by this call
-    trainable_params: int  # parameter values still trainable
+    frozen_params: int  # parameter values that do not train
+    trainable_params: int  # parameter values that train
     total_params: int
-    bn: str  # the policy
+    bn: str  # the BatchNorm policy of the last freeze ("" when never frozen by freeze)
     bn_eval: list[str] = field(default_factory=list)  # BatchNorm layers pinned to eval mode
     bn_replaced: list[str] = field(default_factory=list)  # BatchNorm layers swapped for FrozenBatchNorm2d
 
@@ -259,10 +283,37 @@ class FreezeReport:
         return "\n".join(lines)
 
 
+def freeze_report(model: nn.Module) -> FreezeReport:
+    """What is frozen in ``model`` now: top-most frozen / trainable modules, counts, BatchNorm layers pinned or replaced.
+
+    Works on any model (frozen by :func:`freeze` or by hand).
+
+    Example::
+
+        >>> model = freeze(create_model("resnet50"), exclude=["layer2", "layer3", "layer4"])
+        >>> report = freeze_report(model)
+        >>> report.trainable, report.frozen_params
+        (['layer2', 'layer3', 'layer4'], 2274344)
+    """
+    undos = model.__dict__.get(_UNDO_ATTR, [])
+    frozen = _numel(p for p in model.parameters() if not p.requires_grad)
+    total = _numel(model.parameters())
+    return FreezeReport(
+        frozen=_covering(model, lambda p: not p.requires_grad),
+        trainable=_covering(model, lambda p: p.requires_grad),
+        frozen_params=frozen,
+        trainable_params=total - frozen,
+        total_params=total,
+        bn=undos[-1]["bn"] if undos else "",
+        bn_eval=[p for p, m in model.named_modules() if isinstance(m, _BatchNorm) and "train" in m.__dict__],
+        bn_replaced=[p for undo in undos for p in undo["bn_replaced"]],
+    )
+
+
 def freeze(
     model: nn.Module, patterns: str | Sequence[str] = ("*",), *, exclude: Sequence[str] = (), bn: BnPolicy = "eval"
-) -> FreezeReport:
-    """Stop training the modules matched by glob ``patterns`` on module paths, minus ``exclude``.
+) -> nn.Module:
+    """Stop training the modules matched by glob ``patterns`` on module paths, minus ``exclude``; returns ``model``.
 
     A pattern matches a module and everything under it; ``"*"`` is the whole
     model. BatchNorm layers among the frozen ones follow ``bn``:
@@ -271,76 +322,96 @@ def freeze(
     - ``"frozen"``: replaced by :class:`FrozenBatchNorm2d` (2-D ones; others get ``"eval"``);
     - ``"train"``: left alone.
 
-    :func:`unfreeze` undoes it exactly. Returns a :class:`FreezeReport`.
+    :func:`unfreeze` undoes it exactly; :func:`freeze_report` says what is frozen.
 
     Example::
 
-        >>> model = create_model("resnet50")
-        >>> report = freeze(model, exclude=["layer2", "layer3", "layer4"])
-        >>> report.trainable, model.bn1.training, model.train().bn1.training
-        (['layer2', 'layer3', 'layer4'], False, False)
+        >>> model = freeze(create_model("resnet50"), exclude=["layer2", "layer3", "layer4"])
+        >>> model.conv1.weight.requires_grad, model.bn1.training, model.train().bn1.training
+        (False, False, False)
     """
     if bn not in ("eval", "frozen", "train"):
         raise SurgeryError(f"bn must be 'eval', 'frozen' or 'train', got {bn!r}.")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     chosen = _matching(model, patterns, "freeze") - (_matching(model, exclude, "exclude") if exclude else set())
     ordered = [p for p, _ in model.named_modules() if p in chosen]
-    undo = {"requires_grad": {}, "bn_eval": [], "bn_replaced": {}}
-    frozen_params = 0
+    undo = {"requires_grad": {}, "bn_eval": [], "bn_replaced": {}, "bn": bn}
     for path in ordered:
         module = model.get_submodule(path)
         for name, param in module.named_parameters(recurse=False):
             if param.requires_grad:
                 param.requires_grad_(False)
                 undo["requires_grad"][f"{path}.{name}" if path else name] = True
-                frozen_params += param.numel()
-    bn_eval, bn_replaced = [], []
     for path in ordered:
         module = model.get_submodule(path)
         if not isinstance(module, _BatchNorm) or bn == "train":
             continue
         if bn == "frozen" and isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
-            undo["bn_replaced"][path] = module
-            replace_module(model, path, FrozenBatchNorm2d.from_batchnorm(module))
-            bn_replaced.append(path)
+            undo["bn_replaced"][path] = _bn_spec(module)
+            _put(model, path, FrozenBatchNorm2d.from_batchnorm(module))
         else:
             module.train = functools.partial(_stay_in_eval, module)  # an instance attribute; unfreeze deletes it
             module.training = False
             undo["bn_eval"].append(path)
-            bn_eval.append(path)
     model.__dict__.setdefault(_UNDO_ATTR, []).append(undo)  # plain attribute: no state_dict key
-    return FreezeReport(
-        frozen=_covering(model, lambda p: not p.requires_grad),
-        trainable=_covering(model, lambda p: p.requires_grad),
-        frozen_params=frozen_params,
-        trainable_params=_numel(p for p in model.parameters() if p.requires_grad),
-        total_params=_numel(model.parameters()),
-        bn=bn,
-        bn_eval=bn_eval,
-        bn_replaced=bn_replaced,
-    )
+    _record(model, "freeze", patterns=patterns, exclude=list(exclude), bn=bn)
+    return model
+
+
+def _bn_spec(bn: nn.BatchNorm2d) -> dict:
+    """What :func:`unfreeze` needs to rebuild a BatchNorm2d from the FrozenBatchNorm2d that replaced it."""
+    tracked = bn.num_batches_tracked
+    return {
+        "eps": bn.eps,
+        "momentum": bn.momentum,
+        "affine": bn.affine,
+        "requires_grad": bn.weight.requires_grad if bn.affine else False,
+        "num_batches_tracked": None if tracked is None or tracked.is_meta else int(tracked),
+    }
+
+
+def _unfrozen_bn(frozen: FrozenBatchNorm2d, spec: dict) -> nn.BatchNorm2d:
+    """A BatchNorm2d holding ``frozen``'s current values (as loaded or trained), configured as the original."""
+    bn = nn.BatchNorm2d(frozen.num_features, eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"])
+    bn = bn.to(device=frozen.running_mean.device, dtype=frozen.running_mean.dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(frozen.running_mean)
+        bn.running_var.copy_(frozen.running_var)
+        if spec["affine"]:
+            bn.weight.copy_(frozen.weight)
+            bn.bias.copy_(frozen.bias)
+            bn.weight.requires_grad_(spec["requires_grad"])
+            bn.bias.requires_grad_(spec["requires_grad"])
+        if spec["num_batches_tracked"] is not None and not bn.num_batches_tracked.is_meta:
+            bn.num_batches_tracked.fill_(spec["num_batches_tracked"])
+    return bn
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undo every :func:`freeze` on ``model``, last first: ``requires_grad``, BatchNorm modules and modes; returns ``model``.
 
+    A BatchNorm replaced by ``FrozenBatchNorm2d`` comes back as a BatchNorm2d
+    with the frozen layer's current values (those of a loaded checkpoint too).
+
     Example::
 
-        >>> model = create_model("resnet18")
-        >>> _ = freeze(model, bn="frozen")
+        >>> model = freeze(create_model("resnet18"), bn="frozen")
         >>> type(unfreeze(model).bn1).__name__, model.conv1.weight.requires_grad
         ('BatchNorm2d', True)
     """
-    for undo in reversed(model.__dict__.pop(_UNDO_ATTR, [])):
-        for path, original in undo["bn_replaced"].items():
-            replace_module(model, path, original)
-            original.train(model.get_submodule(path.rpartition(".")[0]).training)
+    undos = model.__dict__.pop(_UNDO_ATTR, [])
+    for undo in reversed(undos):
+        for path, spec in undo["bn_replaced"].items():
+            _put(model, path, _unfrozen_bn(model.get_submodule(path), spec))
+            model.get_submodule(path).train(model.get_submodule(path.rpartition(".")[0]).training)
         for path in undo["bn_eval"]:
             module = model.get_submodule(path)
             module.__dict__.pop("train", None)
             module.train(model.get_submodule(path.rpartition(".")[0]).training)
         for name in undo["requires_grad"]:
             model.get_parameter(name).requires_grad_(True)
+    if undos:
+        _record(model, "unfreeze")
     return model
 
 
@@ -387,7 +458,8 @@ def adapt_input_channels(model: nn.Module, in_chans: int, *, path: str | None = 
         new = weight[:, torch.arange(in_chans, device=weight.device) % source] * (source / in_chans)
     conv.weight = nn.Parameter(new, requires_grad=conv.weight.requires_grad)
     conv.in_channels = in_chans
-    _update_config(model, in_chans=in_chans)
+    _update_attrs(model, in_chans=in_chans)
+    _record(model, "adapt_input_channels", in_chans=in_chans, path=path)
     return model
 
 
@@ -453,8 +525,9 @@ def add_inputs(
 ) -> MultiInputModel:
     """Wrap ``model`` into ``forward(image, extra) -> (B, num_classes)`` (the tutorial's two-input model).
 
-    A model with ``get_classifier()`` gives its pooled features: its head is
-    replaced by ``nn.Identity`` (in place; it becomes ``.backbone``). Any other
+    Returns the wrapper, whose ``.backbone`` is ``model`` itself (changed in
+    place, not copied). A model with ``get_classifier()`` gives its pooled
+    features: its head is replaced by ``nn.Identity``. Any other
     model's output ``(B, F)`` is used as is, through a ReLU as the tutorial does.
     A wrong extra width raises :class:`SurgeryError` naming both widths. The
     result exports with ``torch.export``.
@@ -473,15 +546,37 @@ def add_inputs(
     if not isinstance(y, Tensor) or y.dim() != 2:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise SurgeryError(f"add_inputs needs a model giving (B, F) features; {type(model).__name__} gives {shape}.")
-    return MultiInputModel(
+    step = {
+        "op": "add_inputs",
+        "num_features": int(y.shape[1]),
+        "extra_features": extra_features,
+        "num_classes": num_classes,
+        "fusion": fusion,
+        "relu": not pooled,
+        "dropout": dropout,
+    }
+    return _wrap_inputs(model, step)
+
+
+def _wrap_inputs(model: nn.Module, step: dict) -> MultiInputModel:
+    """The :func:`add_inputs` wrapper from its recorded step; it inherits ``model``'s config plus the step."""
+    both = MultiInputModel(
         model,
-        num_features=int(y.shape[1]),
-        extra_features=extra_features,
-        num_classes=num_classes,
-        fusion=fusion,
-        act_layer=None if pooled else nn.ReLU,
-        dropout=dropout,
+        num_features=step["num_features"],
+        extra_features=step["extra_features"],
+        num_classes=step["num_classes"],
+        fusion=step["fusion"],
+        act_layer=nn.ReLU if step["relu"] else None,
+        dropout=step["dropout"],
     )
+    ref = _first_tensor(model)
+    if ref is not None:  # the new layers live with the backbone
+        both.to(device=ref.device)
+    config = model_config(model)
+    if config is not None:
+        set_config(both, config)
+        _record(both, **step)
+    return both
 
 
 # inference
@@ -505,10 +600,17 @@ def _foldable_bn(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and module.running_mean is not None and not module.training
 
 
+class _NormLeafTracer(fx.Tracer):
+    """torch.fx's tracer, keeping FrozenBatchNorm2d as one call (not traced into) so it can be folded."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, FrozenBatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) paths where the BatchNorm only ever sees that conv's output and nothing else reads it."""
     try:
-        graph = fx.Tracer().trace(model)
+        graph = _NormLeafTracer().trace(model)
     except Exception as err:  # noqa: BLE001 - untraceable: only Sequential neighbours are certain
         logger.info("torch.fx cannot trace %s (%s); folding BatchNorm in nn.Sequential only", type(model).__name__, err)
         pairs = []
@@ -546,23 +648,33 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         >>> model.bn1, model.conv1.bias.shape
         (Identity(), torch.Size([64]))
     """
+    folded = []
     for conv_path, bn_path in _conv_bn_pairs(model):
         conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
         if isinstance(conv, CONV_TYPES) and _foldable_bn(bn) and bn.num_features == conv.out_channels:
-            _fold(conv, bn)
-            replace_module(model, bn_path, nn.Identity())
+            folded.append([conv_path, bn_path])
+    _fold_pairs(model, folded)
     return model
 
 
-def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """A new eval-mode copy of ``model`` made faster for inference; ``model`` is untouched.
+def _fold_pairs(model: nn.Module, pairs: list[list[str]]) -> None:
+    """Fold each ``[conv, bn]`` pair (already checked, or replayed from a recorded step) and record the step."""
+    for conv_path, bn_path in pairs:
+        _fold(model.get_submodule(conv_path), model.get_submodule(bn_path))
+        _put(model, bn_path, nn.Identity())
+    if pairs:
+        _record(model, "fold_batchnorm", pairs=[list(p) for p in pairs])
 
-    Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
+
+def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
+
+    ``copy.deepcopy(model)`` first to keep the original. Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
     channels-last memory format (oneDNN's fast path on CPU, tensor cores on
     GPU), parameters with ``requires_grad=False`` (no autograd bookkeeping even
     outside ``no_grad``). Outputs equal the original's within ``1e-4 * max|y|``.
 
-    With ``compile=True`` the copy is also wrapped in ``torch.compile`` with
+    With ``compile=True`` the model is also wrapped in ``torch.compile`` with
     Inductor's weight freezing (constant-folded, pre-packed weights, fused
     conv + add + ReLU): faster still, at the cost of a compile on the first
     call; call it under ``torch.inference_mode()`` or ``torch.no_grad()``
@@ -571,19 +683,25 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, comp
     Example::
 
         >>> fast = optimize_for_inference(create_model("resnet50"))
-        >>> fast.training, fast.bn1
-        (False, Identity())
-        >>> faster = optimize_for_inference(create_model("resnet50"), compile=True)
+        >>> fast.training, fast.bn1, fast.conv1.weight.requires_grad
+        (False, Identity(), False)
+        >>> faster = optimize_for_inference(create_model("mlp"), compile=True)
         >>> with torch.inference_mode():
-        ...     faster(torch.randn(8, 3, 224, 224)).shape   # compiles once, then ~1.5x eager on CPU
-        torch.Size([8, 1000])
+        ...     faster(torch.randn(8, 784)).shape   # compiles once (resnet50: ~1.5x eager on CPU after)
+        torch.Size([8, 10])
     """
-    fast = copy.deepcopy(model).eval()
+    fast = model.eval()
     fold_batchnorm(fast)
-    fast.requires_grad_(False)
-    if channels_last and any(p.dim() == 4 for p in fast.parameters()):
-        fast = fast.to(memory_format=torch.channels_last)
+    _inference_ready(fast, channels_last=channels_last)
+    _record(fast, "optimize_for_inference", channels_last=channels_last)
     if compile:
         # per-call Inductor options: no global switch is flipped
         fast = torch.compile(fast, options={"freezing": True})
     return fast
+
+
+def _inference_ready(model: nn.Module, *, channels_last: bool) -> None:
+    """The rest of :func:`optimize_for_inference` after folding (also replayed after ``load_model`` reads weights)."""
+    model.eval().requires_grad_(False)
+    if channels_last and any(p.dim() == 4 for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)

@@ -1,9 +1,12 @@
 """Looking at checkpoints without a model: ``inspect_checkpoint``, ``diff_checkpoints``, ``convert_checkpoint``.
 
+    >>> from torchsmith import create_model, save_weights
+    >>> model = create_model("resnet18")
+    >>> _ = save_weights(model, "model.safetensors"), save_weights(model, "b.pt")
     >>> info = inspect_checkpoint("model.safetensors")
     >>> info.tensors, info.values, info.checksums
-    (122, 11689512, 'verified')
-    >>> diff_checkpoints("a.safetensors", "b.pt").max_abs_diff["fc.weight"]
+    (122, 11699132, 'verified')
+    >>> diff_checkpoints("model.safetensors", "b.pt").max_abs_diff["fc.weight"]
     0.0
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -133,12 +136,13 @@ class CheckpointDiff:
         return out
 
 
-def _named_tensors(target: str | os.PathLike, trusted: bool) -> tuple[str, dict[str, torch.Tensor]]:
-    """A checkpoint's tensors, or a registered model's freshly built state dict when ``target`` names one."""
-    from ..registry import create_model, list_models
+Tensors = Mapping[str, torch.Tensor]
 
-    if not Path(target).exists() and str(target) in list_models():
-        return str(target), create_model(str(target)).state_dict()
+
+def _named_tensors(target: str | os.PathLike | Tensors, trusted: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """A checkpoint's tensors, or a state dict as given."""
+    if isinstance(target, Mapping):
+        return "<state dict>", dict(target)
     from .weights import read_weights
 
     return str(target), read_weights(target, trusted=trusted)
@@ -163,12 +167,19 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return diff.max().item()
 
 
-def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: bool = False) -> CheckpointDiff:
-    """Compare two checkpoints, or a checkpoint and a registered model name (``"resnet18"``).
+def diff_checkpoints(
+    a: str | os.PathLike | Tensors, b: str | os.PathLike | Tensors, *, trusted: bool = False
+) -> CheckpointDiff:
+    """Compare two checkpoints (paths, or state dicts such as ``model.state_dict()``).
 
     Keys are matched through wrapper prefixes (``module.`` / ``_orig_mod.``);
-    values are compared in float64 as the maximum absolute difference per tensor: NaN where
-    the other side has NaN is equal (a file equals itself), NaN against a number is ``inf``.
+    values are compared in float64 as the maximum absolute difference per
+    tensor, except where one side is on the meta device (a model built on meta
+    has shapes and dtypes, no values): then keys, shapes and dtypes only. NaN
+    where the other side has NaN is equal (a file equals itself), NaN against a
+    number is a difference of ``inf``.
+    ``torchsmith diff ckpt MODELNAME`` compares a checkpoint with a registered
+    model that way.
     """
     name_a, sd_a = _named_tensors(a, trusted)
     name_b, sd_b = _named_tensors(b, trusted)
@@ -181,6 +192,8 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: boo
             continue
         if ta.dtype != tb.dtype:
             dtype[ka] = (dtype_name(ta.dtype), dtype_name(tb.dtype))
+        if ta.is_meta or tb.is_meta:
+            continue
         maxdiff[ka] = _max_abs_diff(ta, tb)
     return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
 

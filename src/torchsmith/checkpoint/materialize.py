@@ -6,7 +6,7 @@ causal mask) and tensors kept in plain attributes (a list of anchor cells).
 :func:`meta_tensors` names them all; :func:`recompute` builds the model a second
 time with only its parameters on meta (no weight memory, no init cost) and takes
 those tensors from it, when the model says how it was built: a torchsmith registry
-config, or a transformers ``config``. Only :func:`put` changes its argument (it
+config (surgery steps replayed), or a transformers ``config``. Only :func:`put` changes its argument (it
 assigns a tensor returned by :func:`recompute`); the others return new objects.
 
     >>> class Positions(nn.Module):
@@ -106,11 +106,12 @@ def _parameters_on_meta() -> Iterator[None]:
 
 def _builder(model: nn.Module) -> tuple[str, Callable[[], nn.Module]] | None:
     """How to build ``model`` again, and its description; None when the model does not say."""
-    from ..registry import create_model, model_config
+    from ..registry import model_config
+    from ..replay import build_from_config
 
     cfg = model_config(model)
-    if cfg is not None:
-        return f"create_model({cfg['name']!r})", lambda: create_model(cfg["name"], **cfg["kwargs"])
+    if cfg is not None:  # the builder's keywords, then the recorded surgery steps
+        return f"build_from_config({cfg['name']!r})", lambda: build_from_config(cfg, device=None)
     config = getattr(model, "config", None)
     if config is not None and hasattr(type(model), "config_class"):  # transformers' PreTrainedModel
         return f"{type(model).__name__}(config)", lambda: type(model)(copy.deepcopy(config))

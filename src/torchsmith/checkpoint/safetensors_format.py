@@ -115,6 +115,7 @@ class SafetensorsFile:
 
     Example::
 
+        >>> _ = save_weights(create_model("resnet18", num_classes=10), "model.safetensors")
         >>> st = SafetensorsFile("model.safetensors")
         >>> st.entries["fc.weight"].shape, st.checksum_status
         ((10, 512), 'present')

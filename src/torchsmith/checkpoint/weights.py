@@ -1,5 +1,6 @@
 """Saving and loading weights: ``save_weights``, ``load_weights``, ``read_weights``.
 
+    >>> model = create_model("resnet18")
     >>> save_weights(model, "model.safetensors")
     PosixPath('model.safetensors')
     >>> report = load_weights(model, "model.safetensors")
@@ -195,9 +196,10 @@ def save_weights(
 
     Example::
 
+        >>> model = create_model("resnet18")
         >>> save_weights(model, "resnet18.safetensors")
         PosixPath('resnet18.safetensors')
-        >>> save_weights(model.state_dict(), "big.safetensors", max_shard_size="2GB")
+        >>> save_weights(model.state_dict(), "big.safetensors", max_shard_size="10MB")   # 45 MB in shards
         PosixPath('big.safetensors.index.json')
     """
     path = Path(path)
@@ -389,6 +391,8 @@ def load_weights(
 
     Example::
 
+        >>> resnet = create_model("resnet18")
+        >>> _ = save_weights(nn.DataParallel(resnet), "dp_checkpoint.pt")
         >>> report = load_weights(resnet, "dp_checkpoint.pt")   # saved from DataParallel
         >>> report.prefixes_removed
         {'module.': 122}
