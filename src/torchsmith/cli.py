@@ -104,7 +104,7 @@ def inspect_cmd(
         table.add_row(key + alias, "(" + ", ".join(map(str, shape)) + ")", dtype)
     out = Console()
     out.print(table)
-    out.print(f"tensors: {info.tensors}   parameters: {info.parameters:,}   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
+    out.print(f"tensors: {info.tensors}   values: {info.values:,} (parameters and buffers)   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
     out.print(f"checksums: {info.checksums}")
     if info.prefixes:
         out.print("prefixes: " + ", ".join(f"{p!r} on {n} keys" for p, n in info.prefixes.items()))
