@@ -22,6 +22,7 @@ from .checkpoint import (
     save_model,
     save_weights,
 )
+from .distributed import load_distributed, save_distributed
 from .errors import (
     CheckpointError,
     ChecksumError,
@@ -126,6 +127,9 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    # distributed checkpoints (torch.distributed.checkpoint)
+    "save_distributed",
+    "load_distributed",
     # specs
     "build",
     "to_spec",

@@ -117,14 +117,17 @@ def inspect_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    src: str = typer.Argument(..., help="Input checkpoint (.pt/.pth/.bin/.safetensors, index or directory)."),
+    src: str = typer.Argument(..., help="Input checkpoint (.pt/.pth/.bin/.safetensors, index, directory, or a distributed checkpoint directory)."),
     dst: str = typer.Argument(..., help="Output path; the suffix picks the format (.safetensors or .pt)."),
     strip_prefix: Optional[str] = typer.Option(None, "--strip-prefix", help="Remove this prefix from keys, e.g. 'module.'."),
     max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Shard safetensors output, e.g. '2GB'."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Convert .pt <-> .safetensors (optionally sharded), verifying checksums, with a progress bar."""
+    """Convert .pt <-> .safetensors (optionally sharded), verifying checksums, with a progress bar.
+
+    A distributed checkpoint directory (torch.distributed.checkpoint) is consolidated into one file.
+    """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from .checkpoint import convert_checkpoint

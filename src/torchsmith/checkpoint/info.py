@@ -209,6 +209,9 @@ def convert_checkpoint(
 ) -> Path:
     """Convert between ``.pt`` and ``.safetensors`` (sharded with ``max_shard_size``), verifying on the way.
 
+    ``src`` may also be a distributed checkpoint directory (``torch.distributed.checkpoint``): its model
+    tensors are consolidated into whole tensors (see :mod:`torchsmith.checkpoint.dcp`).
+
     ``strip_prefix`` removes a prefix from every key that has it (``"module."``). Tied tensors
     (one tensor under several names, as in a ``pytorch_model.bin``) are stored once. The output's
     directory is created when it does not exist. ``progress(done_bytes, total_bytes)`` is called as
@@ -217,13 +220,14 @@ def convert_checkpoint(
     Raises:
         CheckpointError: the output would be the input file, or a stripped key collides with another.
     """
+    from .dcp import is_dcp, read_dcp  # torch.distributed.checkpoint is imported only when converting
     from .weights import read_weights
 
     if Path(dst).resolve() == Path(src).resolve():
         raise CheckpointError(f"convert: output {str(dst)!r} is the input; choose another path.")
     if max_shard_size is not None:
         parse_size(max_shard_size)  # validate before reading anything
-    sd = read_weights(src, trusted=trusted)
+    sd = read_dcp(src, trusted=trusted) if is_dcp(src) else read_weights(src, trusted=trusted)
     if strip_prefix:
         renamed = {k[len(strip_prefix) :] if k.startswith(strip_prefix) else k: v for k, v in sd.items()}
         if len(renamed) != len(sd):

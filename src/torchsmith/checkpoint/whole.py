@@ -204,6 +204,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     and fsynced before either is renamed into place, so a failed save leaves the old pair; ``config.json``
     records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
+    if type(model).__name__ == "OptimizedModule" and isinstance(model._modules.get("_orig_mod"), nn.Module):
+        model = model._orig_mod  # torch.compile's wrapper: the model it compiles is what is saved
     config = model_to_config(model)
     check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
