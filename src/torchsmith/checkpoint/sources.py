@@ -126,8 +126,11 @@ class TensorSource(Source):
         self.aliases = {}
         first: dict[tuple, str] = {}
         for k, t in self.tensors.items():  # torch.save keeps a tied tensor once: so do we (aliases)
-            self.aliases.update({k: first[tensor_identity(t)]} if tensor_identity(t) in first else {})
-            first.setdefault(tensor_identity(t), k)
+            ident = tensor_identity(t)
+            if ident in first:
+                self.aliases[k] = first[ident]
+            else:
+                first[ident] = k
         self._spec_table = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors.items() if k not in self.aliases}
 
     def _specs(self):
