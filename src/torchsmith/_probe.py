@@ -102,7 +102,9 @@ def describe(call: Call) -> str:
     return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
 
 
-def example_input(model: nn.Module, input_size: Sequence[int] | None = None, spatial: int = 224) -> Tensor:
+def example_input(
+    model: nn.Module, input_size: Sequence[int] | None = None, spatial: int = 224, *, error: type[TorchsmithError] = SurgeryError
+) -> Tensor:
     """A meta input of ``input_size``, or one sample shaped (and typed) for the first input layer of ``model``.
 
     ``(1, C, 224, 224)`` for a Conv2d, ``(1, C, 224)`` for a Conv1d, ``(1, F)``
@@ -121,19 +123,25 @@ def example_input(model: nn.Module, input_size: Sequence[int] | None = None, spa
             return torch.empty(1, module.in_features, dtype=module.weight.dtype, device="meta")
         if isinstance(module, nn.Embedding):
             return torch.zeros(1, _TOKENS, dtype=torch.long, device="meta")
-    raise SurgeryError(
+    raise error(
         f"{type(model).__name__} has no Conv, Linear or Embedding layer to guess its input from; "
         "pass example_inputs=... (or input_size=(B, C, ...))."
     )
 
 
-def example_call(model: nn.Module, input_size: Sequence[int] | None = None, example_inputs: ExampleInputs = None) -> Call:
+def example_call(
+    model: nn.Module,
+    input_size: Sequence[int] | None = None,
+    example_inputs: ExampleInputs = None,
+    *,
+    error: type[TorchsmithError] = SurgeryError,
+) -> Call:
     """``(args, kwargs)`` for one probe: ``example_inputs`` when given, else a guess (see :func:`example_input`)."""
     if example_inputs is not None:
         if input_size:
-            raise SurgeryError("pass input_size or example_inputs, not both.")
+            raise error("pass input_size or example_inputs, not both.")
         return as_call(example_inputs)
-    return (example_input(model, input_size),), {}
+    return (example_input(model, input_size, error=error),), {}
 
 
 def _as_meta(model: nn.Module) -> dict[str, Tensor]:
