@@ -242,11 +242,23 @@ def test_add_inputs_tutorial_model_and_width_errors():
         both(X, torch.randn(2, 3))
 
 
-def test_add_inputs_any_model_with_add_fusion():
+def test_add_inputs_any_model_fuses_what_goes_into_its_head():
+    """No get_classifier, a softmax after the head: the features fused are the head's input (hook reference)."""
     torch.manual_seed(0)
-    both = add_inputs(plain_mlp(), extra_features=4, num_classes=3, fusion="add")
-    assert both.num_features == 5 and isinstance(both.act, nn.ReLU)
-    assert both(X, torch.randn(2, 4)).shape == (2, 3)
+    model = plain_mlp().eval()
+    seen = []
+    handle = model[6].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
+    with torch.no_grad():
+        model(X)
+    handle.remove()
+    both = add_inputs(model, extra_features=4, num_classes=3, fusion="add").eval()
+    assert both.num_features == 16 and isinstance(both.act, nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(both.backbone(X), seen[0])
+        extra = torch.randn(2, 4)
+        expected = both.head(seen[0] + both.project(extra))
+        torch.testing.assert_close(both(X, extra), expected)
+    assert isinstance(model[6], nn.Linear)  # the softmax model keeps its head; the forward stops at it
     with pytest.raises(SurgeryError, match="fusion must be"):
         add_inputs(plain_mlp(), extra_features=4, num_classes=3, fusion="film")
 
@@ -274,9 +286,12 @@ def test_fold_batchnorm_keeps_outputs_and_class():
 
 
 def test_fold_batchnorm_needs_eval_and_handles_untraceable_sequentials():
-    model = randomise_bn_(create_model("resnet18"))  # train mode: statistics still move
-    fold_batchnorm(model)
-    assert isinstance(model.bn1, nn.BatchNorm2d)
+    model = randomise_bn_(create_model("resnet18"))  # train mode: batch statistics, nothing can be folded
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SurgeryError, match=r"needs eval mode: 20 BatchNorm layers .*model\.eval\(\)"):
+        fold_batchnorm(model)
+    assert isinstance(model.bn1, nn.BatchNorm2d) and model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
     class Untraceable(nn.Module):
         def __init__(self):
@@ -326,5 +341,5 @@ def test_optimize_for_inference_compiled_equal_outputs():
 def test_replace_head_without_conv_or_linear_asks_for_input_size():
     from torchsmith import SurgeryError
 
-    with pytest.raises(SurgeryError, match="pass input_size"):
+    with pytest.raises(SurgeryError, match=r"pass example_inputs=.*input_size"):
         replace_head(nn.Sequential(nn.Flatten(), nn.ReLU()), 3)
