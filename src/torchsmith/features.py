@@ -44,7 +44,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, fx, nn
 
-from ._probe import example_call, logger, modes_kept, probe
+from ._probe import example_call, logger, modes_kept, probe, untouched
 from .errors import FeatureExtractionError, closest
 from .layers import ChildrenRunner, FeatureInfo
 
@@ -102,7 +102,8 @@ class _NodePathTracer(fx.Tracer):
 
 def _trace(model: nn.Module, leaf: Any = None) -> tuple[fx.Graph, dict[fx.Node, str]]:
     tracer = _NodePathTracer(leaf)
-    graph = tracer.trace(model)
+    with untouched(model, values=True):  # tracing runs python: a traced `num_batches_tracked.add_(1)` really adds
+        graph = tracer.trace(model)
     graph.owning_module = model  # lets dead-code elimination ask modules whether they are pure
     return graph, tracer.names
 
@@ -163,8 +164,15 @@ _INPLACE_OPERATORS = {
 
 
 def _overwritten_later(node: fx.Node, root: nn.Module) -> bool:
-    """Whether an in-place op later in the graph writes into ``node``'s tensor."""
-    return any(user.args and user.args[0] is node and _writes_in_place(user, root) for user in node.users)
+    """Whether an in-place op later in the graph may write into ``node``'s tensor. Any later in-place op
+    counts: aliases are common (``nn.Identity``, eval ``Dropout``, views, timm's ``drop_block``) and a
+    needless clone costs less than a wrong value."""
+    later = node.next
+    while later.op != "output":
+        if _writes_in_place(later, root):
+            return True
+        later = later.next
+    return False
 
 
 # classes
@@ -448,7 +456,8 @@ def _build_fx(model: nn.Module, requested: dict[str, str], *, children: bool) ->
         )
     if len(cut) == 2 and cut[True].python_code("self").src == cut[False].python_code("self").src:
         cut = {True: cut[True]}  # the forward does not branch on self.training
-    chain = _chain(cut[True], requested) if children and len(cut) == 1 else None
+    same = len(cut) == 1 and not missing[True] and not missing[False]  # one forward for both modes
+    chain = _chain(cut[True], requested) if children and same else None
     if chain is not None:
         return _ChildrenExtractor(model, chain, requested)
     if len(cut) == 1 and not missing[False]:
@@ -535,7 +544,7 @@ def feature_nodes(model: nn.Module, *, training: bool = False) -> list[str]:
     except Exception as err:  # noqa: BLE001
         logger.info("torch.fx cannot trace %s (%s); listing module paths", type(model).__name__, err)
         return [name for name, _ in model.named_modules() if name]
-    return [names[n] for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    return [names.get(n, n.name) for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
 
 
 def _declared(model: nn.Module) -> dict[str, tuple[int | None, int | None]]:
@@ -559,31 +568,44 @@ def _declared(model: nn.Module) -> dict[str, tuple[int | None, int | None]]:
 
 
 def _bigger(call: tuple[tuple, dict]) -> tuple[tuple, dict] | None:
-    """The same call with the first input's spatial (image) or sequence (token ids) dims doubled."""
-    args, kwargs = call
-    slots = [("a", i, v) for i, v in enumerate(args)] + [("k", k, v) for k, v in kwargs.items()]
-    for where, key, x in slots:
+    """The same call with every input's spatial (image) or sequence (token ids) dims doubled; None when
+    no input has such dims."""
+
+    def grow(x: Any) -> Any:
         if not isinstance(x, Tensor):
-            continue
+            return x
         first = 2 if x.is_floating_point() or x.is_complex() else 1  # (B, C, *spatial) or (B, L) token ids
         if x.dim() <= first:
-            return None
-        bigger = x.new_zeros(*x.shape[:first], *(2 * n for n in x.shape[first:]))
-        if where == "a":
-            return (*args[:key], bigger, *args[key + 1 :]), kwargs
-        return args, {**kwargs, key: bigger}
-    return None
+            return x
+        return x.new_zeros(*x.shape[:first], *(2 * n for n in x.shape[first:]))
+
+    args, kwargs = call
+    grown = tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+    changed = any(g is not a for g, a in zip(grown[0], args)) or any(grown[1][k] is not v for k, v in kwargs.items())
+    return grown if changed else None
 
 
-def _layout(y: Tensor, y2: Tensor | None, declared: int | None) -> tuple[str, int] | None:
-    """``(layout, channel dim)`` of ``y``: the one dim that does not grow with the input (``y2``), else the one
-    dim equal to the declared channel count; None when that does not tell."""
+def _grid_of(x: Tensor | None, y: Tensor, channel: int) -> bool:
+    """Whether ``y``'s dims other than batch and ``channel`` are ``x``'s image grid divided by one stride."""
+    if x is None or not x.is_floating_point() or x.dim() != y.dim():
+        return False
+    grid = [n for d, n in enumerate(y.shape) if d not in (0, channel)]
+    strides = {size // n if n and size % n == 0 else -1 for size, n in zip(x.shape[2:], grid)}
+    return len(strides) == 1 and -1 not in strides
+
+
+def _layout(y: Tensor, y2: Tensor | None, declared: int | None, x: Tensor | None = None) -> tuple[str, int] | None:
+    """``(layout, channel dim)`` of ``y``: the one dim that does not grow with the input (``y2``); else the one
+    dim equal to the declared channel count; else, for an image-shaped output, the one reading whose other
+    dims are the input grid divided by one stride. None when none of these tells."""
     if y.dim() == 2:
         return "channels_first", 1
     dims = range(1, y.dim())
     fixed = [d for d in dims if y2 is not None and y2.dim() == y.dim() and y.shape[d] == y2.shape[d]]
     if len(fixed) != 1 and declared is not None:
         fixed = [d for d in dims if y.shape[d] == declared]
+    if len(fixed) != 1 and y2 is None:
+        fixed = [d for d in (1, y.dim() - 1) if _grid_of(x, y, d)]
     if len(fixed) != 1:
         return None
     dim = fixed[0]
@@ -646,7 +668,7 @@ def feature_info(
             raise FeatureExtractionError(f"node {node!r} gives {type(y).__name__} {getattr(y, 'shape', '')}, not a (B, C, ...) tensor.")
         channels, stride = declared.get(node, (None, None))
         y2 = outputs2[name] if outputs2 is not None else None
-        found = _layout(y, y2 if isinstance(y2, Tensor) else None, channels)
+        found = _layout(y, y2 if isinstance(y2, Tensor) else None, channels, x)
         if found is None:
             raise FeatureExtractionError(
                 f"cannot tell which dimension of {node!r}'s output {tuple(y.shape)} holds channels: "

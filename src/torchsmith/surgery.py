@@ -783,9 +783,12 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
 
 
 def _foldable_bn(module: nn.Module) -> bool:
+    """FrozenBatchNorm2d, or an eval BatchNorm with statistics and BatchNorm's own forward (not timm's
+    ``BatchNormAct2d``, whose activation would be lost)."""
     if isinstance(module, FrozenBatchNorm2d):
         return True
-    return isinstance(module, _BatchNorm) and module.running_mean is not None and not module.training
+    plain = type(module).forward in (_BatchNorm.forward, nn.BatchNorm2d.forward) and not module._modules
+    return isinstance(module, _BatchNorm) and plain and module.running_mean is not None and not module.training
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -840,6 +843,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if isinstance(conv, CONV_TYPES) and isinstance(bn, (_BatchNorm, FrozenBatchNorm2d)) and bn.num_features == conv.out_channels:
             pairs.append((conv_path, bn_path))
     training = [b for _, b in pairs if isinstance(model.get_submodule(b), _BatchNorm) and model.get_submodule(b).training]
+    training = [b for b in training if not isinstance(model.get_submodule(b).__dict__.get("train"), functools.partial)]
     if training:
         raise SurgeryError(
             f"fold_batchnorm needs eval mode: {len(training)} BatchNorm layers after a conv are in train mode "
