@@ -192,7 +192,7 @@ def probe(
             failure = err
     raise error(
         f"cannot run {type(model).__name__} on ({describe(call)}){' to ' + purpose if purpose else ''}: "
-        f"{type(failure).__name__}: {str(failure).strip().splitlines()[0] if str(failure).strip() else ''}. "
+        f"{type(failure).__name__}: {str(failure).strip().splitlines()[0].rstrip('.!') if str(failure).strip() else ''}. "
         "Pass example_inputs= with inputs its forward accepts (a tensor, a tuple of positional arguments "
         "or a dict of keyword arguments; token ids as integer tensors)."
     ) from failure
