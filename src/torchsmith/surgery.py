@@ -206,7 +206,9 @@ def _aux_heads(model: nn.Module, call: Call | None, head: str) -> tuple[list[str
     """Classifier layers that only the train-mode forward returns (inception's ``AuxLogits.fc``, googlenet's
     ``aux1.fc2``) with as many outputs as ``head``; and the train-only outputs of that width no layer explains."""
     width = _out_features(get_module(model, head))
-    call = call if call is not None else example_call(model)
+    args, kwargs = call if call is not None else example_call(model)
+    twice = lambda x: torch.cat([x, x]) if isinstance(x, Tensor) and x.dim() else x  # noqa: E731 - train-mode BatchNorm needs 2 samples
+    call = tuple(twice(a) for a in args), {k: twice(v) for k, v in kwargs.items()}
     try:
         with _recording(model, _is_head_layer) as seen:
             y = probe(model, call, training=True, meta_only=True)
