@@ -13,13 +13,13 @@ IPY          := $(INTEROP)/bin/python
 INTEROP_PKGS := torch==2.14.1 torchvision==0.29.1 timm transformers==4.57.6
 ISTAMP       := $(INTEROP)/.installed
 
-.PHONY: install interop demo test test-main test-interop faults fuzz bench clean
+.PHONY: install interop demo demo-distributed test test-main test-interop faults fuzz bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[dev]" "$(TORCH)"
+	$(PIP) install --quiet -e ".[dev,tour]" "$(TORCH)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,20 @@ interop: $(ISTAMP)
 
 demo: $(STAMP)
 	$(PY) examples/tour.py
+
+# examples/finetune_digits.py in full on 2 processes: DDP, FSDP2, two single-process "nodes"; then convert
+DIGITS := examples/finetune_digits.py
+TORCHRUN := $(PY) -m torch.distributed.run
+demo-distributed: $(STAMP)
+	$(TORCHRUN) --standalone --nproc_per_node 2 $(DIGITS) --out runs/ddp
+	$(TORCHRUN) --standalone --nproc_per_node 2 $(DIGITS) --out runs/fsdp --strategy fsdp
+	port=$$($(PY) -c "import socket; s = socket.socket(); s.bind(('localhost', 0)); print(s.getsockname()[1])"); \
+	node="$(TORCHRUN) --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint localhost:$$port --rdzv-id digits-$$port"; \
+	$$node $(DIGITS) --out runs/two-nodes & first=$$!; \
+	$$node $(DIGITS) --out runs/two-nodes & second=$$!; \
+	wait $$first && wait $$second
+	$(PY) -m torchsmith convert runs/fsdp/dcp/digits-resnet18 runs/fsdp/digits-consolidated.safetensors
+	$(PY) -m torchsmith diff runs/fsdp/digits-consolidated.safetensors runs/fsdp/digits-resnet18/model.safetensors
 
 # both suites: the main one on the pinned CPU torch, then the peer-model suite (tests/interop)
 test: test-main test-interop

@@ -80,5 +80,14 @@ def test_diff_exit_codes_and_json(tmp_path):
     d = json.loads(result.stdout)
     assert d["only_in_b"] == ["extra"] and d["only_in_a"] == [] and d["same"] is False
     assert d["max_abs_diff"]["conv.bias"] == 0.5 and d["max_abs_diff"]["conv.weight"] == 0.0
-    result = run("diff", str(tmp_path / "a.safetensors"), "ckpt_tiny")
-    assert result.exit_code == 3 and "different" in result.stdout
+    # against a model name: keys, shapes and dtypes of the model built on meta, not random values
+    result = run("diff", str(tmp_path / "a.safetensors"), "ckpt_tiny", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["max_abs_diff"] == {}, result.output
+    result = run("diff", str(tmp_path / "b.safetensors"), "ckpt_tiny")
+    assert result.exit_code == 3 and "- extra" in result.stdout and "different" in result.stdout
+    wide = filled(TinyNet(width=5), seed=5)
+    ts.save_weights(wide, tmp_path / "wide.safetensors")
+    result = run("diff", str(tmp_path / "wide.safetensors"), "ckpt_tiny", "--json")
+    assert result.exit_code == 3 and json.loads(result.stdout)["shape"]["conv.weight"] == [[5, 3, 3, 3], [4, 3, 3, 3]]
+    result = run("diff", str(tmp_path / "a.safetensors"), "ckpt_tinyy")
+    assert result.exit_code == 1 and "Did you mean 'ckpt_tiny'" in result.stderr

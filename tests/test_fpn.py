@@ -54,7 +54,7 @@ def test_resnet152_fpn_is_the_tutorials_backbone():
     assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {
         "0": (56, 56), "1": (28, 28), "2": (14, 14), "3": (7, 7), "pool": (4, 4)
     }
-    assert model.torchsmith_config == {"name": "resnet152_fpn", "kwargs": {}}
+    assert model.torchsmith_config == {"name": "resnet152_fpn", "kwargs": {}, "steps": []}
 
 
 def test_fpn_top_down_math_by_hand():

@@ -21,7 +21,7 @@ def test_default_mlp_is_the_tutorials():
 
 
 def test_configured_mlp():
-    model = create_model("mlp", in_features=8, hidden=(16, 4), out_features=2, act_layer="gelu", dropout=0.5)
+    model = create_model("mlp", in_features=8, hidden=(16, 4), num_classes=2, act_layer="gelu", dropout=0.5)
     assert [type(m).__name__ for m in model.features] == ["Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout"]
     assert model.eval()(torch.randn(5, 8)).shape == (5, 2)
     assert model.forward_head(model.forward_features(torch.randn(2, 8)), pre_logits=True).shape == (2, 4)

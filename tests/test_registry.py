@@ -59,15 +59,15 @@ def test_builder_and_class_record_their_arguments(scratch_registry):
             super().__init__()
             self.fc = nn.Linear(width, 1)
 
-    assert create_model("tiny", depth=2).torchsmith_config == {"name": "tiny", "kwargs": {"depth": 2}}
-    assert tiny(width=8).torchsmith_config == {"name": "tiny", "kwargs": {"width": 8}}  # direct calls too
-    assert TinyNet(5, act="gelu").torchsmith_config == {"name": "tiny_cls", "kwargs": {"width": 5, "act": "gelu"}}
-    assert create_model("tiny_cls").torchsmith_config == {"name": "tiny_cls", "kwargs": {}}
-
-    class Sub(TinyNet):
-        pass
-
-    assert not hasattr(Sub(), "torchsmith_config")  # a subclass is not the registered model
+    init = TinyNet.__init__
+    assert create_model("tiny", depth=2).torchsmith_config == {"name": "tiny", "kwargs": {"depth": 2}, "steps": []}
+    assert tiny(width=8).torchsmith_config == {"name": "tiny", "kwargs": {"width": 8}, "steps": []}  # direct calls too
+    assert create_model("tiny_cls", width=5, act="gelu").torchsmith_config == {
+        "name": "tiny_cls", "kwargs": {"width": 5, "act": "gelu"}, "steps": []
+    }  # fmt: skip
+    assert create_model("tiny_cls").torchsmith_config == {"name": "tiny_cls", "kwargs": {}, "steps": []}
+    # the registry records through a builder; it never rewrites the class it registers
+    assert TinyNet.__init__ is init and not hasattr(TinyNet(5), "torchsmith_config")
     # the record is not state: no state_dict key, and it rebuilds the same architecture
     model = create_model("resnet18", num_classes=3)
     cfg = torchsmith.model_config(model)
@@ -120,3 +120,43 @@ def test_public_api_is_listed_and_importable():
     assert required <= names
     errors = [getattr(torchsmith, n) for n in names if n.endswith("Error")]
     assert all(issubclass(e, torchsmith.TorchsmithError) for e in errors)
+
+
+def test_zoo_entry_points_are_plain_defs_and_public_names_are_in_each_files_all():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from torchsmith import zoo
+
+    zoo_dir = Path(zoo.__file__).parent
+    source = "\n".join(p.read_text() for p in zoo_dir.glob("*.py"))
+    for name in ZOO:
+        assert re.search(rf"^def {name}\(", source, re.M), f"no `def {name}(` in torchsmith/zoo"
+    for module in (zoo._resnet, zoo._fpn, zoo._unet, zoo._mlp):
+        public = {
+            n for n, obj in vars(module).items()
+            if not n.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__
+        }  # fmt: skip
+        assert public <= set(module.__all__), (module.__name__, public - set(module.__all__))
+    assert set(zoo.__all__) >= ZOO
+
+
+def test_update_config_checks_keywords_against_the_builder():
+    model = create_model("mlp")
+    with pytest.raises(torchsmith.ModelConfigError, match=r"mlp does not take num_clases\. Did you mean 'num_classes'"):
+        torchsmith.update_config(model, kwargs={"num_clases": 3})
+    assert torchsmith.model_config(model)["kwargs"] == {}  # nothing changed
+    assert torchsmith.update_config(model, kwargs={"num_classes": 3})
+    assert torchsmith.model_config(model)["kwargs"] == {"num_classes": 3}
+    assert not torchsmith.update_config(nn.Linear(1, 1), kwargs={"x": 1})  # no config: nothing to update
+
+
+def test_create_layer_records_a_torch_nn_layer_and_refuses_other_names():
+    layer = torchsmith.create_layer("LeakyReLU", negative_slope=0.2)
+    assert isinstance(layer, nn.LeakyReLU) and layer.negative_slope == 0.2
+    assert torchsmith.model_config(layer) == {"name": "torch.nn.LeakyReLU", "kwargs": {"negative_slope": 0.2}, "steps": []}
+    with pytest.raises(UnknownModelError, match="Did you mean 'LeakyReLU'"):
+        torchsmith.create_layer("LeakyRelu")
+    with pytest.raises(UnknownModelError):
+        create_model("torch.nn.functional")  # only torch.nn module classes, never an import

@@ -23,6 +23,7 @@ from torchsmith import (
     optimize_for_inference,
     replace_head,
     replace_module,
+    freeze_report,
     unfreeze,
 )
 
@@ -83,7 +84,7 @@ def test_tutorial_head_to_20_classes_really_gives_20_outputs():
     assert replace_head(model, 20) is model
     assert model(X[:1]).shape == (1, 20)
     assert model.fc is not old_fc and model.fc.weight.shape == (20, 2048)
-    assert model.num_classes == 20 and model.torchsmith_config["kwargs"]["num_classes"] == 20
+    assert model.num_classes == 20 and model.torchsmith_config["steps"] == [{"op": "replace_head", "num_classes": 20, "path": "fc"}]
     assert replace_head(model, 0)(X[:1]).shape == (1, 2048)  # pooled features
     assert replace_head(model, 7)(X[:1]).shape == (1, 7)  # back from an Identity head
 
@@ -129,7 +130,8 @@ def test_ambiguous_head_lists_candidates():
 
 def test_freeze_all_but_layer2_to_4_matches_torchvision_trainable_layers(reference):
     model = create_model("resnet50", norm_layer="frozen_bn")
-    report = freeze(model, exclude=["layer2", "layer3", "layer4"])
+    assert freeze(model, exclude=["layer2", "layer3", "layer4"]) is model
+    report = freeze_report(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     ref = [n.removeprefix("body.") for n in reference["resnet50_fpn_tl3"]["trainable_names"] if n.startswith("body.")]
     assert names == ref
@@ -140,7 +142,7 @@ def test_freeze_all_but_layer2_to_4_matches_torchvision_trainable_layers(referen
 
 def test_freeze_report_reads_well():
     model = create_model("resnet18")
-    report = freeze(model, exclude=["layer2", "layer3", "layer4"])
+    report = freeze_report(freeze(model, exclude=["layer2", "layer3", "layer4"]))
     assert isinstance(report, FreezeReport)
     assert str(report) == (
         "frozen: conv1, bn1, layer1, fc (670,504 parameters)\n"
@@ -153,7 +155,7 @@ def test_bn_eval_policy_keeps_statistics_through_train_and_unfreeze_restores():
     model = create_model("resnet18").train()
     model.layer4.requires_grad_(False)  # frozen before: stays frozen after unfreeze
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = freeze(model, ["layer1", "bn*"])
+    report = freeze_report(freeze(model, ["layer1", "bn*"]))
     assert report.bn_eval == ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"]
     model.train()
     assert not model.bn1.training and not model.layer1[1].bn2.training and model.layer2[0].bn1.training
@@ -162,22 +164,26 @@ def test_bn_eval_policy_keeps_statistics_through_train_and_unfreeze_restores():
     assert torch.equal(after["bn1.running_mean"], before["bn1.running_mean"])
     assert not torch.equal(after["layer2.0.bn1.running_mean"], before["layer2.0.bn1.running_mean"])
     assert unfreeze(model) is model
-    assert model.bn1.training and "train" not in model.bn1.__dict__
+    assert model.bn1.training and "train" not in model.bn1.__dict__ and freeze_report(model).bn_eval == []
     assert model.layer1[0].conv1.weight.requires_grad and not model.layer4[0].conv1.weight.requires_grad
     copy.deepcopy(model).train()  # no leftovers that break copies
 
 
-def test_bn_frozen_policy_swaps_and_unfreeze_restores_the_same_modules():
+def test_bn_frozen_policy_swaps_and_unfreeze_restores_equal_modules():
     model = randomise_bn_(create_model("resnet18")).eval()
-    originals = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    model.bn1.momentum, model.layer1[0].bn2.eps = 0.3, 1e-3
+    originals = {n: copy.deepcopy(m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     ref = model(X)
-    report = freeze(model, bn="frozen")
+    report = freeze_report(freeze(model, bn="frozen"))
     assert sorted(report.bn_replaced) == sorted(originals)
     assert isinstance(model.layer3[0].downsample[1], FrozenBatchNorm2d)
     assert all(not p.requires_grad for p in model.parameters())
     torch.testing.assert_close(model.train()(X), ref)  # frozen BN ignores train mode
     unfreeze(model)
-    assert all(model.get_submodule(n) is m for n, m in originals.items())
+    for n, m in originals.items():  # a BatchNorm2d configured as before, holding the same values
+        back = model.get_submodule(n)
+        assert type(back) is nn.BatchNorm2d and (back.eps, back.momentum) == (m.eps, m.momentum)
+        assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), m.state_dict().values()))
     assert all(p.requires_grad for p in model.parameters()) and model.training and model.bn1.training
 
 
@@ -185,7 +191,7 @@ def test_freeze_unknown_patterns_are_all_named():
     model = create_model("resnet18")
     with pytest.raises(SurgeryError) as err:
         freeze(model, ["layer5", "layr1", "layer2"])
-    assert "'layer5': did you mean 'layer4'" in str(err.value) and "'layr1'" in str(err.value)
+    assert "'layer5'. Did you mean 'layer4'" in str(err.value) and "'layr1'" in str(err.value)
     assert all(p.requires_grad for p in model.parameters())  # nothing changed
     with pytest.raises(SurgeryError, match="bn must be"):
         freeze(model, bn="off")
@@ -207,7 +213,7 @@ def test_adapt_input_channels_keeps_outputs(policy):
         assert adapted.in_chans == 1 and adapted.conv1.in_channels == 1
     else:  # cat([x, x]) gives the original's output on x
         torch.testing.assert_close(adapted(torch.cat([X, X], 1)), ref, rtol=1e-4, atol=1e-4)
-        assert adapted.torchsmith_config["kwargs"]["in_chans"] == 6
+        assert adapted.torchsmith_config["steps"] == [{"op": "adapt_input_channels", "in_chans": 6, "path": "conv1"}]
     assert torch.equal(model.conv1.weight, weight)  # the deep copy's change stays there
 
 
@@ -308,12 +314,13 @@ def test_fold_batchnorm_needs_eval_and_handles_untraceable_sequentials():
     torch.testing.assert_close(model(X), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_optimize_for_inference_equal_outputs_original_untouched():
+def test_optimize_for_inference_equal_outputs_in_place():
     model = randomise_bn_(create_model("resnet50")).train()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    original = copy.deepcopy(model)
     fast = optimize_for_inference(model)
-    assert model.training and isinstance(model.bn1, nn.BatchNorm2d)
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert fast is model  # in place, as every surgery function
+    assert original.training and isinstance(original.bn1, nn.BatchNorm2d)
+    model = original
     assert not fast.training and isinstance(fast.bn1, nn.Identity)
     assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(p.requires_grad for p in fast.parameters())
@@ -327,8 +334,8 @@ def test_optimize_for_inference_equal_outputs_original_untouched():
 def test_optimize_for_inference_compiled_equal_outputs():
     torch._dynamo.reset()
     model = randomise_bn_(create_model("resnet18")).eval()
-    faster = optimize_for_inference(model, compile=True)
-    assert isinstance(model.bn1, nn.BatchNorm2d)  # original untouched
+    faster = optimize_for_inference(copy.deepcopy(model), compile=True)
+    assert isinstance(model.bn1, nn.BatchNorm2d)  # the copy was changed
     with torch.inference_mode():
         ref = model(X)
         y = faster(X)
@@ -476,7 +483,7 @@ def test_freeze_frozen_keeps_batchnorm_subclasses_with_extra_layers():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), BNAct(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)).eval()
     x = torch.randn(1, 3, 8, 8)
     ref = model(x)
-    report = freeze(model, bn="frozen")
+    report = freeze_report(freeze(model, bn="frozen"))
     assert report.bn_replaced == ["3"] and report.bn_not_replaced == ["1"] and "1" in report.bn_eval
     assert isinstance(model[1], BNAct) and isinstance(model[3], FrozenBatchNorm2d)
     assert "1 subclass layers not replaced" in str(report)

@@ -44,7 +44,7 @@ def test_tutorial_crashes_where_we_do_not():
 @given(h=st.integers(1, 300), w=st.integers(1, 300), depth=st.integers(1, 5))
 def test_any_size_in_is_the_same_size_out(h, w, depth):
     # the shape rule depends on depth, not widths: small widths keep this fast
-    model = UNet(widths=[2 * 2**i for i in range(depth + 1)], in_channels=1, out_channels=2).eval()
+    model = UNet(widths=[2 * 2**i for i in range(depth + 1)], in_chans=1, num_classes=2).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 1, h, w)).shape == (1, 2, h, w)
 
@@ -65,7 +65,7 @@ def test_padding_leaves_divisible_inputs_alone_and_crops_others():
 
 def test_configurable_unet():
     model = create_model(
-        "unet", in_channels=1, out_channels=4, widths=(8, 16, 32), dropout=(0.0, 0.1),
+        "unet", in_chans=1, num_classes=4, widths=(8, 16, 32), dropout=(0.0, 0.1),
         norm_layer="instancenorm", act_layer="gelu", final_activation="softmax",
     ).eval()
     assert model.depth == 2 and isinstance(model.stem[1], nn.InstanceNorm2d) and isinstance(model.stem[3], nn.GELU)
@@ -88,7 +88,7 @@ def test_bad_unet_arguments(kwargs, needle):
 
 @pytest.mark.parametrize("name,channels", [("unet_resnet34", [64, 64, 128, 256, 512]), ("unet_resnet50", [64, 256, 512, 1024, 2048])])
 def test_unet_on_resnet_encoder(name, channels):
-    model = create_model(name, out_channels=3).eval()
+    model = create_model(name, num_classes=3).eval()
     assert isinstance(model, EncoderUNet)
     assert [f.channels for f in model.feature_info] == channels
     assert [f.stride for f in model.feature_info] == [2, 4, 8, 16, 32]

@@ -63,8 +63,8 @@ def main() -> None:
 
     # 4. freeze everything but layer2-4, BatchNorm statistics kept
     backbone = ts.create_model("resnet50")
-    report = ts.freeze(backbone, exclude=["layer2", "layer3", "layer4"])
-    console.print(str(report))
+    ts.freeze(backbone, exclude=["layer2", "layer3", "layer4"])  # in place, returns the model
+    console.print(str(ts.freeze_report(backbone)))
 
     # 5. features by nested name, and their shapes without computing anything
     body = ts.extract_features(backbone.eval(), {"layer2": "c3", "layer3.1.conv2": "mid", "layer4": "c5"})
@@ -77,7 +77,7 @@ def main() -> None:
 
     # 6. inference: Conv+BN folded, channels-last
     reference = ts.create_model("resnet50").eval()
-    fast = ts.optimize_for_inference(reference)
+    fast = ts.optimize_for_inference(copy.deepcopy(reference))  # in place: the copy is what changes
     batch = torch.randn(4, 3, 224, 224)
     with torch.inference_mode():
         y, y_fast = reference(batch), fast(batch)

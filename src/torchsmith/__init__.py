@@ -5,7 +5,8 @@
     >>> torchsmith.list_models("resnet1*")
     ['resnet101', 'resnet101_fpn', 'resnet152', 'resnet152_fpn', 'resnet18', 'resnet18_fpn']
     >>> torchsmith.save_model(model, "out/resnet50-20")          # config.json + model.safetensors
-    >>> torchsmith.load_model("out/resnet50-20")                 # rebuilt without pickle
+    PosixPath('out/resnet50-20')
+    >>> model = torchsmith.load_model("out/resnet50-20")         # rebuilt without pickle
 """
 
 from .checkpoint import (
@@ -21,6 +22,7 @@ from .checkpoint import (
     save_model,
     save_weights,
 )
+from .distributed import load_distributed, save_distributed
 from .errors import (
     CheckpointError,
     ChecksumError,
@@ -29,6 +31,7 @@ from .errors import (
     FeatureExtractionError,
     IncompatibleCheckpointError,
     ModelConfigError,
+    SpecError,
     SurgeryError,
     TorchsmithError,
     UnknownModelError,
@@ -37,7 +40,8 @@ from .errors import (
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
-from .registry import create_model, get_model_builder, list_models, model_config, register_model
+from ._version import __version__
+from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
 from .surgery import (
     FreezeReport,
     MultiInputModel,
@@ -45,15 +49,16 @@ from .surgery import (
     add_inputs,
     fold_batchnorm,
     freeze,
+    freeze_report,
     get_module,
     optimize_for_inference,
     replace_head,
     replace_module,
     unfreeze,
 )
+from .replay import build_from_config
 from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
-
-__version__ = "0.1.0"
+from .spec import GraphModel, LayerDict, LayerList, build, register_block, spec_schema, to_spec
 
 __all__ = [
     "__version__",
@@ -70,12 +75,15 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SpecError",
     # registry
     "create_model",
+    "create_layer",
     "list_models",
     "register_model",
     "get_model_builder",
     "model_config",
+    "update_config",
     # layers
     "FeatureInfo",
     "FrozenBatchNorm2d",
@@ -88,6 +96,7 @@ __all__ = [
     "UNet",
     "EncoderUNet",
     "MLP",
+    "build_from_config",
     # features
     "FeatureExtractor",
     "extract_features",
@@ -99,6 +108,7 @@ __all__ = [
     "replace_head",
     "FreezeReport",
     "freeze",
+    "freeze_report",
     "unfreeze",
     "adapt_input_channels",
     "MultiInputModel",
@@ -117,4 +127,15 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    # distributed checkpoints (torch.distributed.checkpoint)
+    "save_distributed",
+    "load_distributed",
+    # specs
+    "build",
+    "to_spec",
+    "spec_schema",
+    "register_block",
+    "GraphModel",
+    "LayerList",
+    "LayerDict",
 ]

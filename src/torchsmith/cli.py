@@ -117,14 +117,17 @@ def inspect_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    src: str = typer.Argument(..., help="Input checkpoint (.pt/.pth/.bin/.safetensors, index or directory)."),
+    src: str = typer.Argument(..., help="Input checkpoint (.pt/.pth/.bin/.safetensors, index, directory, or a distributed checkpoint directory)."),
     dst: str = typer.Argument(..., help="Output path; the suffix picks the format (.safetensors or .pt)."),
     strip_prefix: Optional[str] = typer.Option(None, "--strip-prefix", help="Remove this prefix from keys, e.g. 'module.'."),
     max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Shard safetensors output, e.g. '2GB'."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Convert .pt <-> .safetensors (optionally sharded), verifying checksums, with a progress bar."""
+    """Convert .pt <-> .safetensors (optionally sharded), verifying checksums, with a progress bar.
+
+    A distributed checkpoint directory (torch.distributed.checkpoint) is consolidated into one file.
+    """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from .checkpoint import convert_checkpoint
@@ -142,20 +145,39 @@ def convert_cmd(
         Console().print(f"wrote {out}")
 
 
+def _diff_side(target: str) -> str | dict:
+    """A checkpoint path as is; anything else is a registered model name, built on meta (keys, shapes, dtypes)."""
+    from pathlib import Path
+
+    import torch
+
+    from .registry import create_model
+
+    if Path(target).exists() or any(sep in target for sep in "/\\") or Path(target).suffix:
+        return target
+    with torch.device("meta"):
+        return create_model(target).state_dict()  # an unknown name: UnknownModelError with the closest names
+
+
 @app.command("diff")
 def diff_cmd(
     a: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
-    b: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
+    b: str = typer.Argument(..., help="A checkpoint, or a registered model name (compared by keys, shapes and dtypes)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle torch files that need code (only for files you trust)."),
 ) -> None:
     """Compare two checkpoints (or one and a model name): missing, extra, shape/dtype changes, max abs difference.
 
-    Exit code 0 when they are the same, 3 when they differ, 1 on error.
+    A model name (``torchsmith diff ckpt.safetensors resnet50``) is built on the meta device: keys, shapes and
+    dtypes are compared, not values. Exit code 0 when they are the same, 3 when they differ, 1 on error.
     """
+    import dataclasses
+
     from .checkpoint import diff_checkpoints
 
-    d = diff_checkpoints(a, b, trusted=trusted)
+    sides = [_diff_side(a), _diff_side(b)]
+    d = diff_checkpoints(*sides, trusted=trusted)
+    d = dataclasses.replace(d, a=a, b=b)
     if as_json:
         typer.echo(json.dumps(d.to_dict(), indent=2))
     else:
@@ -180,6 +202,88 @@ def diff_cmd(
         out.print("same" if d.same else "different")
     if not d.same:
         raise typer.Exit(3)
+
+
+# specs
+
+
+def _parse_inputs(values: list[str]) -> object:
+    """``1,3,224,224`` -> a shape; ``image=1,3,64,64`` (repeatable) -> {name: shape}."""
+
+    def shape(text: str) -> list[int]:
+        try:
+            dims = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            dims = []
+        if not dims or any(d < 1 for d in dims):
+            raise typer.BadParameter(f"{text!r} is not a shape; write it as 1,3,224,224", param_hint="--input")
+        return dims
+
+    if len(values) == 1 and "=" not in values[0]:
+        return shape(values[0])
+    named = {}
+    for v in values:
+        name, sep, dims = v.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"with several inputs, name each: --input image=1,3,64,64 (got {v!r})", param_hint="--input")
+        named[name.strip()] = shape(dims)
+    return named
+
+
+@app.command("build")
+def build_cmd(
+    spec: str = typer.Argument(..., help="A spec file (.yaml/.json)."),
+    inputs: Optional[list[str]] = typer.Option(None, "--input", help="Input shape, e.g. 1,3,224,224 (or name=shape per graph input); overrides the spec's input."),
+    save: Optional[str] = typer.Option(None, "--save", help="Save the built model here (config.json + model.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Validate and build a model spec; print its layers, parameter count and output shape (and save it)."""
+    from pathlib import Path
+
+    import torch
+
+    from .spec import build, census, output_shapes
+    from .spec.source import read_spec
+
+    doc = read_spec(Path(spec))
+    input_size = _parse_inputs(inputs) if inputs else None
+    with torch.device("meta"):  # the table needs no memory and no init
+        meta = build(doc, input_size=input_size)
+    shape = output_shapes(doc, input_size=input_size) if (input_size is not None or "input" in doc) else None
+    row = {
+        "spec": spec,
+        "name": doc.get("name"),
+        "input": input_size if input_size is not None else doc.get("input"),
+        "output": shape,
+        "params": sum(p.numel() for p in meta.parameters()),
+        "layers": census(meta),
+    }
+    if save:
+        from .checkpoint import save_model
+
+        row["saved"] = str(save_model(build(doc, input_size=input_size), save))
+    if as_json:
+        typer.echo(json.dumps(row, indent=2))
+        return
+    table = Table(title=f"{row['name'] or spec}")
+    table.add_column("layer")
+    table.add_column("count", justify="right")
+    for layer, count in row["layers"].items():
+        table.add_row(layer, str(count))
+    out = Console()
+    out.print(table)
+    out.print(f"parameters: {row['params']:,}", highlight=False)
+    out.print(f"input: {row['input']}   output: {row['output'] if shape is not None else 'unknown (pass --input)'}", highlight=False)
+    if save:
+        out.print(f"saved to {row['saved']}", highlight=False)
+
+
+@app.command("spec-schema")
+def spec_schema_cmd() -> None:
+    """Print the JSON Schema of model specs (for editors: check and complete spec files)."""
+    from .spec import spec_schema
+
+    typer.echo(json.dumps(spec_schema(), indent=2))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

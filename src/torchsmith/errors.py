@@ -18,12 +18,14 @@ __all__ = [
     "FeatureExtractionError",
     "SurgeryError",
     "closest",
+    "did_you_mean",
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
     "UnsafeCheckpointError",
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
+    "SpecError",
 ]
 
 
@@ -58,7 +60,7 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The registered names most like ``word`` (for "did you mean" hints).
 
     >>> closest("resnet5O", ["resnet50", "resnet18", "unet"])
-    ['resnet50']
+    ['resnet50', 'resnet18']
     """
     choices = list(choices)
     hits = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)
@@ -67,6 +69,18 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
         lower = {c.lower(): c for c in choices}
         hits = [lower[h] for h in hits]
     return hits
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """``" Did you mean 'a', 'b'?"`` for the names closest to ``word``, or ``""``: the one spelling of the hint.
+
+    >>> did_you_mean("resnet5O", ["resnet50", "resnet18", "unet"])
+    " Did you mean 'resnet50', 'resnet18'?"
+    >>> did_you_mean("zzz", ["resnet50"])
+    ''
+    """
+    hits = closest(word, choices, n=n)
+    return f" Did you mean {', '.join(map(repr, hits))}?" if hits else ""
 
 
 # checkpoints
@@ -98,3 +112,14 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class UnsaveableModelError(CheckpointError):
     """A model whose configuration cannot be written as JSON (``save_model``)."""
+
+
+# specs
+
+
+class SpecError(TorchsmithError, ValueError):
+    """A model spec that cannot be read, validated or built; ``.problems`` lists each as ``"path: message"``."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])

@@ -1,39 +1,54 @@
 """Name -> builder registry.
 
-The registry only maps names to builders. Building through it (or calling a
-registered builder directly) records the builder's name and its keyword
-arguments on the model as ``model.torchsmith_config``, so a whole model can be
-rebuilt from configuration later (``save_model`` / specs).
+The registry only maps names to builders; it never edits what it registers.
+Building through a registered builder records the builder's name and its
+keyword arguments on the model as ``model.torchsmith_config``; torchsmith's
+surgery appends a JSON step for every change of structure it makes
+(``"steps"``), so a whole model can be rebuilt from configuration later
+(``save_model`` / ``load_model``).
 
 Example::
 
     >>> import torchsmith
     >>> m = torchsmith.create_model("resnet18", num_classes=10)
     >>> m.torchsmith_config
-    {'name': 'resnet18', 'kwargs': {'num_classes': 10}}
+    {'name': 'resnet18', 'kwargs': {'num_classes': 10}, 'steps': []}
     >>> torchsmith.list_models("resnet1*")
-    ['resnet101', 'resnet152', 'resnet18']
+    ['resnet101', 'resnet101_fpn', 'resnet152', 'resnet152_fpn', 'resnet18', 'resnet18_fpn']
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
 
-from .errors import DuplicateModelError, ModelConfigError, UnknownModelError, closest
+from .errors import DuplicateModelError, ModelConfigError, UnknownModelError, did_you_mean
 
-__all__ = ["register_model", "create_model", "list_models", "get_model_builder", "model_config"]
+__all__ = [
+    "register_model",
+    "create_model",
+    "create_layer",
+    "list_models",
+    "get_model_builder",
+    "model_config",
+    "update_config",
+]
 
 CONFIG_ATTR = "torchsmith_config"
+TORCH_NN = "torch.nn."  # config names of torch.nn layers built through create_layer
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# recording
 
 
 def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: str) -> dict[str, Any]:
@@ -52,31 +67,33 @@ def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: st
             f"or the builder's docstring."
         ) from None
     out: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = sig.parameters[name].kind
+    for key, value in bound.arguments.items():
+        kind = sig.parameters[key].kind
         if kind is inspect.Parameter.VAR_KEYWORD:
             out.update(value)
         elif kind is inspect.Parameter.VAR_POSITIONAL:
             if value:
-                out[name] = list(value)
+                out[key] = list(value)
         else:
-            out[name] = value
+            out[key] = value
     return out
 
 
-def _record(model: Any, name: str, kwargs: dict[str, Any]) -> None:
-    if isinstance(model, nn.Module):
-        # a plain attribute: not a parameter, buffer or submodule, so no state_dict key
-        object.__setattr__(model, CONFIG_ATTR, {"name": name, "kwargs": dict(kwargs)})
+def set_config(model: nn.Module, config: Mapping[str, Any]) -> None:
+    """Attach ``{"name", "kwargs", "steps"}`` to ``model`` (a plain attribute: no state_dict key)."""
+    record = {"name": config["name"], "kwargs": dict(config["kwargs"]), "steps": copy.deepcopy(list(config.get("steps", [])))}
+    object.__setattr__(model, CONFIG_ATTR, record)
 
 
 def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
     """Register a model builder (function or ``nn.Module`` class) under its name.
 
-    Works as ``@register_model`` or ``@register_model(name="my_net")``. Every
-    model built by the builder remembers ``{"name", "kwargs"}`` in
-    ``model.torchsmith_config``. For a class, the constructor's arguments are
-    recorded on every instance, however it is created.
+    Works as ``@register_model`` or ``@register_model(name="my_net")``. A
+    model built through the registry (``create_model``, or a decorated
+    function called directly) remembers ``{"name", "kwargs", "steps"}`` in
+    ``model.torchsmith_config``. A decorated class is registered through a
+    builder that records; the class itself is left exactly as it was, so
+    ``TinyNet(...)`` called directly records nothing.
 
     Raises:
         DuplicateModelError: the name is already registered.
@@ -89,7 +106,9 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
         ...         super().__init__()
         ...         self.fc = nn.Linear(width, 2)
         >>> create_model("TinyNet", width=4).torchsmith_config
-        {'name': 'TinyNet', 'kwargs': {'width': 4}}
+        {'name': 'TinyNet', 'kwargs': {'width': 4}, 'steps': []}
+        >>> hasattr(TinyNet(width=4), "torchsmith_config")       # the class is not rewritten
+        False
     """
 
     def wrap(target: F) -> F:
@@ -100,49 +119,49 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
                 f"(by {_REGISTRY[key].__module__}.{_REGISTRY[key].__qualname__}); "
                 f"pick another name with @register_model(name=...)."
             )
-        if isinstance(target, type):
-            init = target.__init__
 
-            @functools.wraps(init)
-            def __init__(self, *args, **kwargs):
-                recorded = _bound_kwargs(init, (self, *args), kwargs, name=key)
-                init(self, *args, **kwargs)
-                if type(self) is target:  # subclasses are not this registered model
-                    recorded.pop(next(iter(inspect.signature(init).parameters)))  # `self`
-                    _record(self, key, recorded)
-
-            target.__init__ = __init__  # type: ignore[misc]
-            _REGISTRY[key] = target
-            return target
-
-        @functools.wraps(target)
-        def builder(*args, **kwargs):
+        @functools.wraps(target, updated=())
+        def builder(*args: Any, **kwargs: Any) -> nn.Module:
             recorded = _bound_kwargs(target, args, kwargs, name=key)
             model = target(*args, **kwargs)
-            _record(model, key, recorded)
+            if isinstance(model, nn.Module):
+                set_config(model, {"name": key, "kwargs": recorded})
             return model
 
+        builder.__signature__ = inspect.signature(target)  # type: ignore[attr-defined]
         builder.model_name = key  # type: ignore[attr-defined]
         _REGISTRY[key] = builder
-        return builder  # type: ignore[return-value]
+        return target if isinstance(target, type) else builder  # type: ignore[return-value]
 
     return wrap(fn) if fn is not None else wrap
 
 
+# lookup
+
+
+def _nn_layer(name: str) -> type[nn.Module]:
+    """The ``torch.nn`` module class ``name`` (``"GELU"``): only classes defined by torch.nn, never an import."""
+    cls = getattr(nn, name, None)
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith("torch.nn."):
+        return cls
+    layers = [n for n, c in vars(nn).items() if isinstance(c, type) and issubclass(c, nn.Module)]
+    raise UnknownModelError(f"torch.nn has no layer class {name!r}.{did_you_mean(name, layers)}")
+
+
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
-    """The builder registered under ``name``.
+    """The builder registered under ``name`` (``"torch.nn.<Layer>"``: that torch.nn layer, as :func:`create_layer`).
 
     Raises:
         UnknownModelError: naming the closest registered names.
     """
-    _ensure_zoo()
+    if name.startswith(TORCH_NN):
+        layer = name.removeprefix(TORCH_NN)
+        return functools.partial(create_layer, _nn_layer(layer).__name__)
     try:
         return _REGISTRY[name]
     except KeyError:
-        hint = closest(name, _REGISTRY)
-        did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
         raise UnknownModelError(
-            f"No model named {name!r} is registered.{did_you_mean} "
+            f"No model named {name!r} is registered.{did_you_mean(name, _REGISTRY)} "
             f"See torchsmith.list_models() for all {len(_REGISTRY)} names."
         ) from None
 
@@ -159,18 +178,83 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return get_model_builder(name)(**kwargs)
 
 
+def create_layer(name: str, **kwargs: Any) -> nn.Module:
+    """Build the ``torch.nn`` layer ``name`` with keyword arguments, recording how (so it can be saved).
+
+    A layer made this way can be put into a model with ``replace_module`` and
+    still be rebuilt by ``load_model``: its config is
+    ``{"name": "torch.nn.<name>", "kwargs": ...}``.
+
+    Example::
+
+        >>> act = create_layer("GELU", approximate="tanh")
+        >>> act, model_config(act)
+        (GELU(approximate='tanh'), {'name': 'torch.nn.GELU', 'kwargs': {'approximate': 'tanh'}, 'steps': []})
+    """
+    cls = _nn_layer(name)
+    key = TORCH_NN + cls.__name__
+    recorded = _bound_kwargs(cls, (), kwargs, name=key)
+    layer = cls(**kwargs)
+    set_config(layer, {"name": key, "kwargs": recorded})
+    return layer
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted registered names matching an ``fnmatch`` pattern (``"resnet*"``)."""
-    _ensure_zoo()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
+# configs
+
+
 def model_config(model: nn.Module) -> dict[str, Any] | None:
-    """``{"name", "kwargs"}`` recorded when ``model`` was built through the registry, else None."""
+    """A copy of ``{"name", "kwargs", "steps"}`` recorded when ``model`` was built through the registry, else None.
+
+    ``steps`` lists the changes of structure torchsmith's surgery made since
+    (``{"op": "replace_head", ...}``), in order.
+    """
     cfg = getattr(model, CONFIG_ATTR, None)
-    return None if cfg is None else {"name": cfg["name"], "kwargs": dict(cfg["kwargs"])}
+    if cfg is None:
+        return None
+    return {"name": cfg["name"], "kwargs": dict(cfg["kwargs"]), "steps": copy.deepcopy(list(cfg.get("steps", [])))}
 
 
-def _ensure_zoo() -> None:
-    # the zoo registers itself on import; importing here keeps `registry` free of zoo imports at load time
-    from . import zoo  # noqa: F401
+def update_config(model: nn.Module, *, kwargs: Mapping[str, Any] | None = None, step: Mapping[str, Any] | None = None) -> bool:
+    """The one way to change a recorded config: set builder ``kwargs`` and/or append a surgery ``step``.
+
+    Keywords are checked against the builder's signature first, so a config
+    never holds a keyword its builder rejects. A step is a dict with an
+    ``"op"`` name and JSON-able arguments. Returns False (changing nothing)
+    when ``model`` has no recorded config.
+
+    Raises:
+        ModelConfigError: a keyword the builder does not take (naming those it does), or a step without ``"op"``.
+
+    Example::
+
+        >>> m = create_model("mlp")
+        >>> update_config(m, kwargs={"num_clases": 3})
+        Traceback (most recent call last):
+        ...
+        torchsmith.errors.ModelConfigError: mlp does not take num_clases. Did you mean 'num_classes'? ...
+    """
+    cfg = getattr(model, CONFIG_ATTR, None)
+    if cfg is None:
+        return False
+    if kwargs:
+        params = inspect.signature(get_model_builder(cfg["name"])).parameters
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = [k for k in kwargs if k not in accepted] if not open_ended else []
+        if unknown:
+            raise ModelConfigError(
+                f"{cfg['name']} does not take {', '.join(unknown)}.{did_you_mean(unknown[0], accepted)} "
+                f"It takes {accepted}."
+            )
+    if step is not None and not isinstance(step.get("op"), str):
+        raise ModelConfigError(f"a recorded step needs an 'op' name, got {dict(step)!r}.")
+    if kwargs:
+        cfg["kwargs"].update(kwargs)
+    if step is not None:
+        cfg.setdefault("steps", []).append(copy.deepcopy(dict(step)))
+    return True

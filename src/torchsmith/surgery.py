@@ -1,5 +1,12 @@
 """Model surgery for any ``nn.Module``: find, replace, re-head, freeze, re-input, fold.
 
+Every function here changes the model you pass, in place, and returns it (so
+calls chain); ``add_inputs`` and ``optimize_for_inference(compile=True)``
+return a wrapper around it. None copies: ``copy.deepcopy(model)`` first to
+keep the original. Reports come from their own functions (``freeze_report``).
+On a model built through the registry, each change of structure is recorded
+as a JSON step in ``model.torchsmith_config`` so ``load_model`` can replay it.
+
 The tutorial's "modify a pretrained model" section, done right: setting
 ``fc.out_features = 20`` changes a printed number and nothing else;
 :func:`replace_head` builds a new layer, so the model really gives 20 outputs.
@@ -9,13 +16,12 @@ Example::
     >>> model = create_model("resnet50")
     >>> replace_head(model, 20)(torch.randn(1, 3, 224, 224)).shape     # (B, 20)
     torch.Size([1, 20])
-    >>> print(freeze(model, exclude=["layer2", "layer3", "layer4"]))   # doctest: +ELLIPSIS
+    >>> print(freeze_report(freeze(model, exclude=["layer2", "layer3", "layer4"])))   # doctest: +ELLIPSIS
     frozen: conv1, bn1, layer1, fc ...
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import functools
 import warnings
@@ -29,8 +35,9 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._probe import CONV_TYPES, Call, example_call, logger, probe
-from .errors import SurgeryError, TorchsmithError, closest
+from .errors import SurgeryError, TorchsmithError, did_you_mean
 from .layers import FrozenBatchNorm2d
+from .registry import model_config, set_config, update_config
 
 __all__ = [
     "get_module",
@@ -38,6 +45,7 @@ __all__ = [
     "replace_head",
     "FreezeReport",
     "freeze",
+    "freeze_report",
     "unfreeze",
     "adapt_input_channels",
     "MultiInputModel",
@@ -71,14 +79,16 @@ def _find_path(model: nn.Module, target: nn.Module) -> str:
     raise SurgeryError(f"{type(target).__name__} is not a submodule of {type(model).__name__}.")
 
 
-def _update_config(model: nn.Module, **kwargs: int) -> None:
-    """Keep ``num_classes`` / ``in_chans`` (attribute and recorded builder kwargs) true after surgery."""
+def _update_attrs(model: nn.Module, **kwargs: int) -> None:
+    """Keep the ``num_classes`` / ``in_chans`` attributes true after surgery (the recorded config gets a step)."""
     for key, value in kwargs.items():
         if isinstance(getattr(model, key, None), int):
             setattr(model, key, value)
-        config = getattr(model, "torchsmith_config", None)
-        if isinstance(config, dict) and isinstance(config.get("kwargs"), dict):
-            config["kwargs"][key] = value
+
+
+def _record(model: nn.Module, op: str, **args) -> None:
+    """Append the step ``{"op": op, **args}`` to a registry-built model's config (replayed by ``load_model``)."""
+    update_config(model, step={"op": op, **args})
 
 
 # find and replace
@@ -95,13 +105,16 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError as err:
-        near = closest(path, _paths(model))
-        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
-        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{hint}") from err
+        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, _paths(model))}") from err
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``path``, moved to the device (and floating dtype) of what it replaces; returns ``model``.
+
+    ``new`` is recorded for ``save_model`` when torchsmith can describe it
+    without pickle: built with ``create_model`` or ``create_layer``. Any other
+    module works the same in memory, and ``save_model`` refuses the model,
+    naming the path.
 
     Example::
 
@@ -109,6 +122,15 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
         >>> type(model.layer1[0].relu).__name__
         'GELU'
     """
+    _put(model, path, new)
+    described = model_config(new)
+    if described is not None:
+        _record(model, "replace_module", path=path, module=described)
+    return model
+
+
+def _put(model: nn.Module, path: str, new: nn.Module) -> None:
+    """``replace_module`` without recording (for the operations that record themselves)."""
     if not path:
         raise SurgeryError("replace_module needs a submodule path; the root cannot replace itself.")
     old = get_module(model, path)
@@ -120,7 +142,6 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
         if ref.is_floating_point():
             new = new.to(dtype=ref.dtype)  # only floating tensors change dtype
     setattr(parent, name, new)
-    return model
 
 
 # heads
@@ -305,8 +326,10 @@ def replace_head(
                 )
     new = {p: _new_head(model, p, get_module(model, p), num_classes) for p in [path, *aux]}
     for p, layer in new.items():
-        replace_module(model, p, layer)
-    _update_config(model, num_classes=num_classes)
+        _put(model, p, layer)
+    _update_attrs(model, num_classes=num_classes)
+    for p in new:
+        _record(model, "replace_head", num_classes=num_classes, path=p)
     return model
 
 
@@ -323,8 +346,7 @@ def _matching(model: nn.Module, patterns: Iterable[str], what: str) -> set[str]:
             unknown.append(pattern)
         roots.update(hits)
     if unknown:
-        lines = [f"  {p!r}" + (f": did you mean {', '.join(map(repr, closest(p, paths[1:])))}?" if closest(p, paths[1:]) else "")
-                 for p in unknown]  # fmt: skip
+        lines = [f"  {p!r}.{did_you_mean(p, paths[1:])}" for p in unknown]
         raise SurgeryError(f"{what} pattern(s) match no module of {type(model).__name__}:\n" + "\n".join(lines))
     return {p for p in paths if any(p == r or r == "" or p.startswith(r + ".") for r in roots)}
 
@@ -348,14 +370,14 @@ def _numel(params: Iterable[nn.Parameter]) -> int:
 
 @dataclass
 class FreezeReport:
-    """What :func:`freeze` changed. ``str(report)`` is a short readable summary."""
+    """What freezing did to a model (:func:`freeze_report`). ``str(report)`` is a short readable summary."""
 
     frozen: list[str]  # top-most modules whose parameters are all frozen ("" = the whole model)
     trainable: list[str]  # top-most modules whose parameters are all trainable
-    frozen_params: int  # parameter values made non-trainable by this call
-    trainable_params: int  # parameter values still trainable
+    frozen_params: int  # parameter values that do not train
+    trainable_params: int  # parameter values that train
     total_params: int
-    bn: str  # the policy
+    bn: str  # the BatchNorm policy of the last freeze ("" when never frozen by freeze)
     bn_eval: list[str] = field(default_factory=list)  # BatchNorm layers pinned to eval mode
     bn_replaced: list[str] = field(default_factory=list)  # BatchNorm layers swapped for FrozenBatchNorm2d
     bn_not_replaced: list[str] = field(default_factory=list)  # bn="frozen": subclasses kept (and pinned to eval)
@@ -379,6 +401,106 @@ class FreezeReport:
                 f"layers, e.g. {self.bn_not_replaced[0]}), kept in eval mode instead"
             )
         return "\n".join(lines)
+
+
+def freeze_report(model: nn.Module) -> FreezeReport:
+    """What is frozen in ``model`` now: top-most frozen / trainable modules, counts, BatchNorm layers pinned or replaced.
+
+    Works on any model (frozen by :func:`freeze` or by hand).
+
+    Example::
+
+        >>> model = freeze(create_model("resnet50"), exclude=["layer2", "layer3", "layer4"])
+        >>> report = freeze_report(model)
+        >>> report.trainable, report.frozen_params
+        (['layer2', 'layer3', 'layer4'], 2274344)
+    """
+    undos = model.__dict__.get(_UNDO_ATTR, [])
+    frozen = _numel(p for p in model.parameters() if not p.requires_grad)
+    total = _numel(model.parameters())
+    return FreezeReport(
+        frozen=_covering(model, lambda p: not p.requires_grad),
+        trainable=_covering(model, lambda p: p.requires_grad),
+        frozen_params=frozen,
+        trainable_params=total - frozen,
+        total_params=total,
+        bn=undos[-1]["bn"] if undos else "",
+        bn_eval=[p for p, m in model.named_modules() if isinstance(m, _BatchNorm) and "train" in m.__dict__],
+        bn_replaced=[p for undo in undos for p in undo["bn_replaced"]],
+        bn_not_replaced=[p for undo in undos for p in undo.get("bn_not_replaced", [])],
+    )
+
+
+def freeze(
+    model: nn.Module, patterns: str | Sequence[str] = ("*",), *, exclude: Sequence[str] = (), bn: BnPolicy = "eval"
+) -> nn.Module:
+    """Stop training the modules matched by glob ``patterns`` on module paths, minus ``exclude``; returns ``model``.
+
+    A pattern matches a module and everything under it; ``"*"`` is the whole
+    model. BatchNorm layers among the frozen ones follow ``bn``:
+
+    - ``"eval"``: kept in eval mode even after ``model.train()``: running statistics stay as they are;
+    - ``"frozen"``: replaced by :class:`FrozenBatchNorm2d` (plain 2-D ones; other
+      BatchNorms, and subclasses with their own forward or extra layers such as
+      timm's ``BatchNormAct2d``, get ``"eval"`` and are listed in
+      ``freeze_report(model).bn_not_replaced``);
+    - ``"train"``: left alone.
+
+    A parameter shared by a frozen and an excluded module (GPT-2's ``lm_head``
+    tied to ``wte``) is one tensor: it is frozen, with a warning. A failure
+    leaves the model as it was. :func:`unfreeze` undoes it exactly;
+    :func:`freeze_report` says what is frozen.
+
+    Example::
+
+        >>> model = freeze(create_model("resnet50"), exclude=["layer2", "layer3", "layer4"])
+        >>> model.conv1.weight.requires_grad, model.bn1.training, model.train().bn1.training
+        (False, False, False)
+    """
+    if bn not in ("eval", "frozen", "train"):
+        raise SurgeryError(f"bn must be 'eval', 'frozen' or 'train', got {bn!r}.")
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    chosen = _matching(model, patterns, "freeze") - (_matching(model, exclude, "exclude") if exclude else set())
+    ordered = [p for p, _ in model.named_modules() if p in chosen]
+    undo = {"requires_grad": {}, "bn_eval": [], "bn_replaced": {}, "bn": bn, "bn_not_replaced": []}
+    originals: dict[str, nn.Module] = {}  # for a rollback: the very modules, with their modes
+    modes: dict[str, bool] = {}
+    try:
+        for path in ordered:
+            module = model.get_submodule(path)
+            for name, param in module.named_parameters(recurse=False):
+                if param.requires_grad:
+                    param.requires_grad_(False)
+                    undo["requires_grad"][f"{path}.{name}" if path else name] = True
+        for path in ordered:
+            module = model.get_submodule(path)
+            if not isinstance(module, _BatchNorm) or bn == "train":
+                continue
+            if bn == "frozen" and _plain_batchnorm2d(module):
+                undo["bn_replaced"][path] = _bn_spec(module)
+                originals[path] = module
+                _put(model, path, FrozenBatchNorm2d.from_batchnorm(module))
+                continue
+            if bn == "frozen" and isinstance(module, nn.BatchNorm2d):
+                undo["bn_not_replaced"].append(path)
+            modes[path] = module.training
+            undo["bn_eval"].append(path)
+            module.train = functools.partial(_stay_in_eval, module)  # an instance attribute; unfreeze deletes it
+            module.training = False
+    except BaseException:  # leave the model exactly as it was
+        for path, module in originals.items():
+            _put(model, path, module)
+        for path, training in modes.items():
+            module = model.get_submodule(path)
+            module.__dict__.pop("train", None)
+            module.training = training
+        for name in undo["requires_grad"]:
+            model.get_parameter(name).requires_grad_(True)
+        raise
+    model.__dict__.setdefault(_UNDO_ATTR, []).append(undo)  # plain attribute: no state_dict key
+    _record(model, "freeze", patterns=patterns, exclude=list(exclude), bn=bn)
+    _warn_ties(model, chosen)
+    return model
 
 
 def _plain_batchnorm2d(module: nn.Module) -> bool:
@@ -410,109 +532,60 @@ def _warn_ties(model: nn.Module, chosen: set[str]) -> None:
         )
 
 
-def _undo(model: nn.Module, undo: dict) -> None:
-    for path, original in undo["bn_replaced"].items():
-        replace_module(model, path, original)
-        original.train(model.get_submodule(path.rpartition(".")[0]).training)
-    for path in undo["bn_eval"]:
-        module = model.get_submodule(path)
-        module.__dict__.pop("train", None)
-        module.training = undo["modes"].get(path, module.training)
-    for name in undo["requires_grad"]:
-        model.get_parameter(name).requires_grad_(True)
+def _bn_spec(bn: nn.BatchNorm2d) -> dict:
+    """What :func:`unfreeze` needs to rebuild a BatchNorm2d from the FrozenBatchNorm2d that replaced it."""
+    tracked = bn.num_batches_tracked
+    return {
+        "eps": bn.eps,
+        "momentum": bn.momentum,
+        "affine": bn.affine,
+        "requires_grad": bn.weight.requires_grad if bn.affine else False,
+        "num_batches_tracked": None if tracked is None or tracked.is_meta else int(tracked),
+    }
 
 
-def freeze(
-    model: nn.Module, patterns: str | Sequence[str] = ("*",), *, exclude: Sequence[str] = (), bn: BnPolicy = "eval"
-) -> FreezeReport:
-    """Stop training the modules matched by glob ``patterns`` on module paths, minus ``exclude``.
-
-    A pattern matches a module and everything under it; ``"*"`` is the whole
-    model. BatchNorm layers among the frozen ones follow ``bn``:
-
-    - ``"eval"``: kept in eval mode even after ``model.train()``: running statistics stay as they are;
-    - ``"frozen"``: replaced by :class:`FrozenBatchNorm2d` (plain 2-D ones; other
-      BatchNorms, and subclasses with their own forward or extra layers such as
-      timm's ``BatchNormAct2d``, get ``"eval"`` and are listed in
-      ``report.bn_not_replaced``);
-    - ``"train"``: left alone.
-
-    A parameter shared by a frozen and an excluded module (GPT-2's ``lm_head``
-    tied to ``wte``) is one tensor: it is frozen, with a warning. A failure
-    leaves the model as it was. :func:`unfreeze` undoes it exactly. Returns a
-    :class:`FreezeReport`.
-
-    Example::
-
-        >>> model = create_model("resnet50")
-        >>> report = freeze(model, exclude=["layer2", "layer3", "layer4"])
-        >>> report.trainable, model.bn1.training, model.train().bn1.training
-        (['layer2', 'layer3', 'layer4'], False, False)
-    """
-    if bn not in ("eval", "frozen", "train"):
-        raise SurgeryError(f"bn must be 'eval', 'frozen' or 'train', got {bn!r}.")
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    chosen = _matching(model, patterns, "freeze") - (_matching(model, exclude, "exclude") if exclude else set())
-    ordered = [p for p, _ in model.named_modules() if p in chosen]
-    undo: dict = {"requires_grad": {}, "bn_eval": [], "bn_replaced": {}, "modes": {}}
-    frozen_params = 0
-    bn_eval, bn_replaced, bn_kept = [], [], []
-    try:
-        for path in ordered:
-            module = model.get_submodule(path)
-            for name, param in module.named_parameters(recurse=False):
-                if param.requires_grad:
-                    param.requires_grad_(False)
-                    undo["requires_grad"][f"{path}.{name}" if path else name] = True
-                    frozen_params += param.numel()
-        for path in ordered:
-            module = model.get_submodule(path)
-            if not isinstance(module, _BatchNorm) or bn == "train":
-                continue
-            if bn == "frozen" and _plain_batchnorm2d(module):
-                undo["bn_replaced"][path] = module
-                replace_module(model, path, FrozenBatchNorm2d.from_batchnorm(module))
-                bn_replaced.append(path)
-                continue
-            if bn == "frozen" and isinstance(module, nn.BatchNorm2d):
-                bn_kept.append(path)
-            undo["modes"][path] = module.training
-            undo["bn_eval"].append(path)
-            module.train = functools.partial(_stay_in_eval, module)  # an instance attribute; unfreeze deletes it
-            module.training = False
-            bn_eval.append(path)
-    except BaseException:
-        _undo(model, undo)
-        raise
-    model.__dict__.setdefault(_UNDO_ATTR, []).append(undo)  # plain attribute: no state_dict key
-    _warn_ties(model, chosen)
-    return FreezeReport(
-        frozen=_covering(model, lambda p: not p.requires_grad),
-        trainable=_covering(model, lambda p: p.requires_grad),
-        frozen_params=frozen_params,
-        trainable_params=_numel(p for p in model.parameters() if p.requires_grad),
-        total_params=_numel(model.parameters()),
-        bn=bn,
-        bn_eval=bn_eval,
-        bn_replaced=bn_replaced,
-        bn_not_replaced=bn_kept,
-    )
+def _unfrozen_bn(frozen: FrozenBatchNorm2d, spec: dict) -> nn.BatchNorm2d:
+    """A BatchNorm2d holding ``frozen``'s current values (as loaded or trained), configured as the original."""
+    bn = nn.BatchNorm2d(frozen.num_features, eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"])
+    bn = bn.to(device=frozen.running_mean.device, dtype=frozen.running_mean.dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(frozen.running_mean)
+        bn.running_var.copy_(frozen.running_var)
+        if spec["affine"]:
+            bn.weight.copy_(frozen.weight)
+            bn.bias.copy_(frozen.bias)
+            bn.weight.requires_grad_(spec["requires_grad"])
+            bn.bias.requires_grad_(spec["requires_grad"])
+        if spec["num_batches_tracked"] is not None and not bn.num_batches_tracked.is_meta:
+            bn.num_batches_tracked.fill_(spec["num_batches_tracked"])
+    return bn
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undo every :func:`freeze` on ``model``, last first: ``requires_grad``, BatchNorm modules and modes; returns ``model``.
 
+    A BatchNorm replaced by ``FrozenBatchNorm2d`` comes back as a BatchNorm2d
+    with the frozen layer's current values (those of a loaded checkpoint too).
+
     Example::
 
-        >>> model = create_model("resnet18")
-        >>> _ = freeze(model, bn="frozen")
+        >>> model = freeze(create_model("resnet18"), bn="frozen")
         >>> type(unfreeze(model).bn1).__name__, model.conv1.weight.requires_grad
         ('BatchNorm2d', True)
     """
-    for undo in reversed(model.__dict__.pop(_UNDO_ATTR, [])):
-        _undo(model, undo)
-        for path in undo["bn_eval"]:  # follow the parent's current mode, as before the freeze
+    undos = model.__dict__.pop(_UNDO_ATTR, [])
+    for undo in reversed(undos):
+        for path, spec in undo["bn_replaced"].items():
+            _put(model, path, _unfrozen_bn(model.get_submodule(path), spec))
             model.get_submodule(path).train(model.get_submodule(path.rpartition(".")[0]).training)
+        for path in undo["bn_eval"]:
+            module = model.get_submodule(path)
+            module.__dict__.pop("train", None)
+            module.train(model.get_submodule(path.rpartition(".")[0]).training)
+        for name in undo["requires_grad"]:
+            model.get_parameter(name).requires_grad_(True)
+    if undos:
+        _record(model, "unfreeze")
     return model
 
 
@@ -593,6 +666,12 @@ def adapt_input_channels(
     if not isinstance(conv, CONV_TYPES) or conv.groups != 1:
         raise SurgeryError(f"{path!r} is {conv}; adapt_input_channels needs an ungrouped Conv1d/2d/3d.")
     _check_takes_the_input(model, path, example_call(model, input_size, example_inputs))
+    return _adapt_channels(model, in_chans, path)
+
+
+def _adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
+    """The weight change of :func:`adapt_input_channels`, recorded (replayed by ``load_model`` with no probe)."""
+    conv = get_module(model, path)
     weight = conv.weight.detach()  # (O, C, *k)
     source = weight.shape[1]
     if in_chans <= source:
@@ -605,7 +684,8 @@ def adapt_input_channels(
         new = weight[:, old_of_new] / repeats[old_of_new].reshape(shape)  # (O, in_chans, *k)
     conv.weight = nn.Parameter(new, requires_grad=conv.weight.requires_grad)
     conv.in_channels = in_chans
-    _update_config(model, in_chans=in_chans)
+    _update_attrs(model, in_chans=in_chans)
+    _record(model, "adapt_input_channels", in_chans=in_chans, path=path)
     return model
 
 
@@ -713,19 +793,20 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
         logger.info("add_inputs: %s; fusing the model's output", err)
         return model, _pooled(model, _main_output(probe(model, call, purpose="measure its output")))
     old = get_module(model, head)
-    replace_module(model, head, nn.Identity())
+    _put(model, head, nn.Identity())
     try:
         with _recording(model, lambda m: m is get_module(model, head)) as seen:
             y = _main_output(probe(model, call, purpose="measure the features that go into its head"))
         if y is not None and seen and seen[-1][2] is y:
             features = _pooled(model, y)
-            _update_config(model, num_classes=0)
+            _put(model, head, old)
+            replace_head(model, 0, path=head)  # the same Identity, recorded
             return model, features
-        replace_module(model, head, old)  # something after the head: stop the forward at it instead
+        _put(model, head, old)  # something after the head: stop the forward at it instead
         backbone = _HeadInput(model, head)
         return backbone, _pooled(model, probe(backbone, call, purpose="measure the features that go into its head"))
     except BaseException:
-        replace_module(model, head, old)
+        _put(model, head, old)
         raise
 
 
@@ -744,7 +825,7 @@ def add_inputs(
     The head is found as :func:`replace_head` finds it (``get_classifier()``,
     else a probe on ``input_size`` / ``example_inputs``) and the features that
     go into it are fused: the head becomes ``nn.Identity`` (in place; the model
-    becomes ``.backbone``). A model that does more after its head (a softmax)
+    itself, not a copy, becomes ``.backbone``). A model that does more after its head (a softmax)
     keeps it and is run up to the head instead. A model with no head its
     output is used as is; a dict output (``ModelOutput``) gives its
     ``logits``. A wrong extra width raises :class:`SurgeryError` naming both
@@ -759,14 +840,40 @@ def add_inputs(
     """
     call = example_call(model, input_size, example_inputs)
     backbone, y = _features_into_head(model, call)
-    return MultiInputModel(
+    step = {
+        "op": "add_inputs",
+        "num_features": int(y.shape[1]),
+        "extra_features": extra_features,
+        "num_classes": num_classes,
+        "fusion": fusion,
+        "relu": False,
+        "dropout": dropout,
+    }
+    if isinstance(backbone, _HeadInput):
+        step["head_input"] = backbone.head
+    return _wrap_inputs(model, step)
+
+
+def _wrap_inputs(model: nn.Module, step: dict) -> MultiInputModel:
+    """The :func:`add_inputs` wrapper from its recorded step; it inherits ``model``'s config plus the step."""
+    backbone = _HeadInput(model, step["head_input"]) if step.get("head_input") else model
+    both = MultiInputModel(
         backbone,
-        num_features=int(y.shape[1]),
-        extra_features=extra_features,
-        num_classes=num_classes,
-        fusion=fusion,
-        dropout=dropout,
+        num_features=step["num_features"],
+        extra_features=step["extra_features"],
+        num_classes=step["num_classes"],
+        fusion=step["fusion"],
+        act_layer=nn.ReLU if step["relu"] else None,
+        dropout=step["dropout"],
     )
+    ref = _first_tensor(model)
+    if ref is not None:  # the new layers live with the backbone
+        both.to(device=ref.device)
+    config = model_config(model)
+    if config is not None:
+        set_config(both, config)
+        _record(both, **step)
+    return both
 
 
 # inference
@@ -793,10 +900,17 @@ def _foldable_bn(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and plain and module.running_mean is not None and not module.training
 
 
+class _NormLeafTracer(fx.Tracer):
+    """torch.fx's tracer, keeping FrozenBatchNorm2d as one call (not traced into) so it can be folded."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, FrozenBatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) paths where the BatchNorm only ever sees that conv's output and nothing else reads it."""
     try:
-        graph = fx.Tracer().trace(model)
+        graph = _NormLeafTracer().trace(model)
     except Exception as err:  # noqa: BLE001 - untraceable: only Sequential neighbours are certain
         logger.info("torch.fx cannot trace %s (%s); folding BatchNorm in nn.Sequential only", type(model).__name__, err)
         pairs = []
@@ -852,22 +966,28 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             f"({', '.join(training[:3])}{' ...' if len(training) > 3 else ''}) and use each batch's statistics. "
             "Call model.eval() first (or use optimize_for_inference, which works on an eval copy)."
         )
-    for conv_path, bn_path in pairs:
-        if _foldable_bn(model.get_submodule(bn_path)):
-            _fold(model.get_submodule(conv_path), model.get_submodule(bn_path))
-            replace_module(model, bn_path, nn.Identity())
+    _fold_pairs(model, [[c, b] for c, b in pairs if _foldable_bn(model.get_submodule(b))])
     return model
 
 
-def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """A new eval-mode copy of ``model`` made faster for inference; ``model`` is untouched.
+def _fold_pairs(model: nn.Module, pairs: list[list[str]]) -> None:
+    """Fold each ``[conv, bn]`` pair (already checked, or replayed from a recorded step) and record the step."""
+    for conv_path, bn_path in pairs:
+        _fold(model.get_submodule(conv_path), model.get_submodule(bn_path))
+        _put(model, bn_path, nn.Identity())
+    if pairs:
+        _record(model, "fold_batchnorm", pairs=[list(p) for p in pairs])
 
-    Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
+
+def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
+
+    ``copy.deepcopy(model)`` first to keep the original. Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
     channels-last memory format (oneDNN's fast path on CPU, tensor cores on
     GPU), parameters with ``requires_grad=False`` (no autograd bookkeeping even
     outside ``no_grad``). Outputs equal the original's within ``1e-4 * max|y|``.
 
-    With ``compile=True`` the copy is also wrapped in ``torch.compile`` with
+    With ``compile=True`` the model is also wrapped in ``torch.compile`` with
     Inductor's weight freezing (constant-folded, pre-packed weights, fused
     conv + add + ReLU): faster still, at the cost of a compile on the first
     call; call it under ``torch.inference_mode()`` or ``torch.no_grad()``
@@ -876,19 +996,25 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, comp
     Example::
 
         >>> fast = optimize_for_inference(create_model("resnet50"))
-        >>> fast.training, fast.bn1
-        (False, Identity())
-        >>> faster = optimize_for_inference(create_model("resnet50"), compile=True)
+        >>> fast.training, fast.bn1, fast.conv1.weight.requires_grad
+        (False, Identity(), False)
+        >>> faster = optimize_for_inference(create_model("mlp"), compile=True)
         >>> with torch.inference_mode():
-        ...     faster(torch.randn(8, 3, 224, 224)).shape   # compiles once, then ~1.5x eager on CPU
-        torch.Size([8, 1000])
+        ...     faster(torch.randn(8, 784)).shape   # compiles once (resnet50: ~1.5x eager on CPU after)
+        torch.Size([8, 10])
     """
-    fast = copy.deepcopy(model).eval()
+    fast = model.eval()
     fold_batchnorm(fast)
-    fast.requires_grad_(False)
-    if channels_last and any(p.dim() == 4 for p in fast.parameters()):
-        fast = fast.to(memory_format=torch.channels_last)
+    _inference_ready(fast, channels_last=channels_last)
+    _record(fast, "optimize_for_inference", channels_last=channels_last)
     if compile:
         # per-call Inductor options: no global switch is flipped
         fast = torch.compile(fast, options={"freezing": True})
     return fast
+
+
+def _inference_ready(model: nn.Module, *, channels_last: bool) -> None:
+    """The rest of :func:`optimize_for_inference` after folding (also replayed after ``load_model`` reads weights)."""
+    model.eval().requires_grad_(False)
+    if channels_last and any(p.dim() == 4 for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)

@@ -23,6 +23,7 @@ from torchsmith import (
     add_inputs,
     fold_batchnorm,
     freeze,
+    freeze_report,
     get_module,
     optimize_for_inference,
     replace_head,
@@ -199,7 +200,7 @@ def test_freeze_equals_what_an_optimizer_step_moves(name, bn):
     with torch.no_grad():
         reference = prediction(model(*args, **kwargs))
     saved, types = state(model), {n: type(m) for n, m in model.named_modules()}
-    report = freeze(model, exclude=FREEZE_CASES[name], bn=bn)
+    report = freeze_report(freeze(model, exclude=FREEZE_CASES[name], bn=bn))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(any(n.startswith(e + ".") for e in FREEZE_CASES[name]) for n in trainable)
     with torch.no_grad():  # freezing changes no value: the eval forward is the same
@@ -222,7 +223,7 @@ def test_freeze_equals_what_an_optimizer_step_moves(name, bn):
 def test_freeze_warns_about_tied_weights():
     model = BY_NAME["hf.gpt2"].build()
     with pytest.warns(UserWarning, match=r"tied.*lm_head\.weight is transformer\.wte\.weight"):
-        report = freeze(model, exclude=["lm_head"])
+        report = freeze_report(freeze(model, exclude=["lm_head"]))
     assert report.trainable_params == 0  # the tie is real: nothing left to train, as the warning says
     unfreeze(model)
     with warnings.catch_warnings():

@@ -2,9 +2,13 @@
 
 The only package in torchsmith that touches file formats.
 
+    >>> model = create_model("resnet18")
     >>> save_weights(model, "model.safetensors")          # atomic, checksummed
-    >>> print(load_weights(model, "ddp_checkpoint.pt"))    # 'module.' handled, report printed
-    >>> save_model(model, "runs/best"); load_model("runs/best")   # no pickle
+    PosixPath('model.safetensors')
+    >>> _ = save_weights(nn.DataParallel(model), "ddp_checkpoint.pt")
+    >>> load_weights(model, "ddp_checkpoint.pt").prefixes_removed    # 'module.' handled, with a report
+    {'module.': 122}
+    >>> model = load_model(save_model(model, "runs/best"))   # no pickle
 """
 
 from .atomic import atomic_write

@@ -8,7 +8,7 @@ memory-mapped from the old file stay valid while the new one is written: saving
 a model onto the file it was mapped from works.
 
     >>> with atomic_write("model.safetensors") as f:
-    ...     f.write(b"...")
+    ...     _ = f.write(b"...")
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Looking at checkpoints without a model: ``inspect_checkpoint``, ``diff_checkpoints``, ``convert_checkpoint``.
 
+    >>> from torchsmith import create_model, save_weights
+    >>> model = create_model("resnet18")
+    >>> _ = save_weights(model, "model.safetensors"), save_weights(model, "b.pt")
     >>> info = inspect_checkpoint("model.safetensors")
     >>> info.tensors, info.parameters, info.checksums
-    (122, 11689512, 'verified')
-    >>> diff_checkpoints("a.safetensors", "b.pt").max_abs_diff["fc.weight"]
+    (122, 11699132, 'verified')
+    >>> diff_checkpoints("model.safetensors", "b.pt").max_abs_diff["fc.weight"]
     0.0
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,22 +130,29 @@ class CheckpointDiff:
         return out
 
 
-def _named_tensors(target: str | os.PathLike, trusted: bool) -> tuple[str, dict[str, torch.Tensor]]:
-    """A checkpoint's tensors, or a registered model's freshly built state dict when ``target`` names one."""
-    from ..registry import create_model, list_models
+Tensors = Mapping[str, torch.Tensor]
 
-    if not Path(target).exists() and str(target) in list_models():
-        return str(target), create_model(str(target)).state_dict()
+
+def _named_tensors(target: str | os.PathLike | Tensors, trusted: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """A checkpoint's tensors, or a state dict as given."""
+    if isinstance(target, Mapping):
+        return "<state dict>", dict(target)
     from .weights import read_weights
 
     return str(target), read_weights(target, trusted=trusted)
 
 
-def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: bool = False) -> CheckpointDiff:
-    """Compare two checkpoints, or a checkpoint and a registered model name (``"resnet18"``).
+def diff_checkpoints(
+    a: str | os.PathLike | Tensors, b: str | os.PathLike | Tensors, *, trusted: bool = False
+) -> CheckpointDiff:
+    """Compare two checkpoints (paths, or state dicts such as ``model.state_dict()``).
 
     Keys are matched through wrapper prefixes (``module.`` / ``_orig_mod.``);
-    values are compared in float64 as the maximum absolute difference per tensor.
+    values are compared in float64 as the maximum absolute difference per
+    tensor, except where one side is on the meta device (a model built on meta
+    has shapes and dtypes, no values): then keys, shapes and dtypes only.
+    ``torchsmith diff ckpt MODELNAME`` compares a checkpoint with a registered
+    model that way.
     """
     name_a, sd_a = _named_tensors(a, trusted)
     name_b, sd_b = _named_tensors(b, trusted)
@@ -155,6 +165,8 @@ def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, trusted: boo
             continue
         if ta.dtype != tb.dtype:
             dtype[ka] = (str(ta.dtype).removeprefix("torch."), str(tb.dtype).removeprefix("torch."))
+        if ta.is_meta or tb.is_meta:
+            continue
         if ta.numel() == 0 or ta.dtype == torch.bool or tb.dtype == torch.bool:
             maxdiff[ka] = float((ta != tb).any()) if ta.numel() else 0.0
         else:
@@ -173,19 +185,23 @@ def convert_checkpoint(
 ) -> Path:
     """Convert between ``.pt`` and ``.safetensors`` (sharded with ``max_shard_size``), verifying on the way.
 
+    ``src`` may also be a distributed checkpoint directory (``torch.distributed.checkpoint``): its model
+    tensors are consolidated into whole tensors (see :mod:`torchsmith.checkpoint.dcp`).
+
     ``strip_prefix`` removes a prefix from every key that has it (``"module."``).
     ``progress(done_bytes, total_bytes)`` is called as tensors are written. Returns the path written.
 
     Raises:
         CheckpointError: the output would be the input file, or a stripped key collides with another.
     """
+    from .dcp import is_dcp, read_dcp  # torch.distributed.checkpoint is imported only when converting
     from .weights import read_weights
 
     if Path(dst).resolve() == Path(src).resolve():
         raise CheckpointError(f"convert: output {str(dst)!r} is the input; choose another path.")
     if max_shard_size is not None:
         parse_size(max_shard_size)  # validate before reading anything
-    sd = read_weights(src, trusted=trusted)
+    sd = read_dcp(src, trusted=trusted) if is_dcp(src) else read_weights(src, trusted=trusted)
     if strip_prefix:
         renamed = {k[len(strip_prefix) :] if k.startswith(strip_prefix) else k: v for k, v in sd.items()}
         if len(renamed) != len(sd):

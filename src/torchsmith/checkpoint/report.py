@@ -1,11 +1,14 @@
 """What a load did: :class:`LoadReport`, printed as a readable table.
 
+    >>> model = create_model("resnet18")
+    >>> _ = save_weights(nn.DataParallel(model), "dp_model.pt")
     >>> report = load_weights(model, "dp_model.pt")
     >>> print(report)
     LoadReport  dp_model.pt (torch)
-      loaded      62 of 62 model tensors, 11,689,512 values (44.6 MiB)
-      checksums   verified (xxh3-64, 62 tensors)
-      prefixes    removed 'module.' from 62 keys
+      loaded      122 of 122 model tensors, 11,699,132 values (44.6 MiB)
+      checksums   verified (xxh3-64, 122 tensors)
+      prefixes    removed 'module.' from 122 keys
+      result      ok
 """
 
 from __future__ import annotations

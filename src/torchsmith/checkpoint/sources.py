@@ -8,15 +8,14 @@ a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from . import _json
+from . import _engine, _json
 from ._hash import HASH_NAME, checksum_error, is_digest
 from .keys import find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
@@ -57,20 +56,22 @@ class Source:
         raise NotImplementedError
 
     def verify(self, keys: list[str]) -> int:
+        """Check the recorded checksums of ``keys``; returns how many were checked."""
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[object]:
-        yield None
+    def read_many(self, items: list[tuple[str, torch.Tensor]], *, verify: bool) -> None:
+        """Read each ``(key, dst)``: ``dst`` a contiguous CPU tensor of the stored dtype and shape.
 
-    def read_into(self, handle: object, key: str, dst: torch.Tensor, *, verify: bool) -> None:
-        """Read ``key`` into ``dst`` (a contiguous CPU tensor of the stored dtype and shape)."""
+        With ``verify``, checksums are checked as the data arrives; on a mismatch the
+        destinations hold unchecked bytes, so only pass tensors the caller drops on error.
+        """
         raise NotImplementedError
 
-    def read(self, handle: object, key: str, *, verify: bool) -> torch.Tensor:
+    def read(self, key: str, *, verify: bool) -> torch.Tensor:
+        """A new CPU tensor holding ``key``."""
         shape, dtype = self.spec(key)
         t = torch.empty(shape, dtype=dtype)
-        self.read_into(handle, key, t, verify=verify)
+        self.read_many([(key, t)], verify=verify)
         return t
 
 
@@ -97,26 +98,12 @@ class SafetensorsSource(Source):
         return "present" if all(st.checksums is not None for st in self.files) else "absent"
 
     def verify(self, keys: list[str]) -> int:
-        by_file: dict[int, list[str]] = {}
-        for k in dict.fromkeys(self.real(k) for k in keys):
-            by_file.setdefault(id(self.where[k]), []).append(k)
-        return sum(st.verify(by_file[id(st)]) for st in self.files if id(st) in by_file)
+        # every shard in one pass of the engine: the threads share the work across files
+        names = dict.fromkeys(self.real(k) for k in keys)
+        return _engine.verify([self.where[k].span(k) for k in names if self.where[k].checksums is not None])
 
-    @contextlib.contextmanager
-    def reader(self):
-        handles: dict[int, object] = {}
-        try:
-            yield handles
-        finally:
-            for f in handles.values():
-                f.close()
-
-    def read_into(self, handle, key, dst, *, verify):
-        key = self.real(key)
-        st = self.where[key]
-        if id(st) not in handle:
-            handle[id(st)] = st.open_data()
-        st.read_into(handle[id(st)], key, dst, verify=verify)
+    def read_many(self, items, *, verify):
+        _engine.read([(self.where[self.real(k)].span(self.real(k)), dst) for k, dst in items], verify=verify)
 
 
 class TensorSource(Source):
@@ -145,10 +132,11 @@ class TensorSource(Source):
                 raise checksum_error(self.path, k, self.checksums[k], got)
         return len(keys)
 
-    def read_into(self, handle, key, dst, *, verify):
+    def read_many(self, items, *, verify):
         if verify:
-            self.verify([key])
-        dst.copy_(self.tensors[key])
+            self.verify([k for k, _ in items])
+        for key, dst in items:
+            dst.copy_(self.tensors[self.real(key)])
 
 
 # opening

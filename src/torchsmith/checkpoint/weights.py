@@ -1,5 +1,6 @@
 """Saving and loading weights: ``save_weights``, ``load_weights``, ``read_weights``.
 
+    >>> model = create_model("resnet18")
     >>> save_weights(model, "model.safetensors")
     PosixPath('model.safetensors')
     >>> report = load_weights(model, "model.safetensors")
@@ -38,6 +39,7 @@ __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+BATCH_BYTES = 256 * 2**20  # fresh tensors read at once when each must then be moved or cast
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -194,9 +196,10 @@ def save_weights(
 
     Example::
 
+        >>> model = create_model("resnet18")
         >>> save_weights(model, "resnet18.safetensors")
         PosixPath('resnet18.safetensors')
-        >>> save_weights(model.state_dict(), "big.safetensors", max_shard_size="2GB")
+        >>> save_weights(model.state_dict(), "big.safetensors", max_shard_size="10MB")   # 45 MB in shards
         PosixPath('big.safetensors.index.json')
     """
     path = Path(path)
@@ -226,14 +229,12 @@ def read_weights(path: str | os.PathLike, *, map_location: str | torch.device = 
         CheckpointError (and subclasses): missing, damaged, refused (pickle) or mismatched checksum.
     """
     src = open_source(path, trusted=trusted)
-    out: dict[str, torch.Tensor] = {}
-    with src.reader() as handle:
-        for key in src.keys():
-            real = src.real(key)
-            if real not in out:
-                out[real] = src.read(handle, real, verify=verify).to(map_location)
-            out[key] = out[real]
-    return out
+    fresh: dict[str, torch.Tensor] = {}
+    for key in src.keys():
+        shape, dtype = src.spec(key)
+        fresh.setdefault(src.real(key), torch.empty(shape, dtype=dtype))
+    src.read_many(list(fresh.items()), verify=verify)  # checked as it arrives; dropped on error
+    return {key: fresh[src.real(key)].to(map_location) for key in src.keys()}
 
 
 # loading
@@ -313,6 +314,29 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
     )
 
 
+def _batches(writes: list, src: Source, map_location) -> list[list]:
+    """The fresh reads in one batch when they stay as read (CPU, same dtype), else in batches of
+    about BATCH_BYTES, each moved or cast before the next is read (bounded staging memory)."""
+    staged = [w for w in writes if torch.device(map_location).type != "cpu" or src.spec(w[1])[1] != w[0].dtype]
+    if not staged:
+        return [writes] if writes else []
+    batches: list[list] = [[]]
+    size = 0
+    for target, fk in writes:
+        n = target.numel() * target.element_size()
+        if batches[-1] and size + n > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append((target, fk))
+        size += n
+    return batches
+
+
+def _empty(spec: tuple[tuple[int, ...], torch.dtype]) -> torch.Tensor:
+    shape, dtype = spec
+    return torch.empty(shape, dtype=dtype)
+
+
 def _assign(model: nn.Module, new: dict[int, torch.Tensor]) -> None:
     """Put new tensors where meta ones were, keeping tied parameters tied."""
     made: dict[int, torch.Tensor] = {}
@@ -361,6 +385,8 @@ def load_weights(
 
     Example::
 
+        >>> resnet = create_model("resnet18")
+        >>> _ = save_weights(nn.DataParallel(resnet), "dp_checkpoint.pt")
         >>> report = load_weights(resnet, "dp_checkpoint.pt")   # saved from DataParallel
         >>> report.prefixes_removed
         {'module.': 122}
@@ -373,24 +399,25 @@ def load_weights(
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
     _refuse(report, model, strict, skip_mismatched)
     in_place = [w for w in writes if not w[0].is_meta]
-    if checking and in_place:  # verify before touching the model
+    if checking and in_place:  # verify before touching the model: the pass that keeps the load transactional
         report.checksums_checked = src.verify([fk for _, fk in writes])
     on_the_fly = checking and not in_place
+    # meta targets: fresh tensors, checked as the data arrives (one pass), assigned only once all is read
     new: dict[int, torch.Tensor] = {}
-    with torch.no_grad(), src.reader() as handle:
-        # meta targets first: they are only assigned once everything has been read
-        for target, fk in sorted(writes, key=lambda w: not w[0].is_meta):
-            shape, dtype = src.spec(fk)
-            if target.is_meta:
-                fresh = torch.empty(shape, dtype=dtype)
-                src.read_into(handle, fk, fresh, verify=on_the_fly)
-                new[id(target)] = fresh.to(device=map_location, dtype=target.dtype)
-                continue
+    for batch in _batches([w for w in writes if w[0].is_meta], src, map_location):
+        fresh = [(target, fk, _empty(src.spec(fk))) for target, fk in batch]
+        src.read_many([(fk, t) for _, fk, t in fresh], verify=on_the_fly)
+        new.update((id(target), t.to(device=map_location, dtype=target.dtype)) for target, _, t in fresh)
+    with torch.no_grad():
+        # live targets: straight into the parameter's memory when it has the file's layout, else through a temporary
+        direct, other = [], []
+        for target, fk in in_place:
             dst = target.data
-            if dst.device.type == "cpu" and dst.is_contiguous() and dst.dtype == dtype and not isinstance(src, TensorSource):
-                src.read_into(handle, fk, dst, verify=False)
-            else:
-                dst.copy_(src.read(handle, fk, verify=False) if not isinstance(src, TensorSource) else src.tensors[src.real(fk)])
+            plain = dst.device.type == "cpu" and dst.is_contiguous() and dst.dtype == src.spec(fk)[1]
+            (direct if plain and not isinstance(src, TensorSource) else other).append((fk, dst))
+        src.read_many(direct, verify=False)
+        for fk, dst in other:
+            dst.copy_(src.tensors[src.real(fk)] if isinstance(src, TensorSource) else src.read(fk, verify=False))
     if on_the_fly:
         report.checksums_checked = len(writes)
     _assign(model, new)

@@ -6,8 +6,11 @@
     >>> model.fc.out_features
     10
 
-The configuration comes from the registry (``model.torchsmith_config``).
-Values must be JSON; layer classes from ``torchsmith.layers`` name tables
+The configuration comes from the registry (``model.torchsmith_config``): the
+builder's name and keywords, and the surgery steps recorded since, replayed by
+``load_model`` on the meta device before the weights are read. ``save_model``
+first rebuilds the model that way and compares it with yours, so it never
+writes a directory ``load_model`` would rebuild differently. Values must be JSON; layer classes from ``torchsmith.layers`` name tables
 (``norm_layer=FrozenBatchNorm2d``) are written as their names and torch dtypes
 as strings. Loading never imports anything a config names: only registered
 models and the name tables are looked up.
@@ -24,13 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
-from ..registry import create_model, model_config
+from ..registry import model_config
+from ..replay import build_from_config, finish_loaded
 from . import _json
 from ._hash import bytes_digest
 from .atomic import atomic_write
-from .report import LoadReport
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .torch_format import read_torch_file
 from .weights import check_metadata, dedupe, load_weights, state_dict_of
@@ -113,6 +117,7 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
         )
     problems: list[str] = []
     kwargs = {k: _encode(v, k, problems) for k, v in cfg["kwargs"].items()}
+    steps = _encode(cfg["steps"], "steps", problems)
     if problems:
         raise UnsaveableModelError(
             f"save_model: model {cfg['name']!r} was built with arguments config.json cannot hold: "
@@ -120,7 +125,73 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
             f"names ({', '.join(sorted(set(NORM_LAYERS) | set(ACT_LAYERS)))}) instead, or register a model class "
             f"whose constructor takes JSON-able arguments and builds the objects itself."
         )
-    return {"name": cfg["name"], "kwargs": kwargs}
+    return {"name": cfg["name"], "kwargs": kwargs, "steps": steps}
+
+
+def _decode_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    problems: list[str] = []
+    kwargs = _decode(doc["kwargs"], "kwargs", problems)
+    steps = _decode(doc.get("steps", []), "steps", problems)
+    if problems:
+        raise CorruptCheckpointError(f"{where}: {'; '.join(problems)}.")
+    return {"name": doc["name"], "kwargs": kwargs, "steps": steps}
+
+
+def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
+    """Where ``found`` differs from ``expected``: module types along every path, BatchNorm modes pinned by
+    ``freeze``, then state-dict keys, shapes and dtypes; ``path: expected X, found Y``, in model order."""
+    out = []
+    want, have = dict(expected.named_modules()), dict(found.named_modules())
+
+    def kind(m: nn.Module) -> str:
+        return type(m).__name__ + (" (kept in eval mode)" if "train" in m.__dict__ else "")
+
+    for path in dict.fromkeys([*have, *want]):
+        where = path or "<model>"
+        if path not in want:
+            out.append(f"{where}: expected nothing, found {kind(have[path])}")
+        elif path not in have:
+            out.append(f"{where}: expected {kind(want[path])}, found nothing")
+        elif type(want[path]) is not type(have[path]) or kind(want[path]) != kind(have[path]):
+            out.append(f"{where}: expected {kind(want[path])}, found {kind(have[path])}")
+    sd_want, sd_have = expected.state_dict(), found.state_dict()
+    for key in dict.fromkeys([*sd_have, *sd_want]):
+        if key not in sd_want:
+            out.append(f"{key}: expected no tensor, found {tuple(sd_have[key].shape)}")
+        elif key not in sd_have:
+            out.append(f"{key}: expected a {tuple(sd_want[key].shape)} tensor, found none")
+        elif sd_want[key].shape != sd_have[key].shape:
+            out.append(f"{key}: expected shape {tuple(sd_want[key].shape)}, found {tuple(sd_have[key].shape)}")
+        elif sd_want[key].dtype != sd_have[key].dtype:
+            out.append(f"{key}: expected {str(sd_want[key].dtype).removeprefix('torch.')}, "
+                       f"found {str(sd_have[key].dtype).removeprefix('torch.')}")  # fmt: skip
+    return out
+
+
+def check_rebuildable(model: nn.Module, config: dict[str, Any]) -> None:
+    """Rebuild ``config`` (as written to JSON) on the meta device and compare it with ``model``.
+
+    Raises:
+        UnsaveableModelError: naming the first differences (path, expected, found) and what to do.
+    """
+    decoded = _decode_config(json.loads(json.dumps(config)), "save_model")
+    name = config["name"]
+    try:
+        rebuilt = build_from_config(decoded, device="meta")
+    except TorchsmithError as e:
+        raise UnsaveableModelError(f"save_model: the recorded config of this {name!r} does not rebuild: {e}") from e
+    diffs = _differences(rebuilt, model)
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs) - 5} more)" if len(diffs) > 5 else "")
+        steps = len(decoded["steps"])
+        raise UnsaveableModelError(
+            f"save_model: load_model would not rebuild this model. Built from {name!r} with its recorded keywords "
+            f"and {steps} recorded step{'s' if steps != 1 else ''}, it differs from yours in {len(diffs)} "
+            f"place{'s' if len(diffs) != 1 else ''}: {shown}. Change models with torchsmith's recorded operations "
+            f"(replace_module with a module from create_model or create_layer, replace_head, freeze, ...), or "
+            f"register the class with @register_model and build it through create_model; or save only the "
+            f"weights with save_weights(). Nothing was written."
+        )
 
 
 # whole models
@@ -133,7 +204,10 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     and fsynced before either is renamed into place, so a failed save leaves the old pair; ``config.json``
     records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
+    if type(model).__name__ == "OptimizedModule" and isinstance(model._modules.get("_orig_mod"), nn.Module):
+        model = model._orig_mod  # torch.compile's wrapper: the model it compiles is what is saved
     config = model_to_config(model)
+    check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
     metadata = check_metadata(metadata)
     directory = Path(directory)
@@ -149,8 +223,6 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
 
 
 def _write_config(directory: Path, config: dict[str, Any], header: bytes) -> None:
-    from .. import __version__
-
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -187,6 +259,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
         problems.append("'name' must be the registered model name")
     if not isinstance(doc.get("kwargs"), dict):
         problems.append("'kwargs' must be an object")
+    steps = doc.get("steps", [])
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("op"), str) for s in steps):
+        problems.append("'steps' must be a list of objects with an 'op' name")
     if doc.get("weights") != WEIGHTS_NAME:
         problems.append(f"'weights' must be {WEIGHTS_NAME!r}")
     checksum = doc.get("checksums", {}).get(WEIGHTS_NAME, {}) if isinstance(doc.get("checksums"), dict) else None
@@ -213,14 +288,15 @@ def load_model(
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     trusted: bool = False,
-    return_report: bool = False,
-) -> nn.Module | tuple[nn.Module, LoadReport]:
-    """Rebuild a model saved by :func:`save_model`, without pickle.
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model`, without pickle; returns the model.
 
-    The model is built on the meta device (no memory, no init) and the
-    weights are read straight into newly allocated tensors that become its
-    parameters: one allocation of the weights in all. Models holding
-    non-persistent buffers are built for real instead, then loaded in place.
+    The model is built on the meta device (no memory, no init), its recorded
+    surgery steps are replayed, and the weights are read straight into newly
+    allocated tensors that become its parameters: one allocation of the
+    weights in all. Models holding non-persistent buffers are built for real
+    instead, then loaded in place. Every key must match: anything else raises
+    :class:`IncompatibleCheckpointError` with the full report as ``.report``.
 
     A legacy whole-model pickle (``torch.save(model)``) is refused with an
     error naming what it would import; with ``trusted=True`` it is unpickled.
@@ -242,13 +318,9 @@ def load_model(
             f"{bytes_digest(st.header_bytes)}, recorded {recorded}). Save the model again, or load the weights "
             f"alone with load_weights."
         )
-    problems: list[str] = []
-    kwargs = _decode(doc["kwargs"], "kwargs", problems)
-    if problems:
-        raise CorruptCheckpointError(f"load_model: {str(directory / CONFIG_NAME)!r}: {'; '.join(problems)}.")
+    config = _decode_config(doc, f"load_model: {str(directory / CONFIG_NAME)!r}")
     try:
-        with torch.device("meta"):
-            model = create_model(doc["name"], **kwargs)
+        model = build_from_config(config, device="meta")
     except UnknownModelError as e:
         raise CheckpointError(
             f"load_model: {str(directory)!r} holds a {doc['name']!r}, which is not registered here. "
@@ -257,9 +329,9 @@ def load_model(
     except TorchsmithError:
         raise
     except Exception as e:
-        raise CheckpointError(f"load_model: building {doc['name']!r} with {kwargs} failed: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"load_model: building {doc['name']!r} with {config['kwargs']} failed: {type(e).__name__}: {e}") from e
     persistent = set(model.state_dict())
     if any(name not in persistent for name, _ in model.named_buffers()):
-        model = create_model(doc["name"], **kwargs).to(map_location)  # non-persistent buffers need real init
-    report = load_weights(model, weights, map_location=map_location, verify=verify, prefix=None)
-    return (model, report) if return_report else model
+        model = build_from_config(config, device=map_location)  # non-persistent buffers need real init
+    load_weights(model, weights, map_location=map_location, verify=verify, prefix=None)
+    return finish_loaded(model, config["steps"])

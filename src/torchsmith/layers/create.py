@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import ModelConfigError, closest
+from ..errors import ModelConfigError, did_you_mean
 from .norm import FrozenBatchNorm2d
 
 __all__ = ["get_norm_layer", "get_act_layer", "NORM_LAYERS", "ACT_LAYERS"]
@@ -51,11 +51,9 @@ def _lookup(kind: str, table: dict[str, Callable[..., nn.Module]], value: str | 
         return value
     if isinstance(value, str) and value.lower() in table:
         return table[value.lower()]
-    hint = closest(str(value), table)
     raise ModelConfigError(
-        f"Unknown {kind} {value!r}. Known names: {', '.join(sorted(table))}"
-        + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        + f"; or pass an nn.Module class."
+        f"Unknown {kind} {value!r}.{did_you_mean(str(value), table, n=1)} Known names: {', '.join(sorted(table))}; "
+        f"or pass an nn.Module class."
     )
 
 

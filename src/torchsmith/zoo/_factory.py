@@ -1,32 +1,42 @@
-"""Thin registered entry points over a model class or function."""
+"""Entry points: plain ``def resnet50(**kwargs)`` functions that show the keywords of the class they build."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
-from ..registry import register_model
+from ..registry import update_config
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def entry_point(name: str, fn: Callable[..., nn.Module], doc: str, **fixed: Any) -> Callable[..., nn.Module]:
-    """Register ``name`` as ``fn`` with some arguments ``fixed``.
+def keywords_of(target: Callable[..., Any], *, fixed: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give an entry point ``target``'s keyword arguments minus ``fixed`` as its signature.
 
-    The entry point's signature is ``fn``'s keyword arguments minus ``fixed``,
-    so help(), the registry's argument check and recorded configs see exactly
-    what a user may pass.
+    ``def resnet50(**kwargs): return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)`` then shows
+    ``resnet50(*, num_classes=1000, in_chans=3, ...)`` to help(), and the registry checks a call's keywords
+    against exactly what a user may pass.
     """
-    sig = inspect.signature(fn)
+    sig = inspect.signature(target)
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for n, p in sig.parameters.items() if n not in fixed]
 
-    def builder(**kwargs: Any) -> nn.Module:
-        return fn(**fixed, **kwargs)
+    def wrap(fn: F) -> F:
+        returns = target if isinstance(target, type) else sig.return_annotation
+        fn.__signature__ = sig.replace(parameters=params, return_annotation=returns)  # type: ignore[attr-defined]
+        return fn
 
-    returns = fn if isinstance(fn, type) else sig.return_annotation
-    builder.__signature__ = sig.replace(parameters=params, return_annotation=returns)  # type: ignore[attr-defined]
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = fn.__module__
-    builder.__doc__ = doc
-    return register_model(builder, name=name)
+    return wrap
+
+
+def set_classifier(model: nn.Module, attr: str, new: nn.Module, num_classes: int) -> None:
+    """``reset_classifier``'s common part: put ``new`` at ``attr`` on the model's device and dtype, keep
+    ``model.num_classes`` true, and record the change as the ``replace_head`` step ``load_model`` replays."""
+    ref = next(iter([*model.parameters(), *model.buffers()]), None)
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+    setattr(model, attr, new)
+    model.num_classes = num_classes
+    update_config(model, step={"op": "replace_head", "num_classes": num_classes, "path": attr})

@@ -8,8 +8,9 @@ state-dict keys (``body.*``, ``fpn.*``), same trainable parameters for each
 Example::
 
     >>> from torchsmith import create_model
-    >>> m = create_model("resnet152_fpn").eval()
-    >>> out = m(torch.randn(1, 3, 224, 224))
+    >>> with torch.device("meta"):                      # shapes only: no memory, no compute
+    ...     m = create_model("resnet152_fpn").eval()
+    ...     out = m(torch.randn(1, 3, 224, 224))
     >>> {k: tuple(v.shape) for k, v in out.items()}
     {'0': (1, 256, 56, 56), '1': (1, 256, 28, 28), '2': (1, 256, 14, 14), '3': (1, 256, 7, 7), 'pool': (1, 256, 4, 4)}
 """
@@ -17,15 +18,26 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
-from ._factory import entry_point
+from ..registry import register_model
+from ._factory import keywords_of
 from .resnet import build_resnet
 
-__all__ = ["LayerGetter", "BackboneWithFPN", "resnet_fpn_backbone"]
+__all__ = [
+    "LayerGetter",
+    "BackboneWithFPN",
+    "resnet_fpn_backbone",
+    "resnet18_fpn",
+    "resnet34_fpn",
+    "resnet50_fpn",
+    "resnet101_fpn",
+    "resnet152_fpn",
+]
 
 
 class LayerGetter(ChildrenRunner):
@@ -144,18 +156,42 @@ def resnet_fpn_backbone(
             parameter.requires_grad_(False)
 
     return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
-    stage_channels = backbone.inplanes // 8  # channels of layer1 for Bottleneck (256) and BasicBlock (64)
-    in_channels_list = [stage_channels * 2 ** (k - 1) for k in returned_layers]
+    channels = {f.module: f.channels for f in backbone.feature_info}  # what each stage gives, as the ResNet says
+    in_channels_list = [channels[f"layer{k}"] for k in returned_layers]
     extra = _extra_block(extra_blocks, in_channels_list[-1], out_channels)
     return BackboneWithFPN(backbone, return_layers, in_channels_list, out_channels, extra_blocks=extra)
 
 
-def _fpn_doc(backbone_name: str) -> str:
-    return f"{backbone_name} + FPN detection backbone; arguments as :func:`resnet_fpn_backbone`."
+@register_model
+@keywords_of(resnet_fpn_backbone, fixed=("backbone_name",))
+def resnet18_fpn(**kwargs: Any) -> BackboneWithFPN:
+    """resnet18 + FPN detection backbone; keyword arguments as :func:`resnet_fpn_backbone`."""
+    return resnet_fpn_backbone(backbone_name="resnet18", **kwargs)
 
 
-resnet18_fpn = entry_point("resnet18_fpn", resnet_fpn_backbone, _fpn_doc("resnet18"), backbone_name="resnet18")
-resnet34_fpn = entry_point("resnet34_fpn", resnet_fpn_backbone, _fpn_doc("resnet34"), backbone_name="resnet34")
-resnet50_fpn = entry_point("resnet50_fpn", resnet_fpn_backbone, _fpn_doc("resnet50"), backbone_name="resnet50")
-resnet101_fpn = entry_point("resnet101_fpn", resnet_fpn_backbone, _fpn_doc("resnet101"), backbone_name="resnet101")
-resnet152_fpn = entry_point("resnet152_fpn", resnet_fpn_backbone, _fpn_doc("resnet152"), backbone_name="resnet152")
+@register_model
+@keywords_of(resnet_fpn_backbone, fixed=("backbone_name",))
+def resnet34_fpn(**kwargs: Any) -> BackboneWithFPN:
+    """resnet34 + FPN detection backbone; keyword arguments as :func:`resnet_fpn_backbone`."""
+    return resnet_fpn_backbone(backbone_name="resnet34", **kwargs)
+
+
+@register_model
+@keywords_of(resnet_fpn_backbone, fixed=("backbone_name",))
+def resnet50_fpn(**kwargs: Any) -> BackboneWithFPN:
+    """resnet50 + FPN detection backbone; keyword arguments as :func:`resnet_fpn_backbone`."""
+    return resnet_fpn_backbone(backbone_name="resnet50", **kwargs)
+
+
+@register_model
+@keywords_of(resnet_fpn_backbone, fixed=("backbone_name",))
+def resnet101_fpn(**kwargs: Any) -> BackboneWithFPN:
+    """resnet101 + FPN detection backbone; keyword arguments as :func:`resnet_fpn_backbone`."""
+    return resnet_fpn_backbone(backbone_name="resnet101", **kwargs)
+
+
+@register_model
+@keywords_of(resnet_fpn_backbone, fixed=("backbone_name",))
+def resnet152_fpn(**kwargs: Any) -> BackboneWithFPN:
+    """resnet152 + FPN detection backbone (the tutorial's); keyword arguments as :func:`resnet_fpn_backbone`."""
+    return resnet_fpn_backbone(backbone_name="resnet152", **kwargs)

@@ -21,15 +21,17 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import BasicBlock, Bottleneck, FeatureInfo, conv1x1, get_norm_layer
-from ._factory import entry_point
+from ..registry import register_model
+from ._factory import keywords_of, set_classifier
 
-__all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = ["ResNet", "RESNET_DEPTHS", "build_resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 Block = type[BasicBlock] | type[Bottleneck]
 
@@ -135,6 +137,18 @@ class ResNet(nn.Module):
         """The final classifier (``fc``; an ``nn.Identity`` when ``num_classes=0``)."""
         return self.fc
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's: a fresh ``fc`` with ``num_classes`` outputs (0: pooled features); recorded like ``replace_head``.
+
+        >>> m = create_model("resnet18")
+        >>> m.reset_classifier(5)
+        >>> m.get_classifier(), model_config(m)["steps"]
+        (Linear(in_features=512, out_features=5, bias=True), [{'op': 'replace_head', 'num_classes': 5, 'path': 'fc'}])
+        """
+        if num_classes < 0:
+            raise ModelConfigError(f"num_classes must be >= 0, got {num_classes}.")
+        set_classifier(self, "fc", nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(), num_classes)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> last stage map (B, num_features, H/32, W/32)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -152,26 +166,68 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _doc(depth: int, params: str) -> str:
-    return (
-        f"ResNet-{depth} ({params} parameters with 1000 classes); keyword arguments as :class:`ResNet`.\n\n"
-        f"    >>> create_model('resnet{depth}', num_classes=10)(torch.randn(1, 3, 224, 224)).shape\n"
-        f"    torch.Size([1, 10])\n"
-    )
+# depth -> (block, blocks per stage): the one table of ResNet architectures
+RESNET_DEPTHS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
 
 
-resnet18 = entry_point("resnet18", ResNet, _doc(18, "11.7M"), block=BasicBlock, layers=[2, 2, 2, 2])
-resnet34 = entry_point("resnet34", ResNet, _doc(34, "21.8M"), block=BasicBlock, layers=[3, 4, 6, 3])
-resnet50 = entry_point("resnet50", ResNet, _doc(50, "25.6M"), block=Bottleneck, layers=[3, 4, 6, 3])
-resnet101 = entry_point("resnet101", ResNet, _doc(101, "44.5M"), block=Bottleneck, layers=[3, 4, 23, 3])
-resnet152 = entry_point("resnet152", ResNet, _doc(152, "60.2M"), block=Bottleneck, layers=[3, 8, 36, 3])
+def build_resnet(backbone_name: str, **kwargs: Any) -> ResNet:
+    """The ResNet ``backbone_name`` (``"resnet18"`` ... ``"resnet152"``) built with ``kwargs`` (not recorded:
+    for composite models such as FPN and U-Net encoders)."""
+    depth = backbone_name.removeprefix("resnet")
+    if not depth.isdigit() or int(depth) not in RESNET_DEPTHS:
+        names = [f"resnet{d}" for d in RESNET_DEPTHS]
+        raise ModelConfigError(f"backbone_name={backbone_name!r} is not a ResNet; use one of {names}.")
+    block, layers = RESNET_DEPTHS[int(depth)]
+    return ResNet(block, layers, **kwargs)
 
-# builders by architecture name, for composite models (FPN, U-Net encoders); not the registry
-RESNET_BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101, "resnet152": resnet152}
+
+# registered entry points
 
 
-def build_resnet(backbone_name: str, **kwargs) -> ResNet:
-    """The ResNet ``backbone_name`` (``"resnet18"`` ... ``"resnet152"``) built with ``kwargs``."""
-    if backbone_name not in RESNET_BUILDERS:
-        raise ModelConfigError(f"backbone_name={backbone_name!r} is not a ResNet; use one of {sorted(RESNET_BUILDERS)}.")
-    return RESNET_BUILDERS[backbone_name](**kwargs)
+@register_model
+@keywords_of(ResNet, fixed=("block", "layers"))
+def resnet18(**kwargs: Any) -> ResNet:
+    """ResNet-18 (11.7M parameters with 1000 classes); keyword arguments as :class:`ResNet`.
+
+    >>> create_model("resnet18", num_classes=10)(torch.randn(1, 3, 224, 224)).shape
+    torch.Size([1, 10])
+    """
+    return build_resnet("resnet18", **kwargs)
+
+
+@register_model
+@keywords_of(ResNet, fixed=("block", "layers"))
+def resnet34(**kwargs: Any) -> ResNet:
+    """ResNet-34 (21.8M parameters with 1000 classes); keyword arguments as :class:`ResNet`."""
+    return build_resnet("resnet34", **kwargs)
+
+
+@register_model
+@keywords_of(ResNet, fixed=("block", "layers"))
+def resnet50(**kwargs: Any) -> ResNet:
+    """ResNet-50 (25.6M parameters with 1000 classes); keyword arguments as :class:`ResNet`.
+
+    >>> create_model("resnet50", num_classes=10)(torch.randn(1, 3, 224, 224)).shape
+    torch.Size([1, 10])
+    """
+    return build_resnet("resnet50", **kwargs)
+
+
+@register_model
+@keywords_of(ResNet, fixed=("block", "layers"))
+def resnet101(**kwargs: Any) -> ResNet:
+    """ResNet-101 (44.5M parameters with 1000 classes); keyword arguments as :class:`ResNet`."""
+    return build_resnet("resnet101", **kwargs)
+
+
+@register_model
+@keywords_of(ResNet, fixed=("block", "layers"))
+def resnet152(**kwargs: Any) -> ResNet:
+    """ResNet-152 (60.2M parameters with 1000 classes); keyword arguments as :class:`ResNet`."""
+    return build_resnet("resnet152", **kwargs)

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +32,23 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import FeatureInfo, get_act_layer, get_norm_layer
-from ._factory import entry_point
+from ..registry import register_model
+from ._factory import keywords_of, set_classifier
 from .fpn import LayerGetter
 from .resnet import build_resnet
 
-__all__ = ["UNet", "EncoderUNet", "DoubleConv", "DownSample", "UpSample", "unet", "unet_resnet34", "unet_resnet50"]
+__all__ = [
+    "UNet",
+    "EncoderUNet",
+    "DoubleConv",
+    "DownSample",
+    "UpSample",
+    "unet",
+    "unet_on_resnet",
+    "unet_resnet18",
+    "unet_resnet34",
+    "unet_resnet50",
+]
 
 Layer = Callable[..., nn.Module]
 FINAL_ACTIVATIONS = ("sigmoid", "softmax", "none")
@@ -111,7 +124,7 @@ class UNet(nn.Module):
     """A U-Net whose depth follows ``widths`` (``len(widths) - 1`` downsamplings).
 
     Args:
-        in_channels, out_channels: image and output channels.
+        in_chans, num_classes: image and output channels.
         widths: encoder widths, finest first; the decoder mirrors them.
         dropout: the two dropout rates inside each double conv.
         norm_layer, act_layer: classes or names (``"batchnorm"``, ``"leaky_relu"``).
@@ -121,8 +134,8 @@ class UNet(nn.Module):
     def __init__(
         self,
         *,
-        in_channels: int = 3,
-        out_channels: int = 3,
+        in_chans: int = 3,
+        num_classes: int = 3,
         widths: Sequence[int] = (64, 128, 256, 512, 1024),
         dropout: Sequence[float] = (0.3, 0.4),
         norm_layer: str | Layer | None = None,
@@ -131,10 +144,10 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         widths = list(widths)
-        if len(widths) < 2 or any(w < 1 for w in widths) or in_channels < 1 or out_channels < 1:
+        if len(widths) < 2 or any(w < 1 for w in widths) or in_chans < 1 or num_classes < 1:
             raise ModelConfigError(
                 f"UNet needs at least two positive widths and positive channels, got widths={widths}, "
-                f"in_channels={in_channels}, out_channels={out_channels}."
+                f"in_chans={in_chans}, num_classes={num_classes}."
             )
         if len(dropout) != 2 or not all(0.0 <= p < 1.0 for p in dropout):
             raise ModelConfigError(f"dropout must be two rates in [0, 1), got {list(dropout)}.")
@@ -142,14 +155,15 @@ class UNet(nn.Module):
         act = get_act_layer(act_layer, default=nn.LeakyReLU)
         block = dict(dropout=tuple(dropout), norm_layer=norm, act_layer=act)
         self.depth = len(widths) - 1
-        self.num_classes = out_channels
+        self.num_classes = num_classes
+        self.in_chans = in_chans
 
-        self.stem = DoubleConv(in_channels, widths[0], **block)
+        self.stem = DoubleConv(in_chans, widths[0], **block)
         self.downs = nn.ModuleList(DownSample(w, act_layer=act) for w in widths[:-1])
         self.encoder = nn.ModuleList(DoubleConv(a, b, **block) for a, b in zip(widths[:-1], widths[1:]))
         self.ups = nn.ModuleList(UpSample(b, a) for a, b in zip(reversed(widths[:-1]), reversed(widths[1:])))
         self.decoder = nn.ModuleList(DoubleConv(2 * a, a, **block) for a in reversed(widths[:-1]))
-        self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        self.head = nn.Conv2d(widths[0], num_classes, 3, padding=1)
         self.final_activation = _final_activation(final_activation)
         self.feature_info = [FeatureInfo(widths[0], 1, "stem")] + [
             FeatureInfo(w, 2 ** (i + 1), f"encoder.{i}") for i, w in enumerate(widths[1:])
@@ -158,6 +172,10 @@ class UNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The output conv (``head``)."""
         return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's: a fresh 3x3 ``head`` conv with ``num_classes`` output channels; recorded like ``replace_head``."""
+        _reset_head(self, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x, h, w = _pad_to_multiple(x, 2**self.depth)  # (B, C, H', W'), H' and W' multiples of 2**depth
@@ -169,7 +187,7 @@ class UNet(nn.Module):
         skips.pop()  # the bottleneck is not a skip
         for up, dec in zip(self.ups, self.decoder):
             x = dec(up(x, skips.pop()))  # (B, w_i, 2h, 2w)
-        x = self.final_activation(self.head(x))  # (B, out_channels, H', W')
+        x = self.final_activation(self.head(x))  # (B, num_classes, H', W')
         return x[..., :h, :w]
 
 
@@ -182,7 +200,7 @@ class EncoderUNet(nn.Module):
 
     Example::
 
-        >>> m = EncoderUNet(create_model("resnet18", num_classes=0), out_channels=2).eval()
+        >>> m = EncoderUNet(create_model("resnet18", num_classes=0), num_classes=2).eval()
         >>> m(torch.rand(1, 3, 100, 120)).shape
         torch.Size([1, 2, 100, 120])
     """
@@ -191,7 +209,7 @@ class EncoderUNet(nn.Module):
         self,
         encoder: nn.Module,
         *,
-        out_channels: int = 1,
+        num_classes: int = 1,
         decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
         dropout: Sequence[float] = (0.0, 0.0),
         norm_layer: str | Layer | None = None,
@@ -215,7 +233,7 @@ class EncoderUNet(nn.Module):
         block = dict(dropout=tuple(dropout), norm_layer=norm, act_layer=act)
         self.encoder = LayerGetter(encoder, {f.module: str(i) for i, f in enumerate(info)})
         self.max_stride = strides[-1]
-        self.num_classes = out_channels
+        self.num_classes = num_classes
 
         skips = [f.channels for f in reversed(info[:-1])] + [0]  # coarse to fine; stride 1 has no skip
         in_ch = info[-1].channels
@@ -224,12 +242,16 @@ class EncoderUNet(nn.Module):
             blocks.append(DoubleConv(in_ch + skip, width, **block))
             in_ch = width
         self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_ch, out_channels, 3, padding=1)
+        self.head = nn.Conv2d(in_ch, num_classes, 3, padding=1)
         self.final_activation = _final_activation(final_activation)
         self.feature_info = [FeatureInfo(f.channels, f.stride, f"encoder.{f.module}") for f in info]
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's: a fresh 3x3 ``head`` conv with ``num_classes`` output channels; recorded like ``replace_head``."""
+        _reset_head(self, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x, h, w = _pad_to_multiple(x, self.max_stride)
@@ -238,29 +260,35 @@ class EncoderUNet(nn.Module):
         for dec in self.decoder:
             y = F.interpolate(y, scale_factor=2.0, mode="nearest")
             y = dec(torch.cat([y, feats.pop()], dim=1) if feats else y)
-        y = self.final_activation(self.head(y))  # (B, out_channels, H', W')
+        y = self.final_activation(self.head(y))  # (B, num_classes, H', W')
         return y[..., :h, :w]
+
+
+def _reset_head(model: UNet | EncoderUNet, num_classes: int) -> None:
+    if num_classes < 1:
+        raise ModelConfigError(f"a U-Net needs num_classes >= 1 output channels, got {num_classes}.")
+    set_classifier(model, "head", nn.Conv2d(model.head.in_channels, num_classes, 3, padding=1), num_classes)
 
 
 # registered entry points
 
 
-unet = entry_point(
-    "unet",
-    UNet,
-    """The tutorial's U-Net by default (32,090,627 parameters); see :class:`UNet`.
+@register_model
+@keywords_of(UNet)
+def unet(**kwargs: Any) -> UNet:
+    """The tutorial's U-Net by default (32,090,627 parameters); keyword arguments as :class:`UNet`.
 
-    >>> create_model("unet", widths=(16, 32, 64), out_channels=5, final_activation="softmax")(torch.rand(1, 3, 30, 30)).shape
+    >>> create_model("unet", widths=(16, 32, 64), num_classes=5, final_activation="softmax")(torch.rand(1, 3, 30, 30)).shape
     torch.Size([1, 5, 30, 30])
-    """,
-)
+    """
+    return UNet(**kwargs)
 
 
 def unet_on_resnet(
     *,
     backbone_name: str = "resnet34",
-    in_channels: int = 3,
-    out_channels: int = 1,
+    in_chans: int = 3,
+    num_classes: int = 1,
     decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
     dropout: Sequence[float] = (0.0, 0.0),
     norm_layer: str | Layer | None = None,
@@ -268,22 +296,36 @@ def unet_on_resnet(
     final_activation: str | None = None,
 ) -> EncoderUNet:
     """A U-Net decoder on a zoo ResNet encoder (see :class:`EncoderUNet`); logits by default."""
-    encoder = build_resnet(backbone_name, num_classes=0, in_chans=in_channels, norm_layer=norm_layer)
-    return EncoderUNet(
+    encoder = build_resnet(backbone_name, num_classes=0, in_chans=in_chans, norm_layer=norm_layer)
+    model = EncoderUNet(
         encoder,
-        out_channels=out_channels,
+        num_classes=num_classes,
         decoder_widths=decoder_widths,
         dropout=dropout,
         norm_layer=norm_layer,
         act_layer=act_layer,
         final_activation=final_activation,
     )
+    model.in_chans = in_chans
+    return model
 
 
-def _enc_doc(backbone_name: str) -> str:
-    return f"U-Net decoder on a {backbone_name} encoder (see :class:`EncoderUNet`); logits by default."
+@register_model
+@keywords_of(unet_on_resnet, fixed=("backbone_name",))
+def unet_resnet18(**kwargs: Any) -> EncoderUNet:
+    """U-Net decoder on a resnet18 encoder (see :class:`EncoderUNet`); logits by default."""
+    return unet_on_resnet(backbone_name="resnet18", **kwargs)
 
 
-unet_resnet18 = entry_point("unet_resnet18", unet_on_resnet, _enc_doc("resnet18"), backbone_name="resnet18")
-unet_resnet34 = entry_point("unet_resnet34", unet_on_resnet, _enc_doc("resnet34"), backbone_name="resnet34")
-unet_resnet50 = entry_point("unet_resnet50", unet_on_resnet, _enc_doc("resnet50"), backbone_name="resnet50")
+@register_model
+@keywords_of(unet_on_resnet, fixed=("backbone_name",))
+def unet_resnet34(**kwargs: Any) -> EncoderUNet:
+    """U-Net decoder on a resnet34 encoder (see :class:`EncoderUNet`); logits by default."""
+    return unet_on_resnet(backbone_name="resnet34", **kwargs)
+
+
+@register_model
+@keywords_of(unet_on_resnet, fixed=("backbone_name",))
+def unet_resnet50(**kwargs: Any) -> EncoderUNet:
+    """U-Net decoder on a resnet50 encoder (see :class:`EncoderUNet`); logits by default."""
+    return unet_on_resnet(backbone_name="resnet50", **kwargs)

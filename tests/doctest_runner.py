@@ -1,0 +1,53 @@
+"""Run ``>>>`` examples (docstrings, docs pages, the README) the one way: ELLIPSIS and NORMALIZE_WHITESPACE,
+torch and the public API in scope, a fixed seed, in a temporary working directory (examples that write files)."""
+
+from __future__ import annotations
+
+import doctest
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import torchsmith
+from torchsmith.registry import _REGISTRY
+
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+def namespace() -> dict:
+    """What every example may use without importing it: torch, nn, ts and the public names."""
+    return {"torch": torch, "nn": nn, "ts": torchsmith, **{n: getattr(torchsmith, n) for n in torchsmith.__all__}}
+
+
+def run(test: doctest.DocTest, workdir: Path) -> str:
+    """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output.
+
+    Models an example registers are unregistered afterwards.
+    """
+    test.globs = {**namespace(), **test.globs}
+    runner = doctest.DocTestRunner(optionflags=OPTIONS)
+    out: list[str] = []
+    cwd = os.getcwd()
+    threads = torch.get_num_threads()
+    registered = dict(_REGISTRY)
+    torch.manual_seed(0)
+    os.chdir(workdir)
+    try:
+        runner.run(test, out=out.append, clear_globs=True)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        _REGISTRY.clear()
+        _REGISTRY.update(registered)
+    return "".join(out) if runner.failures else ""
+
+
+def from_text(path: Path) -> doctest.DocTest:
+    """The ``>>>`` examples of a Markdown page, as one DocTest (state carries from block to block).
+
+    Code fences become blank lines, so an expected output ends where its block ends (line numbers kept).
+    """
+    text = "\n".join("" if line.startswith("```") else line for line in path.read_text().splitlines())
+    return doctest.DocTestParser().get_doctest(text, {}, path.name, str(path), 0)
