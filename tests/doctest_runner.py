@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchsmith
+from torchsmith.registry import _REGISTRY
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -21,12 +22,16 @@ def namespace() -> dict:
 
 
 def run(test: doctest.DocTest, workdir: Path) -> str:
-    """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output."""
+    """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output.
+
+    Models an example registers are unregistered afterwards.
+    """
     test.globs = {**namespace(), **test.globs}
     runner = doctest.DocTestRunner(optionflags=OPTIONS)
     out: list[str] = []
     cwd = os.getcwd()
     threads = torch.get_num_threads()
+    registered = dict(_REGISTRY)
     torch.manual_seed(0)
     os.chdir(workdir)
     try:
@@ -34,6 +39,8 @@ def run(test: doctest.DocTest, workdir: Path) -> str:
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
+        _REGISTRY.clear()
+        _REGISTRY.update(registered)
     return "".join(out) if runner.failures else ""
 
 

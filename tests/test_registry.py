@@ -120,3 +120,43 @@ def test_public_api_is_listed_and_importable():
     assert required <= names
     errors = [getattr(torchsmith, n) for n in names if n.endswith("Error")]
     assert all(issubclass(e, torchsmith.TorchsmithError) for e in errors)
+
+
+def test_zoo_entry_points_are_plain_defs_and_public_names_are_in_each_files_all():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from torchsmith import zoo
+
+    zoo_dir = Path(zoo.__file__).parent
+    source = "\n".join(p.read_text() for p in zoo_dir.glob("*.py"))
+    for name in ZOO:
+        assert re.search(rf"^def {name}\(", source, re.M), f"no `def {name}(` in torchsmith/zoo"
+    for module in (zoo._resnet, zoo._fpn, zoo._unet, zoo._mlp):
+        public = {
+            n for n, obj in vars(module).items()
+            if not n.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__
+        }  # fmt: skip
+        assert public <= set(module.__all__), (module.__name__, public - set(module.__all__))
+    assert set(zoo.__all__) >= ZOO
+
+
+def test_update_config_checks_keywords_against_the_builder():
+    model = create_model("mlp")
+    with pytest.raises(torchsmith.ModelConfigError, match=r"mlp does not take num_clases\. Did you mean 'num_classes'"):
+        torchsmith.update_config(model, kwargs={"num_clases": 3})
+    assert torchsmith.model_config(model)["kwargs"] == {}  # nothing changed
+    assert torchsmith.update_config(model, kwargs={"num_classes": 3})
+    assert torchsmith.model_config(model)["kwargs"] == {"num_classes": 3}
+    assert not torchsmith.update_config(nn.Linear(1, 1), kwargs={"x": 1})  # no config: nothing to update
+
+
+def test_create_layer_records_a_torch_nn_layer_and_refuses_other_names():
+    layer = torchsmith.create_layer("LeakyReLU", negative_slope=0.2)
+    assert isinstance(layer, nn.LeakyReLU) and layer.negative_slope == 0.2
+    assert torchsmith.model_config(layer) == {"name": "torch.nn.LeakyReLU", "kwargs": {"negative_slope": 0.2}, "steps": []}
+    with pytest.raises(UnknownModelError, match="Did you mean 'LeakyReLU'"):
+        torchsmith.create_layer("LeakyRelu")
+    with pytest.raises(UnknownModelError):
+        create_model("torch.nn.functional")  # only torch.nn module classes, never an import

@@ -238,3 +238,11 @@ def test_a_hand_edited_config_with_an_unknown_step_is_refused_at_load(tmp_path):
         ts.load_model(tmp_path / "m")  # config.json's own checksum catches the edit first
     with pytest.raises(ts.ModelConfigError, match="Did you mean 'replace_head'"):
         ts.load_model(tmp_path / "m", verify=False)
+
+
+
+def test_a_torch_compile_wrapper_saves_the_model_it_wraps(tmp_path):
+    model = ts.replace_head(tiny_mlp(), 4)
+    ts.save_model(torch.compile(model), tmp_path / "m")
+    loaded = ts.load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and list(loaded.state_dict()) == list(model.state_dict())

@@ -24,6 +24,7 @@ from .checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from .distributed import load_distributed, save_distributed
 from .errors import (
     CheckpointError,
     ChecksumError,
@@ -31,6 +32,7 @@ from .errors import (
     DuplicateModelError,
     FeatureExtractionError,
     IncompatibleCheckpointError,
+    InspectError,
     ModelConfigError,
     SpecError,
     SurgeryError,
@@ -41,6 +43,7 @@ from .errors import (
     SignatureError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+from .inspect import Summary, Trace, diagram, summary, trace
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ._version import __version__
 from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
@@ -71,6 +74,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "InspectError",
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
@@ -118,6 +122,12 @@ __all__ = [
     "add_inputs",
     "fold_batchnorm",
     "optimize_for_inference",
+    # inspection
+    "summary",
+    "Summary",
+    "trace",
+    "Trace",
+    "diagram",
     # checkpoints
     "save_weights",
     "load_weights",
@@ -132,6 +142,9 @@ __all__ = [
     "convert_checkpoint",
     "sign_checkpoint",
     "verify_checkpoint",
+    # distributed checkpoints (torch.distributed.checkpoint)
+    "save_distributed",
+    "load_distributed",
     # specs
     "build",
     "to_spec",

@@ -38,6 +38,7 @@ from . import _json
 from ._files import open_regular, read_capped
 from ._hash import bytes_digest
 from .atomic import atomic_write_all, clean_stale_temporaries_in
+from .formats import TORCH_DTYPES, dtype_name
 from .signing import verify_checkpoint
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .sources import SafetensorsSource
@@ -60,7 +61,6 @@ MAX_CONFIG_VALUES = 10_000  # numbers, strings, lists and dicts in "kwargs" (a R
 MAX_CONFIG_DEPTH = 32  # nesting of lists and dicts in "kwargs"
 MAX_CONFIG_BYTES = 16 * 2**20
 PAIR_TRIES = 16  # reads of config.json + weights while a concurrent save is between its two renames
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
 
 
 # config encoding
@@ -82,8 +82,8 @@ def _encode(value: Any, where: str, problems: list[str]) -> Any:
         if bad:
             problems.append(f"{where} has non-string keys {bad[:3]}")
         return {str(k): _encode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
-    if isinstance(value, torch.dtype) and str(value).removeprefix("torch.") in _DTYPES:
-        return {"$dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.dtype) and dtype_name(value) in TORCH_DTYPES:
+        return {"$dtype": dtype_name(value)}
     try:
         if value in _LAYER_NAMES:
             return {"$layer": _LAYER_NAMES[value]}
@@ -119,9 +119,9 @@ def _decode(value: Any, where: str, problems: list[str]) -> Any:
                 problems.append(f"{where}: unknown layer name {name!r}")
             return cls
         if set(value) == {"$dtype"}:
-            if value["$dtype"] not in _DTYPES:
+            if value["$dtype"] not in TORCH_DTYPES:
                 problems.append(f"{where}: unknown dtype {value['$dtype']!r}")
-            return _DTYPES.get(value["$dtype"])
+            return TORCH_DTYPES.get(value["$dtype"])
         return {k: _decode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
     return value
 
@@ -188,8 +188,8 @@ def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
         elif sd_want[key].shape != sd_have[key].shape:
             out.append(f"{key}: expected shape {tuple(sd_want[key].shape)}, found {tuple(sd_have[key].shape)}")
         elif sd_want[key].dtype != sd_have[key].dtype:
-            out.append(f"{key}: expected {str(sd_want[key].dtype).removeprefix('torch.')}, "
-                       f"found {str(sd_have[key].dtype).removeprefix('torch.')}")  # fmt: skip
+            out.append(f"{key}: expected {dtype_name(sd_want[key].dtype)}, "
+                       f"found {dtype_name(sd_have[key].dtype)}")  # fmt: skip
     return out
 
 
@@ -229,6 +229,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     and fsynced before either is renamed into place, so a failed save leaves the old pair; ``config.json``
     records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
+    if type(model).__name__ == "OptimizedModule" and isinstance(model._modules.get("_orig_mod"), nn.Module):
+        model = model._orig_mod  # torch.compile's wrapper: the model it compiles is what is saved
     config = model_to_config(model)
     check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
