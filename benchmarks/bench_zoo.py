@@ -1,6 +1,6 @@
 """Forward speed of the zoo against the straightforward implementations users run today.
 
-Side by side in one process, interleaved (A B A B ...), median of several runs,
+Side by side in one process, interleaved rounds (benchmarks/_common.py), median of the rounds,
 eval mode, no_grad, 2 threads. Baselines (tests/reference_models.py): torchvision's
 ResNet and FPN backbone as written there, and the tutorial's U-Net.
 
@@ -12,12 +12,11 @@ Prints ms per batch, images/s and the ratio ours/baseline (target <= 1.03).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _common import interleaved, median, spread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_models import TutorialUNet, TVBackboneWithFPN, tv_resnet  # noqa: E402
@@ -33,24 +32,19 @@ CASES = {
 }
 
 
-def _time(model, x) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
-
-
-def bench(name: str, batch: int, runs: int) -> tuple[float, float]:
+def bench(name: str, batch: int, runs: int) -> dict[str, list[float]]:
     make_baseline, size = CASES[name]
     ours, base = create_model(name).eval(), make_baseline().eval()
     x = torch.randn(batch, 3, size, size)
-    times = {"ours": [], "base": []}
-    with torch.inference_mode():
-        ours(x), base(x)  # warm-up
-        for i in range(runs):
-            pair = [("ours", ours), ("base", base)] if i % 2 == 0 else [("base", base), ("ours", ours)]
-            for key, model in pair:
-                times[key].append(_time(model, x))
-    return statistics.median(times["ours"]), statistics.median(times["base"])
+
+    def call(model):
+        def run() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        return run
+
+    return interleaved({"ours": call(ours), "base": call(base)}, rounds=runs)
 
 
 def main() -> int:
@@ -61,11 +55,13 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=list(CASES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.runs}")
-    print(f"{'model':<14}{'ours ms':>10}{'base ms':>10}{'ours img/s':>12}{'ratio':>8}")
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.runs} interleaved rounds")
+    print(f"{'model':<14}{'ours ms':>10}{'base ms':>10}{'spread':>8}{'ours img/s':>12}{'ratio':>8}   (target <= 1.03)")
     for name in args.only:
-        ours, base = bench(name, args.batch, args.runs)
-        print(f"{name:<14}{ours * 1e3:>10.1f}{base * 1e3:>10.1f}{args.batch / ours:>12.1f}{ours / base:>8.3f}")
+        times = bench(name, args.batch, args.runs)
+        ours, base = median(times["ours"]), median(times["base"])
+        noise = max(spread(times["ours"]), spread(times["base"]))
+        print(f"{name:<14}{ours * 1e3:>10.1f}{base * 1e3:>10.1f}{noise:>7.0%} {args.batch / ours:>12.1f}{ours / base:>8.3f}")
     return 0
 
 

@@ -185,9 +185,15 @@ def test_graph_outputs_list_and_nesting_in_a_sequential():
     assert list(out) == ["a", "b"] and torch.equal(out["b"], torch.tanh(out["a"]))
 
 
-def test_unet_spec_equals_the_zoo_unet():
-    spec_unet = ts.build(SPECS / "unet.yaml").eval()
-    zoo = ts.create_model("unet").eval()
+@pytest.fixture(scope="module")
+def unets() -> tuple[nn.Module, nn.Module]:
+    """The spec U-Net, built from examples/specs/unet.yaml, and the zoo U-Net (random init each)."""
+    return ts.build(SPECS / "unet.yaml").eval(), ts.create_model("unet").eval()
+
+
+def test_unet_spec_equals_the_zoo_unet(unets):
+    spec_unet, zoo = unets
+    assert not torch.equal(spec_unet.stem[0].weight, zoo.stem[0].weight)  # the equality below comes from loading
     assert sum(p.numel() for p in spec_unet.parameters()) == 32_090_627
     assert leaf_census(spec_unet) == leaf_census(zoo)
     assert list(spec_unet.state_dict()) == list(zoo.state_dict())
@@ -232,3 +238,50 @@ def test_build_on_meta_costs_no_memory():
     model = ts.build(SPECS / "unet.yaml", device="meta")
     assert all(p.is_meta for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) == 32_090_627
+
+
+def test_features_of_the_spec_unet_equal_the_zoo_unets(unets):
+    spec_unet, zoo = unets
+    spec_unet.load_state_dict(zoo.state_dict())
+    nodes = {"encoder.3": "bottleneck", "decoder.3": "last"}
+    x = torch.rand(1, 3, 40, 24)
+    with torch.no_grad():
+        got, expected = ts.extract_features(spec_unet, nodes)(x), ts.extract_features(zoo, nodes)(x)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_graph_inputs_by_name_and_input_size_override():
+    spec = {
+        "graph": {
+            "inputs": ["image", "extra"],
+            "nodes": {"feat": {"Flatten": None, "from": "image"}, "cat": {"concat": {"dim": 1}, "from": ["feat", "extra"]}, "fc": {"Linear": ["auto", 2]}},
+        }
+    }
+    model = ts.build(spec, input_size={"image": (1, 2, 3, 3), "extra": (1, 1)})
+    assert model.fc.in_features == 2 * 3 * 3 + 1
+    assert ts.to_spec(model)["input"] == {"image": [1, 2, 3, 3], "extra": [1, 1]}  # recorded, so load_model can infer again
+    image, extra = torch.rand(4, 2, 3, 3), torch.rand(4, 1)
+    assert torch.equal(model(image, extra), model(extra=extra, image=image))
+    with pytest.raises(TypeError, match="takes the inputs"):
+        model(image)
+
+
+@pytest.mark.slow
+def test_a_spec_graph_exports_with_torch_export():
+    model = ts.build(SPECS / "fpn_top_down.yaml").eval()
+    x = torch.rand(1, 3, 32, 32)
+    exported = torch.export.export(model, (x,)).module()
+    with torch.no_grad():
+        got, expected = exported(x), model(x)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_a_spec_graph_traces_with_torch_fx():
+    model = ts.build(SPECS / "fpn_top_down.yaml").eval()
+    traced = torch.fx.symbolic_trace(model)
+    called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {"c2.0", "lat4", "p2"} <= called  # module nodes by their dotted names
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        got, expected = traced(x), model(x)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)

@@ -22,6 +22,7 @@ from .checkpoint import (
     save_model,
     save_weights,
 )
+from .distributed import load_distributed, save_distributed
 from .errors import (
     CheckpointError,
     ChecksumError,
@@ -29,6 +30,7 @@ from .errors import (
     DuplicateModelError,
     FeatureExtractionError,
     IncompatibleCheckpointError,
+    InspectError,
     ModelConfigError,
     SpecError,
     SurgeryError,
@@ -38,6 +40,7 @@ from .errors import (
     UnsaveableModelError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+from .inspect import Summary, Trace, diagram, summary, trace
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ._version import __version__
 from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
@@ -68,6 +71,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "InspectError",
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
@@ -114,6 +118,12 @@ __all__ = [
     "add_inputs",
     "fold_batchnorm",
     "optimize_for_inference",
+    # inspection
+    "summary",
+    "Summary",
+    "trace",
+    "Trace",
+    "diagram",
     # checkpoints
     "save_weights",
     "load_weights",
@@ -126,6 +136,9 @@ __all__ = [
     "diff_checkpoints",
     "CheckpointDiff",
     "convert_checkpoint",
+    # distributed checkpoints (torch.distributed.checkpoint)
+    "save_distributed",
+    "load_distributed",
     # specs
     "build",
     "to_spec",

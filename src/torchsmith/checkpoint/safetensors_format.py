@@ -4,16 +4,14 @@ Layout: an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
 (``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets"}}``),
 then the data; offsets are relative to the start of the data. Reading parses
 and validates the whole header (collecting every problem) before any data is
-touched, then reads each tensor straight into its destination with
-``readinto`` (no intermediate copy). Checksums are verified from memory-mapped
-windows, so verifying does not grow the resident set by more than one window.
+touched; the data itself is read and verified by ``_engine`` (``preadv``
+straight into each destination, checksums hashed from memory-mapped windows).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import weakref
 from collections.abc import Iterable, Mapping
@@ -22,39 +20,21 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ChecksumError, CorruptCheckpointError
+from ..errors import CorruptCheckpointError
 from . import _json
-from ._hash import HASH_NAME, PLACEHOLDER, checksum_error, is_digest, tensor_hasher
+from . import _engine
+from ._hash import HASH_NAME, PLACEHOLDER, is_digest, tensor_hasher
+from .formats import DTYPE_NAMES, DTYPES
 
-__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
+__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES", "DTYPE_NAMES"]
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
-CHUNK = 32 * 1024 * 1024  # bytes per readinto / mmap window
 
 # metadata keys torchsmith writes
 META_HASH = "torchsmith.hash"
 META_CHECKSUMS = "torchsmith.checksums"
 META_ALIASES = "torchsmith.aliases"
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16,
-    "U32": torch.uint32,
-    "U64": torch.uint64,
-    "C64": torch.complex64,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -97,29 +77,6 @@ def _problems_text(problems: list[str], limit: int = 10) -> str:
     shown = "; ".join(problems[:limit])
     more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
     return shown + more
-
-
-class _Windows:
-    """Read-only memory-mapped windows over a file, one at a time."""
-
-    def __init__(self, fileno: int, size: int):
-        self.fileno, self.size = fileno, size
-        self.map: mmap.mmap | None = None
-        self.start = self.stop = 0
-
-    def view(self, begin: int, end: int) -> memoryview:
-        if self.map is None or begin < self.start or end > self.stop:
-            self.close()
-            self.start = begin - begin % mmap.ALLOCATIONGRANULARITY
-            self.stop = min(self.size, max(end, self.start + CHUNK))
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self.map = mmap.mmap(self.fileno, self.stop - self.start, flags=flags, prot=mmap.PROT_READ, offset=self.start)
-        return memoryview(self.map)[begin - self.start : end - self.start]
-
-    def close(self) -> None:
-        if self.map is not None:
-            self.map.close()
-            self.map = None
 
 
 class SafetensorsFile:
@@ -274,72 +231,40 @@ class SafetensorsFile:
 
     # reading
 
-    def _mismatch(self, name: str, got: str) -> ChecksumError:
-        return checksum_error(self.path, name, self.checksums[name], got)
+    def span(self, name: str) -> _engine.Span:
+        """Where tensor ``name``'s bytes are (in the file this object holds open) and their recorded digest."""
+        en = self.entries[name]
+        digest = self.checksums[name] if self.checksums is not None else None
+        return _engine.Span(self._file.fileno(), str(self.path), name, en.dtype, en.shape, en.begin, en.end, digest)
 
     def verify(self, names: Iterable[str] | None = None) -> int:
         """Check the recorded checksums of ``names`` (default: all); returns how many were checked.
 
-        Reads through memory-mapped windows, so the resident set grows by one window at most.
+        Hashes straight from the page cache through memory-mapped windows, on a few threads;
+        the resident set grows by one window per thread at most.
 
         Raises:
-            ChecksumError: naming the file and the first tensor whose data differs.
+            ChecksumError: naming the file and the first tensor (in file order) whose data differs.
         """
         if self.checksums is None:
             return 0
-        chosen = sorted((self.entries[n] for n in (self.entries if names is None else names)), key=lambda e: e.begin)
-        windows = _Windows(self._file.fileno(), self.size)
-        try:
-            for en in chosen:
-                h = tensor_hasher(en.dtype, en.shape)
-                for b in range(en.begin, en.end, CHUNK):
-                    mv = windows.view(b, min(b + CHUNK, en.end))
-                    h.update(mv)
-                    mv.release()
-                if h.hexdigest() != self.checksums[en.name]:
-                    raise self._mismatch(en.name, h.hexdigest())
-        finally:
-            windows.close()
-        return len(chosen)
+        return _engine.verify([self.span(n) for n in (self.entries if names is None else names)])
 
-    def open_data(self):
-        """A new unbuffered handle on the very file whose header was read (for :meth:`read_into`); close it after."""
-        return os.fdopen(os.dup(self._file.fileno()), "rb", buffering=0)
-
-    def read_into(self, f, name: str, dst: torch.Tensor, *, verify: bool = False) -> None:
-        """Read tensor ``name`` from open file ``f`` into the contiguous CPU tensor ``dst`` (same dtype and size)."""
-        en = self.entries[name]
-        out = byte_view(dst)
-        h = tensor_hasher(en.dtype, en.shape) if verify and self.checksums is not None else None
-        f.seek(en.begin)
-        pos = 0
-        while pos < en.nbytes:
-            chunk = out[pos : min(pos + CHUNK, en.nbytes)]
-            got = f.readinto(chunk)
-            if not got:
-                raise CorruptCheckpointError(f"{str(self.path)!r} ended inside tensor {name!r} (truncated while reading?).")
-            if h is not None:
-                h.update(chunk[:got])
-            pos += got
-        if h is not None and h.hexdigest() != self.checksums[name]:
-            raise self._mismatch(name, h.hexdigest())
+    def read_into(self, name: str, dst: torch.Tensor, *, verify: bool = False) -> None:
+        """Read tensor ``name`` into the contiguous CPU tensor ``dst`` (same dtype and size)."""
+        _engine.read([(self.span(name), dst)], verify=verify)
 
     def read(self, name: str, *, verify: bool = True) -> torch.Tensor:
         """A new CPU tensor holding ``name`` (checked against its checksum when ``verify``)."""
         en = self.entries[name]
         t = torch.empty(en.shape, dtype=en.torch_dtype)
-        with self.open_data() as f:
-            self.read_into(f, name, t, verify=verify)
+        self.read_into(name, t, verify=verify)
         return t
 
     def read_all(self, *, verify: bool = True) -> dict[str, torch.Tensor]:
         """Every tensor as a new CPU tensor, aliases included (sharing their target's tensor)."""
-        out: dict[str, torch.Tensor] = {}
-        with self.open_data() as f:
-            for name, en in sorted(self.entries.items(), key=lambda kv: kv[1].begin):
-                t = torch.empty(en.shape, dtype=en.torch_dtype)
-                self.read_into(f, name, t, verify=verify)
-                out[name] = t
+        out = {name: torch.empty(en.shape, dtype=en.torch_dtype) for name, en in self.entries.items()}
+        _engine.read([(self.span(name), t) for name, t in out.items()], verify=verify)
         for alias, target in self.aliases.items():
             out[alias] = out[target]
         return out

@@ -8,25 +8,34 @@ a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from . import _json
+from . import _engine, _json
 from ._hash import HASH_NAME, checksum_error, is_digest
+from .formats import INDEX_SUFFIX, format_for
 from .keys import find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
 
-__all__ = ["open_source", "Source", "INDEX_SUFFIX"]
+__all__ = ["open_source", "Source", "tensor_identity"]
 
-INDEX_SUFFIX = ".index.json"
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 _DIR_CANDIDATES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+def tensor_identity(t: torch.Tensor) -> tuple:
+    """Equal for two tensors exactly when they are the same values in memory (tied weights).
+
+    Two names for one tensor object, or two tensor objects viewing the same bytes with the same
+    layout. Meta and empty tensors have no bytes to share: only the object itself counts.
+    """
+    if t.is_meta or t.numel() == 0:
+        return ("object", id(t))
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
 class Source:
@@ -37,7 +46,7 @@ class Source:
     aliases: dict[str, str]
     metadata: dict[str, str]
     source_key: str | None = None
-    other_keys: list[str] = []
+    other_keys: tuple[str, ...] = ()
 
     def keys(self) -> list[str]:
         """Stored keys, then aliases."""
@@ -57,20 +66,22 @@ class Source:
         raise NotImplementedError
 
     def verify(self, keys: list[str]) -> int:
+        """Check the recorded checksums of ``keys``; returns how many were checked."""
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[object]:
-        yield None
+    def read_many(self, items: list[tuple[str, torch.Tensor]], *, verify: bool) -> None:
+        """Read each ``(key, dst)``: ``dst`` a contiguous CPU tensor of the stored dtype and shape.
 
-    def read_into(self, handle: object, key: str, dst: torch.Tensor, *, verify: bool) -> None:
-        """Read ``key`` into ``dst`` (a contiguous CPU tensor of the stored dtype and shape)."""
+        With ``verify``, checksums are checked as the data arrives; on a mismatch the
+        destinations hold unchecked bytes, so only pass tensors the caller drops on error.
+        """
         raise NotImplementedError
 
-    def read(self, handle: object, key: str, *, verify: bool) -> torch.Tensor:
+    def read(self, key: str, *, verify: bool) -> torch.Tensor:
+        """A new CPU tensor holding ``key``."""
         shape, dtype = self.spec(key)
         t = torch.empty(shape, dtype=dtype)
-        self.read_into(handle, key, t, verify=verify)
+        self.read_many([(key, t)], verify=verify)
         return t
 
 
@@ -97,26 +108,12 @@ class SafetensorsSource(Source):
         return "present" if all(st.checksums is not None for st in self.files) else "absent"
 
     def verify(self, keys: list[str]) -> int:
-        by_file: dict[int, list[str]] = {}
-        for k in dict.fromkeys(self.real(k) for k in keys):
-            by_file.setdefault(id(self.where[k]), []).append(k)
-        return sum(st.verify(by_file[id(st)]) for st in self.files if id(st) in by_file)
+        # every shard in one pass of the engine: the threads share the work across files
+        names = dict.fromkeys(self.real(k) for k in keys)
+        return _engine.verify([self.where[k].span(k) for k in names if self.where[k].checksums is not None])
 
-    @contextlib.contextmanager
-    def reader(self):
-        handles: dict[int, object] = {}
-        try:
-            yield handles
-        finally:
-            for f in handles.values():
-                f.close()
-
-    def read_into(self, handle, key, dst, *, verify):
-        key = self.real(key)
-        st = self.where[key]
-        if id(st) not in handle:
-            handle[id(st)] = st.open_data()
-        st.read_into(handle[id(st)], key, dst, verify=verify)
+    def read_many(self, items, *, verify):
+        _engine.read([(self.where[self.real(k)].span(self.real(k)), dst) for k, dst in items], verify=verify)
 
 
 class TensorSource(Source):
@@ -127,7 +124,14 @@ class TensorSource(Source):
         self.tensors = dict(tensors)
         self.checksums = checksums
         self.aliases = {}
-        self._spec_table = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors.items()}
+        first: dict[tuple, str] = {}
+        for k, t in self.tensors.items():  # torch.save keeps a tied tensor once: so do we (aliases)
+            ident = tensor_identity(t)
+            if ident in first:
+                self.aliases[k] = first[ident]
+            else:
+                first[ident] = k
+        self._spec_table = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors.items() if k not in self.aliases}
 
     def _specs(self):
         return self._spec_table
@@ -145,10 +149,11 @@ class TensorSource(Source):
                 raise checksum_error(self.path, k, self.checksums[k], got)
         return len(keys)
 
-    def read_into(self, handle, key, dst, *, verify):
+    def read_many(self, items, *, verify):
         if verify:
-            self.verify([key])
-        dst.copy_(self.tensors[key])
+            self.verify([k for k, _ in items])
+        for key, dst in items:
+            dst.copy_(self.tensors[self.real(key)])
 
 
 # opening
@@ -160,7 +165,7 @@ def _sniff(path: Path) -> str:
         head = f.read(9)
     if head[8:9] == b"{":
         return "safetensors"
-    if head.startswith(b"PK") or head[:1] == b"\x80" or path.suffix in TORCH_SUFFIXES:
+    if head.startswith(b"PK") or head[:1] == b"\x80" or format_for(path) == "torch":
         return "torch"
     return "safetensors"
 
@@ -242,7 +247,7 @@ def _open_torch(path: Path, trusted: bool) -> TensorSource:
             )
         source_key, others = None, []
     src = TensorSource(path, tensors, checksums, metadata)
-    src.source_key, src.other_keys = source_key, others
+    src.source_key, src.other_keys = source_key, tuple(others)
     return src
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 __all__ = ["LayerList", "LayerDict", "GraphModel", "GraphNode", "RESERVED_NAMES"]
 
@@ -119,9 +119,12 @@ class GraphModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         names = self.graph_inputs
-        if len(args) > len(names) or set(kwargs) - set(names[len(args):]) or len(args) + len(kwargs) != len(names):
+        if isinstance(args, fx.Proxy):  # torch.fx symbolic tracing passes *args as one proxy: index it
+            values: dict[str, Any] = {name: args[i] for i, name in enumerate(names)}
+        elif len(args) > len(names) or set(kwargs) - set(names[len(args):]) or len(args) + len(kwargs) != len(names):
             raise TypeError(f"GraphModel takes the inputs {list(names)}; got {len(args)} positional and {sorted(kwargs)} by name.")
-        values: dict[str, Any] = dict(zip(names, args), **kwargs)
+        else:
+            values = dict(zip(names, args), **kwargs)
         for node, release in zip(self.graph_nodes, self._release):
             xs = [values[s] for s in node.sources]
             if node.op is None:

@@ -27,6 +27,7 @@ hold layers.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -126,7 +127,13 @@ class _Parser:
             return
         hint = closest(name, self.known(in_graph))
         where = "torch.nn layers, registered blocks" + (", graph ops" if in_graph else "") + " and registered models"
-        self.add(path, f"unknown layer {name!r}." + (f" Did you mean {', '.join(map(repr, hint))}?" if hint else f" Names are {where}."))
+        typo = bool(hint) and difflib.SequenceMatcher(None, name.lower(), hint[0].lower()).ratio() >= 0.75
+        self.add(
+            path,
+            f"unknown layer {name!r}."
+            + (f" Did you mean {', '.join(map(repr, hint))}?" if hint else f" Names are {where}.")
+            + ("" if typo else " A block or model registered in code needs its module imported before building or loading."),
+        )
 
     # layers
 

@@ -1,0 +1,244 @@
+"""The data path of loading: a checksum pass and a copy pass over tensor bytes, on a few threads.
+
+``load_weights``, ``load_model`` and ``read_weights`` describe what to read as
+:class:`Span` objects (an open file, a byte range, the recorded checksum) and
+hand them here with their destinations. Reads (``preadv``) and xxh3 release
+the GIL, so the work runs on up to :func:`threads` threads; a small load
+(under :data:`INLINE_BYTES`) runs on the caller's thread.
+
+- :func:`verify`: hashes the spans straight from the page cache through
+  read-only memory-mapped windows (no copy); the resident set grows by one
+  window per thread at most (:data:`WINDOW`, or 1/64 of a smaller load).
+  Loading into a live model runs it before the first byte is written: that
+  is what keeps the load transactional.
+- :func:`read`: reads each span with ``preadv`` straight into its
+  destination's memory (no intermediate buffer). With ``verify=True`` each
+  :data:`HOT_CHUNK` is hashed right after it lands, while it is still in the
+  CPU cache, so fresh tensors (``load_model``) cost one pass over the data.
+
+Either stops at the first I/O error (a file cut short while reading) and
+raises it once every thread has stopped; a checksum mismatch is reported for
+the first damaged tensor in file order. Ctrl-C in the caller's thread stops
+the workers after their current chunk, then propagates.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import CorruptCheckpointError
+from ._hash import checksum_error, tensor_hasher
+
+__all__ = ["Span", "verify", "read", "threads"]
+
+WINDOW = 8 * 1024 * 1024  # most bytes mapped at once per thread by the checksum pass (the RSS it adds)
+WINDOWS_PER_LOAD = 64  # smaller loads map smaller windows: the RSS added stays about 1/64 of the data
+MIN_WINDOW = 256 * 1024
+CHUNK = 16 * 1024 * 1024  # bytes per preadv when not hashing: large reads, and tasks for load balance
+HOT_CHUNK = 512 * 1024  # bytes per preadv when hashing on the fly: stays in a core's L2 until hashed
+INLINE_BYTES = 32 * 1024 * 1024  # below this, threads cost more than they give
+MAX_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tensor ``name`` of ``path``: bytes ``[begin, end)`` of the open file ``fd``, and its recorded digest."""
+
+    fd: int
+    path: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+    digest: str | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def threads(tasks: int, nbytes: int) -> int:
+    """How many threads move ``nbytes`` in ``tasks`` pieces: one per CPU available (at most 8), one for small loads."""
+    if nbytes < INLINE_BYTES or tasks < 2:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS, tasks))
+
+
+# running tasks
+
+
+class _Mismatch(Exception):
+    """A checksum mismatch found by a worker (carries the ChecksumError raised to the caller)."""
+
+    def __init__(self, span: Span, got: str):
+        super().__init__(span.name)
+        self.error = checksum_error(span.path, span.name, span.digest or "", got)
+
+
+Task = Callable[[threading.Event], None]  # polls the event between chunks and returns when it is set
+
+
+def _run(tasks: Sequence[tuple[int, Task]]) -> None:
+    """Run ``(nbytes, task)`` pairs, the largest first, and raise the first error in the list's order.
+
+    A checksum mismatch does not stop the other tasks (so the first damaged tensor in file order
+    is the one named); any other error stops them after their current chunk.
+    """
+    stop = threading.Event()
+    errors: list[BaseException | None] = [None] * len(tasks)
+    queue = iter(sorted(range(len(tasks)), key=lambda i: -tasks[i][0]))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            try:
+                tasks[i][1](stop)
+            except _Mismatch as e:
+                errors[i] = e
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+                errors[i] = e
+                stop.set()
+
+    n = threads(len(tasks), sum(nbytes for nbytes, _ in tasks))
+    if n == 1:
+        worker()
+    else:
+        workers = [threading.Thread(target=worker, name=f"torchsmith-load-{k}", daemon=True) for k in range(n)]
+        for w in workers:
+            w.start()
+        try:
+            for w in workers:
+                w.join()
+        except BaseException:  # Ctrl-C in the caller's thread: no worker may write after we return
+            stop.set()
+            for w in workers:
+                w.join()
+            raise
+    failures = [e for e in errors if e is not None]
+    first = next((e for e in failures if not isinstance(e, _Mismatch)), None) or next(iter(failures), None)
+    if first is not None:
+        raise first.error if isinstance(first, _Mismatch) else first
+
+
+def _truncated(span: Span) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{span.path!r} ended inside tensor {span.name!r}: the file was cut short while it was being read "
+        f"(replaced in place?). Restore it from a good copy, and save with save_weights (atomic) next time."
+    )
+
+
+# the checksum pass
+
+
+def _hash_task(span: Span, window: int) -> Task:
+    def task(stop: threading.Event) -> None:
+        h = tensor_hasher(span.dtype, span.shape)
+        for b in range(span.begin, span.end, window):
+            if stop.is_set():
+                return
+            e = min(b + window, span.end)
+            if os.fstat(span.fd).st_size < e:  # cut short since its header was read: a mapping would SIGBUS
+                raise _truncated(span)
+            start = b - b % mmap.ALLOCATIONGRANULARITY
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            with mmap.mmap(span.fd, e - start, flags=flags, prot=mmap.PROT_READ, offset=start) as mapped:
+                with memoryview(mapped) as mv:
+                    h.update(mv[b - start : e - start])
+        if h.hexdigest() != span.digest:
+            raise _Mismatch(span, h.hexdigest())
+
+    return task
+
+
+def verify(spans: Sequence[Span]) -> int:
+    """Check every span's recorded digest; returns how many were checked.
+
+    Raises:
+        ChecksumError: naming the file and the first tensor (in file order) whose data differs.
+    """
+    ordered = sorted(spans, key=lambda s: (s.path, s.begin))
+    window = min(WINDOW, max(MIN_WINDOW, sum(s.nbytes for s in ordered) // WINDOWS_PER_LOAD))
+    _run([(s.nbytes, _hash_task(s, window)) for s in ordered])
+    return len(ordered)
+
+
+# the copy pass
+
+
+def _bytes_of(dst: torch.Tensor | np.ndarray) -> memoryview:
+    """A writable flat byte view of a contiguous CPU tensor (any dtype) or numpy array."""
+    arr = dst if isinstance(dst, np.ndarray) else dst.detach().reshape(-1).view(torch.uint8).numpy()
+    return memoryview(arr).cast("B")
+
+
+def _fill(span: Span, out: memoryview, lo: int, hi: int, step: int, hasher, stop: threading.Event) -> bool:
+    """Read file bytes ``[span.begin + lo, span.begin + hi)`` into ``out[lo:hi]``; False when stopped."""
+    pos = lo
+    while pos < hi:
+        if stop.is_set():
+            return False
+        piece = out[pos : min(pos + step, hi)]
+        got = os.preadv(span.fd, [piece], span.begin + pos)
+        if not got:
+            raise _truncated(span)
+        if hasher is not None:
+            hasher.update(piece[:got])
+        pos += got
+    return True
+
+
+def _read_task(span: Span, out: memoryview, lo: int, hi: int) -> Task:
+    def task(stop: threading.Event) -> None:
+        _fill(span, out, lo, hi, CHUNK, None, stop)
+
+    return task
+
+
+def _read_hash_task(span: Span, out: memoryview) -> Task:
+    def task(stop: threading.Event) -> None:
+        h = tensor_hasher(span.dtype, span.shape)
+        if _fill(span, out, 0, span.nbytes, HOT_CHUNK, h, stop) and h.hexdigest() != span.digest:
+            raise _Mismatch(span, h.hexdigest())
+
+    return task
+
+
+def read(items: Sequence[tuple[Span, torch.Tensor | np.ndarray]], *, verify: bool) -> None:
+    """Read each span into its destination (a contiguous CPU tensor or numpy array of exactly its size).
+
+    With ``verify``, spans that carry a digest are hashed on the fly and checked; a mismatch raises
+    :class:`~torchsmith.errors.ChecksumError` (the destinations then hold unchecked bytes: only
+    use this on tensors the caller discards on error).
+    """
+    outs = []
+    for span, dst in items:
+        out = _bytes_of(dst)
+        if out.nbytes != span.nbytes:
+            raise ValueError(f"destination of {span.name!r} holds {out.nbytes} bytes, the file {span.nbytes}")
+        outs.append((span, out))
+    outs.sort(key=lambda so: (so[0].path, so[0].begin))
+    tasks: list[tuple[int, Task]] = []
+    for span, out in outs:
+        if verify and span.digest is not None:  # one task: the hash runs through the tensor in order
+            tasks.append((span.nbytes, _read_hash_task(span, out)))
+        else:  # pieces of CHUNK bytes: even work for the threads whatever the tensor sizes
+            for lo in range(0, span.nbytes, CHUNK):
+                hi = min(lo + CHUNK, span.nbytes)
+                tasks.append((hi - lo, _read_task(span, out, lo, hi)))
+    _run(tasks)
