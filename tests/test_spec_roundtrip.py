@@ -146,3 +146,16 @@ def test_a_fresh_process_without_the_block_says_what_to_import(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "layers[1].test_roundtrip_Scale: unknown layer 'test_roundtrip_Scale'." in done.stdout
     assert "A block or model registered in code needs its module imported before building or loading." in done.stdout
+
+
+def test_surgery_after_build_is_saved_as_steps_and_to_spec_refuses_to_forget_it(tmp_path):
+    spec = {"input": [1, 3, 16, 16], "layers": {"body": {"Conv2d": [3, 8, 3]}, "pool": {"AdaptiveAvgPool2d": 1}, "flat": "Flatten", "fc": {"Linear": ["auto", 10]}}}
+    model = ts.build(spec)
+    assert ts.to_spec(model) == spec
+    ts.replace_head(model, 4)
+    with pytest.raises(ts.SpecError, match=r"changed after it was built \(replace_head\)"):
+        ts.to_spec(model)
+    ts.save_model(model, tmp_path / "m")
+    loaded = ts.load_model(tmp_path / "m")
+    x = torch.rand(2, 3, 16, 16)
+    assert loaded.fc.out_features == 4 and torch.equal(loaded(x), model(x))

@@ -124,7 +124,8 @@ def to_spec(model: nn.Module) -> dict[str, Any]:
     """The spec of a model built from a spec (as written) or through the registry (``{"model": {name: kwargs}}``).
 
     Raises:
-        SpecError: the model was built neither way, or a registry argument has no plain-data form.
+        SpecError: the model was built neither way, was changed after it was built (surgery steps are
+            recorded: ``save_model`` keeps them), or a registry argument has no plain-data form.
 
     Example::
 
@@ -137,6 +138,15 @@ def to_spec(model: nn.Module) -> dict[str, Any]:
         raise SpecError(
             f"to_spec: this {type(model).__name__} was built neither from a spec nor through the registry, so "
             f"there is nothing recorded to write. Build it with torchsmith.build(spec) or torchsmith.create_model(name)."
+        )
+    steps = cfg.get("steps") or []
+    if steps:
+        done = ", ".join(str(step.get("op", step)) if isinstance(step, dict) else str(step) for step in steps)
+        raise SpecError(
+            f"to_spec: this model was changed after it was built ({done}); a spec describes a model as built, so it "
+            f"would rebuild the model before those changes. save_model(model, dir) records the changes and "
+            f"load_model replays them; or build the spec and apply the same changes again.",
+            [f"steps[{i}]: {step}" for i, step in enumerate(steps)],
         )
     if cfg["name"] == SPEC_MODEL:
         recorded = cfg["kwargs"].get("spec")
