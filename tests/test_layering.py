@@ -13,7 +13,7 @@ RANKS = {
     "errors": 0, "_version": 0,
     "layers": 1,
     "registry": 2, "_probe": 2,
-    "zoo": 3, "features": 3, "surgery": 3,
+    "zoo": 3, "features": 3, "surgery": 3, "inspect": 3,
     "replay": 4, "spec": 4,
     "checkpoint": 5,
     "cli": 6, "distributed": 6,
