@@ -13,7 +13,13 @@ IPY          := $(INTEROP)/bin/python
 INTEROP_PKGS := torch==2.14.1 torchvision==0.29.1 timm transformers==4.57.6
 ISTAMP       := $(INTEROP)/.installed
 
-.PHONY: install interop demo demo-distributed test test-main test-interop faults fuzz bench clean
+.PHONY: install interop demo demo-distributed test test-main test-interop faults fuzz bench clean vendor-elk
+
+# the diagram's browser tests drive Debian's Chromium through Playwright (no browser download)
+CHROMIUM := /usr/bin/chromium
+# the layout engine inlined into diagram pages, vendored from npm (src/torchsmith/inspect/vendor/README.md)
+ELK_VERSION ?= 0.12.1
+VENDOR      := src/torchsmith/inspect/vendor
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +39,17 @@ $(ISTAMP): pyproject.toml Makefile
 
 interop: $(ISTAMP)
 
-demo: $(STAMP)
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
+# refresh the vendored elkjs from the npm registry: make vendor-elk ELK_VERSION=x.y.z
+vendor-elk:
+	rm -rf .elk && mkdir .elk && cd .elk && npm pack --silent elkjs@$(ELK_VERSION) && tar xzf elkjs-$(ELK_VERSION).tgz
+	cp .elk/package/lib/elk.bundled.js $(VENDOR)/elk.bundled.js
+	cp .elk/package/LICENSE.md $(VENDOR)/ELK-LICENSE.md
+	rm -rf .elk
+
+demo: $(STAMP) $(CHROMIUM)
 	$(PY) examples/tour.py
 
 # examples/finetune_digits.py in full on 2 processes: DDP, FSDP2, two single-process "nodes"; then convert
@@ -53,7 +69,7 @@ demo-distributed: $(STAMP)
 # both suites: the main one on the pinned CPU torch, then the peer-model suite (tests/interop)
 test: test-main test-interop
 
-test-main: $(STAMP)
+test-main: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 test-interop: $(ISTAMP)

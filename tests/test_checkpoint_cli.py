@@ -25,7 +25,7 @@ def test_inspect_json_describes_the_file(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["format"] == "safetensors" and info["layout"] == "single file"
-    assert info["tensors"] == 9 and info["parameters"] == 153 - 12  # the tied head is stored once
+    assert info["tensors"] == 9 and info["values"] == 153 - 12  # the tied head is stored once
     assert info["prefixes"] == {"module.": 9} and info["checksums"] == "verified"
     assert info["aliases"] == {"module.head.weight": "module.embed.weight"}
     assert info["metadata"]["run"] == "7"

@@ -74,6 +74,8 @@ def test_fsdp_run_prints_saves_and_reproduces(fsdp_run):
     for name in ("digits-resnet18", "digits-ge5-resnet18"):
         with torch.no_grad():
             assert torch.equal(ts.load_model(out / name).eval()(x), logits[name])
+    transfer = ts.load_model(out / "digits-ge5-resnet18")  # saved after adapt_input_channels, freeze, replace_head
+    assert not transfer.conv1.weight.requires_grad and transfer.fc.weight.requires_grad and transfer.conv1.in_channels == 1
     # every rank wrote its shard: resnet18's 2-D+ weights are split in two
     assert sorted(p.name for p in (out / "dcp" / "digits-resnet18").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 

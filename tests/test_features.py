@@ -274,3 +274,153 @@ def test_feature_info_stride_rule(h, w):
     model = create_model("resnet18")
     info = feature_info(model, (2, 3, 32 * h, 32 * w), ["layer1", "layer4"])
     assert [(f.channels, f.stride) for f in info] == [(64, 4), (512, 32)]
+
+
+# regressions (issue 8): mode, aux nodes, aliases, layouts, declared strides
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: a BatchNorm subclass carrying an activation, traced through."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, self.eps)
+        return self.act(x)
+
+
+class WithAux(nn.Module):
+    """A train-only head (googlenet's aux1), an alias (Identity) overwritten in place later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = BatchNormAct(4)
+        self.same = nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        self.aux = nn.Conv2d(4, 2, 1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = self.same(self.bn(self.conv(x)) - 0.5)
+        aux = self.aux(x) if self.training else None
+        x = self.relu(x)
+        y = self.out(x)
+        return (y, aux) if self.training else y
+
+
+def with_stats(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_extractor_starts_in_the_model_mode_and_keeps_statistics():
+    """Was: always train mode; a node inside a BatchNorm subclass then used batch statistics and moved them."""
+    torch.manual_seed(0)
+    model = with_stats(WithAux()).eval()
+    ref = hooked_outputs(model, X, ["bn.act", "same"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ex = extract_features(model, ["bn.act", "same", "out"])
+    assert ex.training is False and isinstance(ex, torch.fx.GraphModule)
+    out = ex(X)
+    torch.testing.assert_close(out["bn.act"], ref["bn.act"][0], rtol=0, atol=0)
+    # 'same' is an alias of a tensor the in-place relu overwrites later: cloned, so the value it produced
+    torch.testing.assert_close(out["same"], ref["same"][0], rtol=0, atol=0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert extract_features(model.train(), ["bn.act"]).training is True
+
+
+def test_train_only_nodes_are_reachable():
+    """Was: "no node named 'aux': did you mean 'aux'"."""
+    torch.manual_seed(0)
+    model = WithAux().train()
+    assert "aux" in feature_nodes(model, training=True) and "aux" not in feature_nodes(model)
+    ex = extract_features(model, ["aux"])
+    torch.testing.assert_close(ex(X)["aux"], model(X)[1])
+    with pytest.raises(FeatureExtractionError, match=r"\['aux'\] run only in train mode.*\.train\(\)"):
+        ex.eval()(X)
+    with pytest.raises(FeatureExtractionError, match="never calls") as err:
+        extract_features(Unused(), ["spare"])
+    assert "did you mean 'spare'" not in str(err.value)
+
+
+class Unused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.spare = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) * 2
+
+
+class ChannelsLast(nn.Module):
+    """Swin-like: (B, H, W, C) feature maps; and ViT-like tokens (B, L, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 12, 4, stride=4)
+        self.norm = nn.LayerNorm(12)
+        self.proj = nn.Linear(12, 6)
+
+    def forward(self, x):
+        x = self.norm(self.patch(x).permute(0, 2, 3, 1))  # (B, H/4, W/4, 12)
+        tokens = self.proj(x.flatten(1, 2))  # (B, L, 6)
+        return tokens.mean(1)  # (B, 6)
+
+
+class FixedSize(ChannelsLast):
+    def forward(self, x):
+        torch._assert(x.shape[-1] == 32, "only 32x32")
+        return super().forward(x)
+
+
+def test_feature_info_says_where_the_channels_are():
+    """Was: channels=7 for swin's NHWC maps, 197 for ViT tokens (dim 1 taken as channels)."""
+    info = feature_info(ChannelsLast(), (1, 3, 32, 32), ["norm", "proj", "patch"])
+    assert info == [
+        FeatureInfo(12, 4, "norm", layout="channels_last"), FeatureInfo(6, 0, "proj", layout="tokens"),
+        FeatureInfo(12, 4, "patch"),
+    ]  # fmt: skip
+    assert repr(info[0]) == "FeatureInfo(channels=12, stride=4, module='norm', layout='channels_last')"
+    fixed = feature_info(FixedSize(), (1, 3, 32, 32), ["norm", "patch"])  # one size only: the grid rule decides
+    assert [(f.channels, f.layout) for f in fixed] == [(12, "channels_last"), (12, "channels_first")]
+    with pytest.raises(FeatureExtractionError, match=r"cannot tell which dimension of 'proj'.*\(1, 64, 6\)"):
+        feature_info(FixedSize(), (1, 3, 32, 32), ["proj"])
+
+
+def test_feature_info_reads_declared_info_and_our_mlp_agrees():
+    """timm's list of dicts is read (was: 'dict' object has no attribute 'module'); the MLP declared stride 1
+    while feature_info computed 0."""
+    mlp = create_model("mlp")
+    assert feature_info(mlp, (2, 784)) == mlp.feature_info == [FeatureInfo(mlp.num_features, 0, "features")]
+    model = ChannelsLast()
+    model.feature_info = [{"module": "norm", "num_chs": 12, "reduction": 4}, {"module": "proj", "num_chs": 6, "reduction": 4}]
+    assert feature_info(model, (1, 3, 32, 32)) == [
+        FeatureInfo(12, 4, "norm", layout="channels_last"), FeatureInfo(6, 4, "proj", layout="tokens"),
+    ]  # fmt: skip
+
+
+def test_feature_info_takes_example_inputs_of_any_dtype():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.mix = nn.Linear(16, 16)
+
+        def forward(self, ids, mask=None):
+            x = self.mix(self.embed(ids))  # (B, L, 16)
+            return x if mask is None else x * mask[..., None]
+
+    ids = torch.randint(0, 50, (2, 7))
+    assert feature_info(Tokens(), return_nodes=["mix"]) == [FeatureInfo(16, 0, "mix", layout="tokens")]  # ids guessed
+    info = feature_info(Tokens(), return_nodes=["mix"], example_inputs={"ids": ids, "mask": torch.ones(2, 7)})
+    assert info == [FeatureInfo(16, 0, "mix", layout="tokens")]
+    with pytest.raises(FeatureExtractionError, match="example_inputs="):
+        feature_info(Tokens(), return_nodes=["mix"], example_inputs=torch.randn(2, 7))  # floats: embedding refuses

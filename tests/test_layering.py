@@ -1,5 +1,5 @@
 """The house's layering, read from the imports: errors < layers < registry < zoo / features / surgery <
-replay < checkpoint < cli. No module imports one of a higher layer, nor a sibling area of its own layer."""
+replay < checkpoint < distributed / cli. No module imports one of a higher layer, nor a sibling area of its own layer."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ RANKS = {
     "zoo": 3, "features": 3, "surgery": 3,
     "replay": 4, "spec": 4,
     "checkpoint": 5,
-    "cli": 6,
+    "cli": 6, "distributed": 6,
     "__init__": 7, "__main__": 7,
 }  # fmt: skip
 

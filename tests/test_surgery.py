@@ -248,11 +248,23 @@ def test_add_inputs_tutorial_model_and_width_errors():
         both(X, torch.randn(2, 3))
 
 
-def test_add_inputs_any_model_with_add_fusion():
+def test_add_inputs_any_model_fuses_what_goes_into_its_head():
+    """No get_classifier, a softmax after the head: the features fused are the head's input (hook reference)."""
     torch.manual_seed(0)
-    both = add_inputs(plain_mlp(), extra_features=4, num_classes=3, fusion="add")
-    assert both.num_features == 5 and isinstance(both.act, nn.ReLU)
-    assert both(X, torch.randn(2, 4)).shape == (2, 3)
+    model = plain_mlp().eval()
+    seen = []
+    handle = model[6].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
+    with torch.no_grad():
+        model(X)
+    handle.remove()
+    both = add_inputs(model, extra_features=4, num_classes=3, fusion="add").eval()
+    assert both.num_features == 16 and isinstance(both.act, nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(both.backbone(X), seen[0])
+        extra = torch.randn(2, 4)
+        expected = both.head(seen[0] + both.project(extra))
+        torch.testing.assert_close(both(X, extra), expected)
+    assert isinstance(model[6], nn.Linear)  # the softmax model keeps its head; the forward stops at it
     with pytest.raises(SurgeryError, match="fusion must be"):
         add_inputs(plain_mlp(), extra_features=4, num_classes=3, fusion="film")
 
@@ -280,9 +292,12 @@ def test_fold_batchnorm_keeps_outputs_and_class():
 
 
 def test_fold_batchnorm_needs_eval_and_handles_untraceable_sequentials():
-    model = randomise_bn_(create_model("resnet18"))  # train mode: statistics still move
-    fold_batchnorm(model)
-    assert isinstance(model.bn1, nn.BatchNorm2d)
+    model = randomise_bn_(create_model("resnet18"))  # train mode: batch statistics, nothing can be folded
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SurgeryError, match=r"needs eval mode: 20 BatchNorm layers .*model\.eval\(\)"):
+        fold_batchnorm(model)
+    assert isinstance(model.bn1, nn.BatchNorm2d) and model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
     class Untraceable(nn.Module):
         def __init__(self):
@@ -333,5 +348,193 @@ def test_optimize_for_inference_compiled_equal_outputs():
 def test_replace_head_without_conv_or_linear_asks_for_input_size():
     from torchsmith import SurgeryError
 
-    with pytest.raises(SurgeryError, match="pass input_size"):
+    with pytest.raises(SurgeryError, match=r"pass example_inputs=.*input_size"):
         replace_head(nn.Sequential(nn.Flatten(), nn.ReLU()), 3)
+
+
+# regressions (issue 8)
+
+
+def fingerprint(model: nn.Module) -> list:
+    """Everything a failed operation or a probe must leave as it was."""
+    return [
+        (name, type(m), id(m), m.training, sorted(vars(m)), len(m._forward_hooks), len(m._forward_pre_hooks),
+         {k: (p.requires_grad, p.device) for k, p in m.named_parameters(recurse=False)},
+         {k: b.device for k, b in m.named_buffers(recurse=False)})
+        for name, m in model.named_modules()
+    ]  # fmt: skip
+
+
+class Cached(nn.Module):
+    """torchvision's AnchorGenerator habit: a forward that caches tensors (and counts) on the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 10)
+        self.register_buffer("calls", torch.zeros(()))
+        self.cache = [torch.zeros(2)]
+
+    def forward(self, x):
+        self.cache = [c.to(x.device) for c in self.cache]
+        self.calls += 1
+        return {"scores": self.fc(self.pool(self.conv(x)).flatten(1))}  # no tensor, logits or out to call the prediction
+
+
+def test_probes_leave_no_trace_on_success_and_failure():
+    model = Cached()
+    before, cache = fingerprint(model), model.cache
+    with pytest.raises(SurgeryError, match="pass path="):
+        replace_head(model, 3)
+    assert fingerprint(model) == before and model.cache is cache and model.calls == 0
+    model.forward = lambda x: Cached.forward(model, x)["scores"]
+    replace_head(model, 3)
+    assert model.fc.out_features == 3 and model.cache is cache and model.calls == 0 and not model.cache[0].is_meta
+
+
+def test_conv_head_keeps_every_setting():
+    """Was: only kernel_size kept; the U-Net's 3x3 head lost its padding ((1, 2, 14, 14) instead of 16x16)."""
+    unet = replace_head(create_model("unet"), 2).eval()
+    assert unet(torch.randn(1, 3, 16, 16)).shape == (1, 2, 16, 16)
+    old = nn.Conv2d(8, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False, padding_mode="reflect")
+    model = replace_head(nn.Sequential(nn.Conv2d(3, 8, 1), old), 6, path="1")
+    new = model[1]
+    assert (new.kernel_size, new.stride, new.padding, new.dilation, new.groups, new.bias, new.padding_mode) == (
+        (3, 3), (2, 2), (2, 2), (2, 2), 2, None, "reflect") and new.out_channels == 6
+    with pytest.raises(SurgeryError, match="groups=2; 5 outputs"):
+        replace_head(model, 5, path="1")
+
+
+class TwoHeads(nn.Module):
+    """googlenet's shape: an aux classifier the train-mode forward returns too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.aux = nn.Sequential(nn.ReLU(), nn.Linear(8, 10))
+        self.fc = nn.Linear(8, 10)
+        self.other = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.training:
+            return self.fc(h), self.aux(h), self.other(h)
+        return self.fc(h)
+
+
+def test_replace_head_changes_the_aux_heads_too():
+    model = replace_head(TwoHeads(), 3)
+    assert model.fc.out_features == model.aux[1].out_features == 3 and model.other.out_features == 4
+    out = model.train()(torch.randn(2, 6))
+    assert [o.shape[1] for o in out] == [3, 3, 4]
+
+
+def test_token_models_take_example_inputs():
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(30, 8)
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, ids, segments):
+            return self.head(self.embed(ids) + self.embed(segments))
+
+    ids = torch.randint(0, 30, (2, 6))
+    with pytest.raises(SurgeryError, match=r"cannot run Tagger on \(\(1, 8\) int64\).*example_inputs="):
+        replace_head(Tagger(), 3)
+    model = replace_head(Tagger(), 3, example_inputs=(ids, ids))
+    assert model(ids, ids).shape == (2, 6, 3)
+    assert replace_head(Tagger(), 3, example_inputs={"ids": ids, "segments": ids}).head.out_features == 3
+
+
+def test_freeze_failing_half_way_leaves_the_model_as_it_was(monkeypatch):
+    model = create_model("resnet18").train()
+    before = fingerprint(model)
+    calls = []
+
+    def fail_third(bn):
+        calls.append(bn)
+        if len(calls) == 3:
+            raise RuntimeError("disk on fire")
+        return FrozenBatchNorm2d.from_batchnorm.__wrapped__(bn) if hasattr(FrozenBatchNorm2d.from_batchnorm, "__wrapped__") else original(bn)
+
+    original = FrozenBatchNorm2d.from_batchnorm
+    monkeypatch.setattr(FrozenBatchNorm2d, "from_batchnorm", staticmethod(fail_third))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        freeze(model, bn="frozen")
+    assert fingerprint(model) == before
+    assert "_torchsmith_freeze_undo" not in vars(model)
+
+
+class BNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d shape: a BatchNorm2d subclass with extra layers."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def test_freeze_frozen_keeps_batchnorm_subclasses_with_extra_layers():
+    """Was: FrozenBatchNorm2d replaced BatchNormAct2d (dropping its activation), then crashed half-way."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BNAct(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    ref = model(x)
+    report = freeze_report(freeze(model, bn="frozen"))
+    assert report.bn_replaced == ["3"] and report.bn_not_replaced == ["1"] and "1" in report.bn_eval
+    assert isinstance(model[1], BNAct) and isinstance(model[3], FrozenBatchNorm2d)
+    assert "1 subclass layers not replaced" in str(report)
+    torch.testing.assert_close(model(x), ref)
+    assert not model.train()[1].training
+    unfreeze(model)
+    assert isinstance(model[3], nn.BatchNorm2d) and model[1].training
+
+
+def test_freeze_warns_about_tied_parameters():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # tied, as GPT-2's lm_head and wte
+    with pytest.warns(UserWarning, match=r"tied parameters \(1\.weight is 0\.weight\)"):
+        freeze(model, exclude=["1"])
+    assert not model[1].weight.requires_grad
+
+
+@pytest.mark.parametrize("source,target", [(3, 5), (3, 4), (2, 7), (4, 6)])
+def test_adapt_input_channels_holds_when_c_does_not_divide_n(source, target):
+    """Was: 3 -> 5 gave outputs off by up to 0.3 (scaled by C/N instead of per repeated channel)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(source, 4, 3)
+    model = adapt_input_channels(nn.Sequential(copy.deepcopy(conv)), target)
+    x = torch.randn(1, source, 5, 5)
+    torch.testing.assert_close(model(x[:, torch.arange(target) % source]), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_adapt_input_channels_refuses_a_forward_that_mixes_channels():
+    class Mixes(nn.Module):  # inception_v3's transform_input
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            x = torch.cat([x[:, 0:1] * 0.5, x[:, 1:2], x[:, 2:3]], 1)
+            return self.conv(x)
+
+    model = Mixes()
+    before, weight = fingerprint(model), model.conv.weight.clone()
+    with pytest.raises(SurgeryError, match="changes its input before 'conv'"):
+        adapt_input_channels(model, 1)
+    assert fingerprint(model) == before and torch.equal(model.conv.weight, weight) and model.conv.in_channels == 3
+
+
+def test_add_inputs_reaches_the_backbone_of_a_zero_head():
+    """Was: the ReLU of the logits was fused; with a zero-initialised head (torchvision's ViT) no backbone
+    parameter got a gradient."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+    nn.init.zeros_(model[3].weight)
+    nn.init.zeros_(model[3].bias)
+    both = add_inputs(model, extra_features=2, num_classes=3)
+    assert both.num_features == 4 and isinstance(model[3], nn.Identity)
+    both(X, torch.randn(2, 2)).square().mean().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0

@@ -3,8 +3,9 @@
 The tutorial strips ``module.`` by string replacement and pickles whole
 models. Here: a DataParallel checkpoint and a torch.compile checkpoint load
 into a plain model with a report of what happened; a whole model is saved as
-config.json + model.safetensors and rebuilt on the meta device; and a pickle
-that would run a shell command is refused without running it.
+config.json + model.safetensors and rebuilt on the meta device; a pickle
+that would run a shell command is refused without running it; and a tied
+output layer left out of the file is reported as tied, not missing.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def main() -> None:
         except ts.UnsafeCheckpointError as e:
             console.print(f"\n[bold red]refused:[/] {str(e).replace(str(tmp) + '/', '')}", highlight=False)
         console.print(f"payload ran: {sentinel.exists()}")
+
+        # 4. a tied output layer the file leaves out (transformers' save_pretrained does) is tied, not missing
+        lm = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50, bias=False))
+        lm[1].weight = lm[0].weight  # (50, 8), one tensor under two names
+        ts.save_weights({"0.weight": lm[0].weight}, tmp / "lm.safetensors")
+        fresh = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50, bias=False))
+        fresh[1].weight = fresh[0].weight
+        report = ts.load_weights(fresh, tmp / "lm.safetensors")  # strict, and ok
+        console.print("\n" + str(report).replace(str(tmp) + "/", ""), highlight=False)
 
 
 if __name__ == "__main__":

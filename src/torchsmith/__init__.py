@@ -30,6 +30,7 @@ from .errors import (
     DuplicateModelError,
     FeatureExtractionError,
     IncompatibleCheckpointError,
+    InspectError,
     ModelConfigError,
     SpecError,
     SurgeryError,
@@ -39,6 +40,7 @@ from .errors import (
     UnsaveableModelError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+from .inspect import Summary, Trace, diagram, summary, trace
 from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ._version import __version__
 from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
@@ -69,6 +71,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "InspectError",
     "CheckpointError",
     "CorruptCheckpointError",
     "ChecksumError",
@@ -115,6 +118,12 @@ __all__ = [
     "add_inputs",
     "fold_batchnorm",
     "optimize_for_inference",
+    # inspection
+    "summary",
+    "Summary",
+    "trace",
+    "Trace",
+    "diagram",
     # checkpoints
     "save_weights",
     "load_weights",

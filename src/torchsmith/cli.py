@@ -104,7 +104,7 @@ def inspect_cmd(
         table.add_row(key + alias, "(" + ", ".join(map(str, shape)) + ")", dtype)
     out = Console()
     out.print(table)
-    out.print(f"tensors: {info.tensors}   parameters: {info.parameters:,}   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
+    out.print(f"tensors: {info.tensors}   values: {info.values:,} (parameters and buffers)   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
     out.print(f"checksums: {info.checksums}")
     if info.prefixes:
         out.print("prefixes: " + ", ".join(f"{p!r} on {n} keys" for p, n in info.prefixes.items()))
@@ -202,6 +202,129 @@ def diff_cmd(
         out.print("same" if d.same else "different")
     if not d.same:
         raise typer.Exit(3)
+
+
+# inspection
+
+
+def _dtype(name: str):
+    import torch
+
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise typer.BadParameter(f"{name!r} is not a torch dtype (float32, float16, bfloat16, long, int32, bool, ...)")
+    return dtype
+
+
+def _load(model: str, *, meta: bool):
+    """A registered model name (built on the meta device when ``meta``), or a save_model directory."""
+    import os
+
+    import torch
+
+    from .registry import create_model
+
+    if os.path.isdir(model):
+        from .checkpoint import load_model
+
+        return load_model(model)
+    if meta:
+        with torch.device("meta"):
+            return create_model(model)
+    return create_model(model)
+
+
+def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
+    """``summary`` / ``diagram`` arguments from ``--input`` (the spec commands' format, ``_parse_inputs``):
+    one shape -> ``input_size``; ``name=shape`` (repeatable) -> keyword inputs; none -> guessed from the
+    first layer. ``make(shape, dtype)`` builds the tensors (meta by default)."""
+    import torch
+
+    from ._probe import example_input
+
+    dt = _dtype(dtype)
+    make = make or (lambda shape, dt: torch.empty(*shape, dtype=dt, device="meta"))
+    parsed = _parse_inputs(values) if values else list(example_input(model).shape)
+    if isinstance(parsed, dict):
+        return {"inputs": {name: make(shape, dt) for name, shape in parsed.items()}}
+    return {"inputs": make(parsed, dt)}
+
+
+_INPUT_HELP = "Input shape, e.g. 1,3,224,224, or name=shape per keyword input (repeatable). Default: guessed from the first layer."
+_MODEL_HELP = "A registered model name or a save_model directory."
+
+
+@app.command("summary")
+def summary_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
+    depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest level printed."),
+    mode: str = typer.Option("same", "--mode", help="same, train or eval (train: the activation memory of a training step)."),
+    allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+) -> None:
+    """Shapes, parameters, FLOPs and memory of a model, on the meta device (no memory, no compute).
+
+    Exit code 1 when the forward cannot run (the rows it reached are still printed).
+    """
+    from .inspect import summary
+
+    net = _load(model, meta=not allow_real)
+    s = summary(net, **_example(net, input_size, dtype), depth=depth, mode=mode, allow_real=allow_real)
+    if as_json:
+        typer.echo(s.to_json())
+    elif markdown:
+        typer.echo(s.to_markdown())
+    else:
+        typer.echo(str(s), nl=False)
+    if not s.complete:  # the rows it could compute are printed; the exit code says it is partial
+        from .errors import InspectError
+
+        raise InspectError(f"incomplete summary: {s.error} (--allow-real runs the model for real)")
+
+
+@app.command("trace")
+def trace_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long: zeros, i.e. token id 0)."),
+) -> None:
+    """Run a real forward on random inputs and print every module call with the shapes in and out."""
+    import torch
+
+    from .inspect import trace
+
+    net = _load(model, meta=False).eval()
+
+    def make(shape, dt):
+        return torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)
+
+    example = _example(net, input_size, dtype, make)["inputs"]
+    args, kwargs = ((), example) if isinstance(example, dict) else ((example,), {})
+    with torch.no_grad():
+        trace(net, *args, **kwargs)
+
+
+@app.command("diagram")
+def diagram_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    output: str = typer.Option("model.html", "--output", "-o", help="The HTML file to write."),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
+    allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Write an interactive architecture diagram: one offline HTML file (open it in a browser)."""
+    from .inspect import diagram
+
+    net = _load(model, meta=not allow_real)
+    out = diagram(net, **_example(net, input_size, dtype), path=output, allow_real=allow_real)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "output": str(out), "bytes": out.stat().st_size}))
+    else:
+        typer.echo(f"wrote {out}")
 
 
 # specs

@@ -162,7 +162,8 @@ def save_distributed(
     A collective: under a process group every rank calls it with the same ``directory`` (on a shared or
     per-node filesystem). ``state`` holds extra entries: dicts of numbers / strings / tensors, or objects with
     ``state_dict()`` (an LR scheduler). Entries: ``model.<key>``, ``optim.state.<key>.<name>``,
-    ``optim.param_groups...``, ``<state name>.<key>``.
+    ``optim.param_groups...``, ``<state name>.<key>``. DCP writes in place (no temporary and rename, unlike
+    save_model): save each checkpoint into a new directory (``ckpt/epoch-3``) rather than over the last one.
 
     Example (one process; under torchrun the same call on every rank)::
 

@@ -17,6 +17,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "InspectError",
     "closest",
     "did_you_mean",
     "CheckpointError",
@@ -54,6 +55,10 @@ class FeatureExtractionError(TorchsmithError, ValueError):
 
 class SurgeryError(TorchsmithError, ValueError):
     """A model change that cannot be made as asked (no such module, no head found, bad widths)."""
+
+
+class InspectError(TorchsmithError, RuntimeError):
+    """A summary, trace or diagram that cannot be made: bad inputs, or a forward that raised (the module path and shapes are named)."""
 
 
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,9 +44,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, fx, nn
 
-from ._probe import logger, modes_kept, probe
+from ._probe import example_call, logger, modes_kept, probe, untouched
 from .errors import FeatureExtractionError, closest
-from .layers import FeatureInfo
+from .layers import ChildrenRunner, FeatureInfo
 
 __all__ = ["FeatureExtractor", "extract_features", "feature_nodes", "feature_info"]
 
@@ -101,7 +102,8 @@ class _NodePathTracer(fx.Tracer):
 
 def _trace(model: nn.Module, leaf: Any = None) -> tuple[fx.Graph, dict[fx.Node, str]]:
     tracer = _NodePathTracer(leaf)
-    graph = tracer.trace(model)
+    with untouched(model, values=True):  # tracing runs python: a traced `num_batches_tracked.add_(1)` really adds
+        graph = tracer.trace(model)
     graph.owning_module = model  # lets dead-code elimination ask modules whether they are pure
     return graph, tracer.names
 
@@ -162,8 +164,15 @@ _INPLACE_OPERATORS = {
 
 
 def _overwritten_later(node: fx.Node, root: nn.Module) -> bool:
-    """Whether an in-place op later in the graph writes into ``node``'s tensor."""
-    return any(user.args and user.args[0] is node and _writes_in_place(user, root) for user in node.users)
+    """Whether an in-place op later in the graph may write into ``node``'s tensor. Any later in-place op
+    counts: aliases are common (``nn.Identity``, eval ``Dropout``, views, timm's ``drop_block``) and a
+    needless clone costs less than a wrong value."""
+    later = node.next
+    while later.op != "output":
+        if _writes_in_place(later, root):
+            return True
+        later = later.next
+    return False
 
 
 # classes
@@ -176,84 +185,122 @@ class FeatureExtractor(nn.Module):
         strategy: ``"fx"``, ``"children"`` or ``"hooks"``.
         return_nodes: ``{node: output name}``, in output order.
 
-    It shares parameters with the model it came from. For ``"fx"`` and
-    ``"children"`` its ``state_dict`` keys are the model's (those still used);
-    for ``"hooks"`` they carry a ``model.`` prefix.
+    It shares parameters and buffers with the model it came from and starts in
+    the model's mode (``training``). For ``"fx"`` and ``"children"`` its
+    ``state_dict`` keys are the model's (those still used); for ``"hooks"``
+    they carry a ``model.`` prefix.
     """
 
     strategy: str
-
-    def __init__(self, return_nodes: Mapping[str, str]) -> None:
-        super().__init__()
-        self.return_nodes = dict(return_nodes)
+    return_nodes: dict[str, str]
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy!r}, return_nodes={self.return_nodes}"
 
 
-class _GraphExtractor(FeatureExtractor):
-    """Runs the python code fx generated for the cut graph (one per training mode)."""
+def _mode_missing(message: str) -> None:
+    """Called by the forward of a mode whose graph lacks a requested node (an auxiliary head in eval)."""
+    raise FeatureExtractionError(message)
+
+
+def _raising_graph(message: str) -> fx.Graph:
+    graph = fx.Graph()
+    graph.placeholder("*args")
+    graph.placeholder("**kwargs")
+    graph.call_function(_mode_missing, (message,))
+    graph.output(None)
+    return graph
+
+
+def _copy_attr(source: nn.Module, target: nn.Module, path: str) -> None:
+    """Make ``target.<path>`` the very object ``source.<path>`` is (parents become plain containers)."""
+    *parents, leaf = path.split(".")
+    for name in parents:
+        here, there = getattr(source, name), getattr(target, name, None)
+        if there is here:
+            return
+        if there is None:
+            there = nn.Module()
+            setattr(target, name, there)
+        source, target = here, there
+    value = getattr(source, leaf)
+    if isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
+        target.register_buffer(leaf, value, persistent=leaf not in source._non_persistent_buffers_set)
+    else:
+        setattr(target, leaf, value)
+
+
+class _GraphExtractor(fx.GraphModule, FeatureExtractor):
+    """The cut fx graphs of a model, one per mode (torchvision's ``DualGraphModule``): ``.train()`` / ``.eval()``
+    switch graphs. Submodules are the model's own; a mode whose graph lacks a requested node raises on forward."""
 
     strategy = "fx"
 
-    def __init__(self, model: nn.Module, graphs: dict[bool, fx.Graph], return_nodes: Mapping[str, str]) -> None:
-        super().__init__(return_nodes)
-        used = {n.target.split(".")[0] for g in graphs.values() for n in g.nodes if n.op in ("call_module", "get_attr")}
-        order = [*model._parameters, *model._buffers, *model._modules]
-        for name in [n for n in order if n in used] + sorted(used - set(order)):
-            value = getattr(model, name)
-            if isinstance(value, nn.Module):
-                self.add_module(name, value)
-            elif isinstance(value, nn.Parameter):
-                self.register_parameter(name, value)
-            elif isinstance(value, Tensor) and name in model._buffers:
-                self.register_buffer(name, value, persistent=name not in model._non_persistent_buffers_set)
-            else:
-                setattr(self, name, value)
+    def __init__(
+        self, root: nn.Module, graphs: Mapping[bool, fx.Graph], return_nodes: Mapping[str, str], *, training: bool | None = None
+    ) -> None:
+        training = root.training if training is None else training
+        graphs = dict(graphs)
+        for mode in (True, False):
+            if mode not in graphs:
+                other = "train" if mode is False else "eval"
+                graphs[mode] = _raising_graph(
+                    f"the nodes {list(return_nodes)} run only in {other} mode (auxiliary heads); "
+                    f"call .{other}() on the extractor, or request nodes that run in both modes."
+                )
+        super().__init__(root, graphs[training], class_name=f"{type(root).__name__}Features")
+        for graph in graphs.values():
+            for node in graph.nodes:
+                if node.op in ("call_module", "get_attr"):
+                    _copy_attr(root, self, node.target)
+        shared = {id(m) for m in root.modules()}
+        for module in self.modules():
+            if id(module) not in shared:
+                module.training = training  # the plain containers made for nested paths
         self._graphs = graphs
-        self._compile()
+        self.return_nodes = dict(return_nodes)
 
-    def _compile(self) -> None:
-        self._forwards = {}
-        for mode, graph in self._graphs.items():
-            code = graph.python_code(root_module="self")
-            scope = dict(code.globals)
-            exec(compile(code.src, f"<torchsmith.features {self.strategy}>", "exec"), scope)  # noqa: S102 - fx-generated code
-            self._forwards[mode] = scope["forward"]
+    def train(self, mode: bool = True) -> _GraphExtractor:
+        graphs = self.__dict__.get("_graphs")
+        if graphs is not None and self.graph is not graphs[mode]:
+            self.graph = graphs[mode]  # recompiles the forward
+        return super().train(mode)
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_forwards", None)  # functions made by exec do not pickle; rebuilt from the graphs
-        return state
+    def __reduce__(self):
+        holder = {"_modules": self._modules, "_parameters": self._parameters, "_buffers": self._buffers,
+                  "_non_persistent_buffers_set": self._non_persistent_buffers_set}  # fmt: skip
+        graphs = {mode: copy.deepcopy(g) for mode, g in self._graphs.items()}  # without their owning module
+        return (_restore_graph_extractor, (holder, graphs, self.return_nodes, self.training))
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._compile()
-
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        forward = self._forwards[self.training] if len(self._forwards) > 1 else next(iter(self._forwards.values()))
-        return forward(self, *args, **kwargs)
+    def __deepcopy__(self, memo: dict) -> _GraphExtractor:
+        restore, args = self.__reduce__()
+        copied = restore(*copy.deepcopy(args, memo))
+        memo[id(self)] = copied
+        return copied
 
 
-class _ChildrenExtractor(FeatureExtractor):
-    """Runs the model's first top-level children in order, collecting the requested outputs."""
+def _restore_graph_extractor(holder: dict, graphs: dict, return_nodes: dict, training: bool) -> _GraphExtractor:
+    root = nn.Module()
+    root.__dict__.update(holder)
+    root.training = training
+    return _GraphExtractor(root, graphs, return_nodes, training=training)
+
+
+class _ChildrenExtractor(ChildrenRunner, FeatureExtractor):
+    """Runs the model's first top-level children in order (:class:`ChildrenRunner`), collecting the requested outputs."""
 
     strategy = "children"
 
     def __init__(self, model: nn.Module, chain: Sequence[str], return_nodes: Mapping[str, str]) -> None:
-        super().__init__(return_nodes)
-        for name in chain:
-            self.add_module(name, model.get_submodule(name))
-        # an in-place child right after a requested one would overwrite its output
-        self._clone = {a for a, b in zip(chain, chain[1:]) if a in return_nodes and getattr(self._modules[b], "inplace", False)}
+        super().__init__({name: model.get_submodule(name) for name in chain}, return_nodes)
+        self.training = model.training
+
+    @property
+    def return_nodes(self) -> dict[str, str]:  # type: ignore[override]
+        return self.return_layers
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        found: dict[str, Tensor] = {}
-        for name, module in self._modules.items():
-            x = module(x)
-            if name in self.return_nodes:
-                found[self.return_nodes[name]] = x.clone() if name in self._clone else x
-        return {out: found[out] for out in self.return_nodes.values()}
+        return dict(super().forward(x))
 
 
 class _StopForward(Exception):
@@ -266,8 +313,10 @@ class _HookExtractor(FeatureExtractor):
     strategy = "hooks"
 
     def __init__(self, model: nn.Module, calls: Mapping[str, tuple[str, int]], return_nodes: Mapping[str, str]) -> None:
-        super().__init__(return_nodes)
+        super().__init__()
+        self.return_nodes = dict(return_nodes)
         self.model = model
+        self.training = model.training
         self._calls = dict(calls)  # node name -> (module path, call index)
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -320,32 +369,45 @@ def _fx_graphs(model: nn.Module, requested: dict[str, str]) -> tuple[dict[bool, 
     return graphs, names
 
 
-def _cut(model: nn.Module, graph: fx.Graph, names: dict[fx.Node, str], requested: dict[str, str]) -> fx.Graph:
-    """Make ``graph`` return ``{name: node}`` and drop everything after the last requested node."""
+def _chosen(graph: fx.Graph, names: dict[fx.Node, str], requested: Mapping[str, str]) -> dict[str, fx.Node]:
+    """The node each request names in ``graph`` (a module name means the last node inside it)."""
     chosen: dict[str, fx.Node] = {}
-    for node in reversed(graph.nodes):  # a module name means the last node inside it
+    for node in reversed(graph.nodes):
         qualname = names.get(node)
         if qualname is None or node.op in ("placeholder", "output"):
             continue
         for query in requested:
             if query not in chosen and ".".join(qualname.split(".")[: query.count(".") + 1]) == query:
                 chosen[query] = node
-    missing = [q for q in requested if q not in chosen]
-    if missing:
-        raise _unknown(missing, [*names.values(), *(n for n, _ in model.named_modules() if n)], model)
+    return chosen
+
+
+def _cut(model: nn.Module, graph: fx.Graph, chosen: dict[str, fx.Node], requested: dict[str, str]) -> fx.Graph:
+    """Make ``graph`` return ``{name: node}`` and drop everything after the last requested node."""
     for node in graph.nodes:
         if node.op == "output":
             graph.erase_node(node)
     output = graph.output({requested[query]: chosen[query] for query in requested})
     graph.eliminate_dead_code()
-    for query, node in chosen.items():
+    for node in chosen.values():
         if _overwritten_later(node, model):
             with graph.inserting_after(node):
-                copy = graph.call_method("clone", (node,))
-            output.replace_input_with(node, copy)
+                clone = graph.call_method("clone", (node,))
+            output.replace_input_with(node, clone)
     graph.lint()
     graph.owning_module = None  # the extractor keeps the graph, not the model
     return graph
+
+
+def _known_names(names: Iterable[str]) -> list[str]:
+    """Node names and every module path above them (``layer1.0.add`` gives ``layer1`` and ``layer1.0`` too)."""
+    out: dict[str, None] = {}
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            out.setdefault(".".join(parts[:i]))
+        out.setdefault(name)
+    return list(out)
 
 
 def _chain(graph: fx.Graph, requested: Mapping[str, str]) -> list[str] | None:
@@ -375,13 +437,32 @@ def _sequential_chain(model: nn.Module, requested: Mapping[str, str]) -> list[st
 
 def _build_fx(model: nn.Module, requested: dict[str, str], *, children: bool) -> FeatureExtractor:
     graphs, names = _fx_graphs(model, requested)
-    graphs = {mode: _cut(model, graphs[mode], names[mode], requested) for mode in graphs}
-    if graphs[True].python_code("self").src == graphs[False].python_code("self").src:
-        graphs = {True: graphs[True]}  # the forward does not branch on self.training
-    chain = _chain(graphs[True], requested) if children and len(graphs) == 1 else None
+    cut: dict[bool, fx.Graph] = {}
+    missing: dict[bool, list[str]] = {}
+    for mode in (True, False):
+        chosen = _chosen(graphs[mode], names[mode], requested)
+        missing[mode] = [q for q in requested if q not in chosen]
+        if not missing[mode]:
+            cut[mode] = _cut(model, graphs[mode], chosen, requested)
+    if not cut:
+        unknown = [q for q in requested if q in missing[True] and q in missing[False]]
+        if unknown:
+            never = [q for q in unknown if q in dict(model.named_modules())]
+            hint = (f" {never} are modules of the model that its forward never calls, in train or eval mode." if never else "")
+            raise _unknown(unknown, _known_names([*names[False].values(), *names[True].values()]), model, hint)
+        raise FeatureExtractionError(
+            f"{missing[False]} run only in train mode and {missing[True]} only in eval mode: "
+            "no single forward gives them all; extract them with two extractors."
+        )
+    if len(cut) == 2 and cut[True].python_code("self").src == cut[False].python_code("self").src:
+        cut = {True: cut[True]}  # the forward does not branch on self.training
+    same = len(cut) == 1 and not missing[True] and not missing[False]  # one forward for both modes
+    chain = _chain(cut[True], requested) if children and same else None
     if chain is not None:
         return _ChildrenExtractor(model, chain, requested)
-    return _GraphExtractor(model, graphs, requested)
+    if len(cut) == 1 and not missing[False]:
+        cut[False] = cut[True]
+    return _GraphExtractor(model, cut, requested)
 
 
 def _build_hooks(model: nn.Module, requested: dict[str, str]) -> FeatureExtractor:
@@ -442,12 +523,15 @@ def extract_features(model: nn.Module, return_nodes: ReturnNodes, *, mode: Mode 
     return extractor
 
 
-def feature_nodes(model: nn.Module) -> list[str]:
+def feature_nodes(model: nn.Module, *, training: bool = False) -> list[str]:
     """Every node name :func:`extract_features` accepts for ``model``, in forward order.
 
     With torch.fx: one name per module call and per function call, traced
-    through every non-torch module (torchvision's ``get_graph_node_names``
-    naming, in eval mode). A model fx cannot trace lists its module paths.
+    through every non-torch module, named as torchvision's
+    ``get_graph_node_names`` names them; unlike it, inputs (placeholders) and
+    constant reads (``get_attr``) are not listed. ``training=False`` lists the
+    eval-mode forward; ``training=True`` the train-mode one (auxiliary heads
+    such as googlenet's ``aux1``). A model fx cannot trace lists its module paths.
 
     Example::
 
@@ -455,40 +539,150 @@ def feature_nodes(model: nn.Module) -> list[str]:
         ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.relu', 'layer1.0.conv2', 'layer1.0.bn2', 'layer1.0.add', 'layer1.0.relu_1']
     """
     try:
-        with modes_kept(model, training=False):
+        with modes_kept(model, training=training):
             graph, names = _trace(model)
     except Exception as err:  # noqa: BLE001
         logger.info("torch.fx cannot trace %s (%s); listing module paths", type(model).__name__, err)
         return [name for name, _ in model.named_modules() if name]
-    return [names[n] for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    return [names.get(n, n.name) for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+
+
+def _declared(model: nn.Module) -> dict[str, tuple[int | None, int | None]]:
+    """``{module: (channels, stride)}`` the model declares: ours (:class:`FeatureInfo`), timm's
+    (a list of dicts, or ``features_only`` models' ``FeatureInfo`` with ``get_dicts()``)."""
+    own = getattr(model, "feature_info", None)
+    if own is None or isinstance(own, nn.Module):
+        return {}
+    if callable(getattr(own, "get_dicts", None)):
+        own = own.get_dicts()
+    out: dict[str, tuple[int | None, int | None]] = {}
+    try:
+        for item in own:
+            if isinstance(item, FeatureInfo):
+                out[item.module] = (item.channels, item.stride)
+            elif isinstance(item, Mapping) and isinstance(item.get("module"), str):
+                out[item["module"]] = (item.get("num_chs"), item.get("reduction"))
+    except TypeError:
+        return {}
+    return out
+
+
+def _bigger(call: tuple[tuple, dict]) -> tuple[tuple, dict] | None:
+    """The same call with every input's spatial (image) or sequence (token ids) dims doubled; None when
+    no input has such dims."""
+
+    def grow(x: Any) -> Any:
+        if not isinstance(x, Tensor):
+            return x
+        first = 2 if x.is_floating_point() or x.is_complex() else 1  # (B, C, *spatial) or (B, L) token ids
+        if x.dim() <= first:
+            return x
+        return x.new_zeros(*x.shape[:first], *(2 * n for n in x.shape[first:]))
+
+    args, kwargs = call
+    grown = tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+    changed = any(g is not a for g, a in zip(grown[0], args)) or any(grown[1][k] is not v for k, v in kwargs.items())
+    return grown if changed else None
+
+
+def _grid_of(x: Tensor | None, y: Tensor, channel: int) -> bool:
+    """Whether ``y``'s dims other than batch and ``channel`` are ``x``'s image grid divided by one stride."""
+    if x is None or not x.is_floating_point() or x.dim() != y.dim():
+        return False
+    grid = [n for d, n in enumerate(y.shape) if d not in (0, channel)]
+    strides = {size // n if n and size % n == 0 else -1 for size, n in zip(x.shape[2:], grid)}
+    return len(strides) == 1 and -1 not in strides
+
+
+def _layout(y: Tensor, y2: Tensor | None, declared: int | None, x: Tensor | None = None) -> tuple[str, int] | None:
+    """``(layout, channel dim)`` of ``y``: the one dim that does not grow with the input (``y2``); else the one
+    dim equal to the declared channel count; else, for an image-shaped output, the one reading whose other
+    dims are the input grid divided by one stride. None when none of these tells."""
+    if y.dim() == 2:
+        return "channels_first", 1
+    dims = range(1, y.dim())
+    fixed = [d for d in dims if y2 is not None and y2.dim() == y.dim() and y.shape[d] == y2.shape[d]]
+    if len(fixed) != 1 and declared is not None:
+        fixed = [d for d in dims if y.shape[d] == declared]
+    if len(fixed) != 1 and y2 is None:
+        fixed = [d for d in (1, y.dim() - 1) if _grid_of(x, y, d)]
+    if len(fixed) != 1:
+        return None
+    dim = fixed[0]
+    if dim == 1:
+        return "channels_first", 1
+    if dim == y.dim() - 1:
+        return ("tokens" if y.dim() == 3 else "channels_last"), dim
+    return None
 
 
 def feature_info(
-    model: nn.Module, input_size: Sequence[int], return_nodes: ReturnNodes | None = None
+    model: nn.Module,
+    input_size: Sequence[int] | None = None,
+    return_nodes: ReturnNodes | None = None,
+    *,
+    example_inputs: Any = None,
 ) -> list[FeatureInfo]:
-    """Channels and stride of each requested node, found on the meta device (no compute, no memory).
+    """Channels, stride and layout of each requested node, found on the meta device (no compute, no memory).
 
-    ``return_nodes`` defaults to the model's own ``feature_info`` modules, else
-    its top-level children. Stride is input width / map width (rounded);
-    ``0`` for outputs with no spatial dimension.
+    ``return_nodes`` defaults to the modules the model declares in its
+    ``feature_info`` (ours, or timm's list of dicts), else its top-level
+    children. The input is ``input_size`` (a float tensor), ``example_inputs``
+    (a tensor, a tuple of positional arguments or a dict of keyword arguments,
+    any dtypes: token ids for BERT), or guessed from the first layer.
+
+    Which dimension holds the channels is measured, not assumed: the model is
+    probed a second time with the spatial (or sequence) dims doubled, and the
+    one output dim that does not grow is the channel dim (layout
+    ``"channels_first"``, ``"channels_last"`` for swin's ``(B, H, W, C)``,
+    ``"tokens"`` for ``(B, L, C)``). A model that runs at one input size only
+    is read with the channel count it declares; with neither, the node is
+    refused with :class:`FeatureExtractionError`. Stride is the model's declared
+    stride (timm's ``reduction``) when it has one, else input width / map width;
+    ``0`` for ``(B, C)`` and token outputs.
 
     Example::
 
         >>> feature_info(create_model("resnet50"), (1, 3, 224, 224), ["layer1", "layer4"])
         [FeatureInfo(channels=256, stride=4, module='layer1'), FeatureInfo(channels=2048, stride=32, module='layer4')]
     """
+    declared = _declared(model)
     if return_nodes is None:
-        own = getattr(model, "feature_info", None)
-        return_nodes = [f.module for f in own] if own else [name for name, _ in model.named_children()]
+        return_nodes = list(declared) or [name for name, _ in model.named_children()]
     requested = _normalise(return_nodes)
+    call = example_call(model, input_size, example_inputs, error=FeatureExtractionError)
     extractor = extract_features(model, requested)
-    x = torch.empty(*input_size, device="meta")
-    outputs = probe(extractor, x)
+    purpose = "measure its feature maps"
+    outputs = probe(extractor, call, error=FeatureExtractionError, purpose=purpose)
+    bigger = _bigger(call)
+    try:
+        outputs2 = probe(extractor, bigger, error=FeatureExtractionError) if bigger is not None else None
+    except FeatureExtractionError as err:  # a model with one input size: the declared channels decide
+        logger.info("%s does not run at a second input size (%s)", type(model).__name__, err)
+        outputs2 = None
+    x = next((v for v in [*call[0], *call[1].values()] if isinstance(v, Tensor)), None)
     info = []
     for node, name in requested.items():
         y = outputs[name]
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise FeatureExtractionError(f"node {node!r} gives {type(y).__name__} {getattr(y, 'shape', '')}, not a (B, C, ...) tensor.")
-        stride = round(x.shape[-1] / y.shape[-1]) if y.dim() >= 3 and x.dim() >= 3 else 0
-        info.append(FeatureInfo(channels=int(y.shape[1]), stride=stride, module=node))
+        channels, stride = declared.get(node, (None, None))
+        y2 = outputs2[name] if outputs2 is not None else None
+        found = _layout(y, y2 if isinstance(y2, Tensor) else None, channels, x)
+        if found is None:
+            raise FeatureExtractionError(
+                f"cannot tell which dimension of {node!r}'s output {tuple(y.shape)} holds channels: "
+                f"{type(model).__name__} {'gives ' + str(tuple(y2.shape)) + ' at twice the input size' if isinstance(y2, Tensor) else 'does not run at a second input size'} "
+                "and declares no channel count for it. Request a node with a (B, C, ...) output."
+            )
+        layout, dim = found
+        if stride is None:
+            spatial = x is not None and x.is_floating_point() and x.dim() >= 3
+            if layout == "channels_first" and y.dim() >= 3 and spatial:
+                stride = round(x.shape[-1] / y.shape[-1])
+            elif layout == "channels_last" and spatial:
+                stride = round(x.shape[-1] / y.shape[-2])
+            else:
+                stride = 0
+        info.append(FeatureInfo(channels=int(y.shape[dim]), stride=int(stride), module=node, layout=layout))
     return info

@@ -31,10 +31,10 @@ from torch import nn
 from .errors import ModelConfigError, did_you_mean
 from .registry import create_model, update_config
 from .surgery import (
+    _adapt_channels,
     _fold_pairs,
     _inference_ready,
     _wrap_inputs,
-    adapt_input_channels,
     freeze,
     replace_head,
     replace_module,
@@ -52,7 +52,7 @@ def _optimized(model: nn.Module, step: Mapping[str, Any]) -> nn.Module:
 
 _REPLAY: dict[str, Callable[[nn.Module, Mapping[str, Any]], nn.Module]] = {
     "replace_head": lambda m, s: replace_head(m, s["num_classes"], path=s["path"]),
-    "adapt_input_channels": lambda m, s: adapt_input_channels(m, s["in_chans"], path=s["path"]),
+    "adapt_input_channels": lambda m, s: _adapt_channels(m, s["in_chans"], s["path"]),
     "freeze": lambda m, s: freeze(m, s["patterns"], exclude=s["exclude"], bn=s["bn"]),
     "unfreeze": lambda m, s: unfreeze(m),
     "add_inputs": lambda m, s: _wrap_inputs(m, dict(s)),

@@ -8,8 +8,9 @@ the GIL, so the work runs on up to :func:`threads` threads; a small load
 
 - :func:`verify`: hashes the spans straight from the page cache through
   read-only memory-mapped windows (no copy); the resident set grows by one
-  :data:`WINDOW` per thread at most. Loading into a live model runs it before
-  the first byte is written: that is what keeps the load transactional.
+  window per thread at most (:data:`WINDOW`, or 1/64 of a smaller load).
+  Loading into a live model runs it before the first byte is written: that
+  is what keeps the load transactional.
 - :func:`read`: reads each span with ``preadv`` straight into its
   destination's memory (no intermediate buffer). With ``verify=True`` each
   :data:`HOT_CHUNK` is hashed right after it lands, while it is still in the
@@ -37,7 +38,9 @@ from ._hash import checksum_error, tensor_hasher
 
 __all__ = ["Span", "verify", "read", "threads"]
 
-WINDOW = 8 * 1024 * 1024  # bytes mapped at once per thread by the checksum pass (the RSS it adds)
+WINDOW = 8 * 1024 * 1024  # most bytes mapped at once per thread by the checksum pass (the RSS it adds)
+WINDOWS_PER_LOAD = 64  # smaller loads map smaller windows: the RSS added stays about 1/64 of the data
+MIN_WINDOW = 256 * 1024
 CHUNK = 16 * 1024 * 1024  # bytes per preadv when not hashing: large reads, and tasks for load balance
 HOT_CHUNK = 512 * 1024  # bytes per preadv when hashing on the fly: stays in a core's L2 until hashed
 INLINE_BYTES = 32 * 1024 * 1024  # below this, threads cost more than they give
@@ -143,19 +146,19 @@ def _truncated(span: Span) -> CorruptCheckpointError:
 # the checksum pass
 
 
-def _hash_task(span: Span) -> Task:
+def _hash_task(span: Span, window: int) -> Task:
     def task(stop: threading.Event) -> None:
         h = tensor_hasher(span.dtype, span.shape)
-        for b in range(span.begin, span.end, WINDOW):
+        for b in range(span.begin, span.end, window):
             if stop.is_set():
                 return
-            e = min(b + WINDOW, span.end)
+            e = min(b + window, span.end)
             if os.fstat(span.fd).st_size < e:  # cut short since its header was read: a mapping would SIGBUS
                 raise _truncated(span)
             start = b - b % mmap.ALLOCATIONGRANULARITY
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            with mmap.mmap(span.fd, e - start, flags=flags, prot=mmap.PROT_READ, offset=start) as window:
-                with memoryview(window) as mv:
+            with mmap.mmap(span.fd, e - start, flags=flags, prot=mmap.PROT_READ, offset=start) as mapped:
+                with memoryview(mapped) as mv:
                     h.update(mv[b - start : e - start])
         if h.hexdigest() != span.digest:
             raise _Mismatch(span, h.hexdigest())
@@ -170,7 +173,8 @@ def verify(spans: Sequence[Span]) -> int:
         ChecksumError: naming the file and the first tensor (in file order) whose data differs.
     """
     ordered = sorted(spans, key=lambda s: (s.path, s.begin))
-    _run([(s.nbytes, _hash_task(s)) for s in ordered])
+    window = min(WINDOW, max(MIN_WINDOW, sum(s.nbytes for s in ordered) // WINDOWS_PER_LOAD))
+    _run([(s.nbytes, _hash_task(s, window)) for s in ordered])
     return len(ordered)
 
 

@@ -4,7 +4,7 @@
     >>> model = create_model("resnet18")
     >>> _ = save_weights(model, "model.safetensors"), save_weights(model, "b.pt")
     >>> info = inspect_checkpoint("model.safetensors")
-    >>> info.tensors, info.parameters, info.checksums
+    >>> info.tensors, info.values, info.checksums
     (122, 11699132, 'verified')
     >>> diff_checkpoints("model.safetensors", "b.pt").max_abs_diff["fc.weight"]
     0.0
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ import torch
 
 from ..errors import CheckpointError
 from .keys import WRAPPER_SEGMENTS, match_keys
+from .formats import dtype_name
 from .sources import Source, open_source
 from .weights import parse_size, save_weights
 
@@ -30,12 +32,16 @@ __all__ = ["CheckpointInfo", "inspect_checkpoint", "CheckpointDiff", "diff_check
 
 @dataclass
 class CheckpointInfo:
-    """What a checkpoint holds: per-tensor ``[key, shape, dtype]``, totals, layout, metadata, checksum status."""
+    """What a checkpoint holds: per-tensor ``[key, shape, dtype]``, totals, layout, metadata, checksum status.
+
+    ``values`` counts every value stored (parameters and buffers alike: a file does not say which is
+    which), each tied tensor once; ``nbytes`` is their size.
+    """
 
     path: str
     format: str
     tensors: int
-    parameters: int
+    values: int
     nbytes: int
     entries: list[tuple[str, list[int], str]]
     prefixes: dict[str, int]
@@ -77,15 +83,15 @@ def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted:
     src = open_source(path, trusted=trusted)
     stored = src.keys()
     entries = []
-    params = nbytes = 0
+    values = nbytes = 0
     for k in stored:
         shape, dtype = src.spec(k)
-        entries.append((k, list(shape), str(dtype).removeprefix("torch.")))
+        entries.append((k, list(shape), dtype_name(dtype)))
         if k not in src.aliases:
             n = 1
             for d in shape:
                 n *= d
-            params += n
+            values += n
             nbytes += n * dtype.itemsize
     status = src.checksum_status
     if verify and status == "present":
@@ -95,7 +101,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted:
         path=str(src.path),
         format=src.format,
         tensors=len(stored),
-        parameters=params,
+        values=values,
         nbytes=nbytes,
         entries=entries,
         prefixes=_prefix_counts(stored),
@@ -142,6 +148,25 @@ def _named_tensors(target: str | os.PathLike | Tensors, trusted: bool) -> tuple[
     return str(target), read_weights(target, trusted=trusted)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """0.0 for the same bits or NaN where the other has NaN too; inf where only one side is NaN."""
+    if a.dtype == b.dtype and torch.equal(_bits(a), _bits(b)):
+        return 0.0
+    if a.numel() == 0:
+        return 0.0
+    if a.dtype == torch.bool or b.dtype == torch.bool:
+        return float((a != b).any())
+    x, y = a.to(torch.float64), b.to(torch.float64)
+    nan_x, nan_y = x.isnan(), y.isnan()
+    diff = torch.where(x == y, 0.0, (x - y).abs())  # equal infinities: 0, not inf - inf = nan
+    diff = torch.where(nan_x & nan_y, 0.0, torch.where(nan_x | nan_y, torch.inf, diff))
+    return diff.max().item()
+
+
 def diff_checkpoints(
     a: str | os.PathLike | Tensors, b: str | os.PathLike | Tensors, *, trusted: bool = False
 ) -> CheckpointDiff:
@@ -150,7 +175,9 @@ def diff_checkpoints(
     Keys are matched through wrapper prefixes (``module.`` / ``_orig_mod.``);
     values are compared in float64 as the maximum absolute difference per
     tensor, except where one side is on the meta device (a model built on meta
-    has shapes and dtypes, no values): then keys, shapes and dtypes only.
+    has shapes and dtypes, no values): then keys, shapes and dtypes only. NaN
+    where the other side has NaN is equal (a file equals itself), NaN against a
+    number is a difference of ``inf``.
     ``torchsmith diff ckpt MODELNAME`` compares a checkpoint with a registered
     model that way.
     """
@@ -164,13 +191,10 @@ def diff_checkpoints(
             shape[ka] = (list(ta.shape), list(tb.shape))
             continue
         if ta.dtype != tb.dtype:
-            dtype[ka] = (str(ta.dtype).removeprefix("torch."), str(tb.dtype).removeprefix("torch."))
+            dtype[ka] = (dtype_name(ta.dtype), dtype_name(tb.dtype))
         if ta.is_meta or tb.is_meta:
             continue
-        if ta.numel() == 0 or ta.dtype == torch.bool or tb.dtype == torch.bool:
-            maxdiff[ka] = float((ta != tb).any()) if ta.numel() else 0.0
-        else:
-            maxdiff[ka] = (ta.to(torch.float64) - tb.to(torch.float64)).abs().max().item()
+        maxdiff[ka] = _max_abs_diff(ta, tb)
     return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
 
 
@@ -188,8 +212,10 @@ def convert_checkpoint(
     ``src`` may also be a distributed checkpoint directory (``torch.distributed.checkpoint``): its model
     tensors are consolidated into whole tensors (see :mod:`torchsmith.checkpoint.dcp`).
 
-    ``strip_prefix`` removes a prefix from every key that has it (``"module."``).
-    ``progress(done_bytes, total_bytes)`` is called as tensors are written. Returns the path written.
+    ``strip_prefix`` removes a prefix from every key that has it (``"module."``). Tied tensors
+    (one tensor under several names, as in a ``pytorch_model.bin``) are stored once. The output's
+    directory is created when it does not exist. ``progress(done_bytes, total_bytes)`` is called as
+    tensors are written. Returns the path written.
 
     Raises:
         CheckpointError: the output would be the input file, or a stripped key collides with another.
@@ -216,4 +242,13 @@ def convert_checkpoint(
         if progress is not None:
             progress(done, total)
 
-    return save_weights(sd, dst, max_shard_size=max_shard_size, progress=tick)
+    parent = Path(dst).parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return save_weights(sd, dst, max_shard_size=max_shard_size, progress=tick)
+    except BaseException:
+        for p in created:  # a failed convert leaves no new directories behind (innermost first)
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise

@@ -72,6 +72,11 @@ class LoadReport:
         other_keys: the training-loop dict's other entries (``optimizer``, ``epoch``), not loaded.
         checksums: ``"verified"``, ``"absent"`` (the file has none) or ``"skipped"`` (``verify=False``).
         tied: ``(alias, target)`` pairs stored once in the file.
+        tied_in_model: ``(key, loaded key)`` pairs: model keys absent from the file whose tensor is the
+            very tensor of a loaded key (an output layer tied to the embedding), so they are loaded too.
+        recomputed: tensors no file holds (non-persistent buffers) that were on meta, computed by
+            building the model again with its parameters on meta.
+        on_meta: tensors of the model still on the meta device after the load (no values): a failure.
         values / nbytes: numbers of values and bytes loaded.
     """
 
@@ -89,14 +94,17 @@ class LoadReport:
     checksums: str = "absent"
     checksums_checked: int = 0
     tied: list[tuple[str, str]] = field(default_factory=list)
+    tied_in_model: list[tuple[str, str]] = field(default_factory=list)
+    recomputed: list[str] = field(default_factory=list)
+    on_meta: list[str] = field(default_factory=list)
     values: int = 0
     nbytes: int = 0
     model_keys: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when every model key was loaded and every file key used."""
-        return not (self.missing or self.unexpected or self.mismatched)
+        """True when every model key was loaded, every file key used, and no tensor is left on meta."""
+        return not (self.missing or self.unexpected or self.mismatched or self.on_meta)
 
     def to_dict(self) -> dict:
         """A JSON-able dict (for ``--json`` and logs)."""
@@ -105,7 +113,8 @@ class LoadReport:
         return out
 
     def _lines(self) -> list[tuple[str, str]]:
-        rows = [("loaded", f"{len(self.loaded)} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes)})")]
+        tied = f" (+{len(self.tied_in_model)} tied)" if self.tied_in_model else ""
+        rows = [("loaded", f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes)})")]
         if self.source_key:
             others = f"; not loaded: {', '.join(self.other_keys)}" if self.other_keys else ""
             rows.append(("source", f"training checkpoint, weights under {self.source_key!r}{others}"))
@@ -118,8 +127,6 @@ class LoadReport:
         for label, table in (("removed", self.prefixes_removed), ("added", self.prefixes_added)):
             for prefix, n in sorted(table.items()):
                 rows.append(("prefixes", f"{label} {prefix!r} {'from' if label == 'removed' else 'to'} {n} keys"))
-        if self.tied:
-            rows.append(("tied", f"{len(self.tied)} stored once: " + ", ".join(f"{a} = {t}" for a, t in self.tied)))
         return rows
 
     def __str__(self) -> str:
@@ -130,6 +137,11 @@ class LoadReport:
             ("unexpected", self.unexpected, lambda k: k),
             ("mismatched", self.mismatched, lambda m: (m.key, m.reason)),
             ("casts", self.casts, lambda c: (c.key, f"{c.file_dtype} -> {c.model_dtype}")),
+            ("tied", [(a, t, "stored once in the file") for a, t in self.tied]
+             + [(k, t, "same tensor in the model, absent from the file") for k, t in self.tied_in_model],
+             lambda x: (x[0], f"= {x[1]}  ({x[2]})")),
+            ("recomputed", self.recomputed, lambda k: (k, "not in the file; computed by building the model again")),
+            ("on meta", self.on_meta, lambda k: (k, "no values: not loaded, and the model cannot recompute it")),
         )
         for label, items, fmt in sections:
             if not items:

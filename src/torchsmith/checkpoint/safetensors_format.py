@@ -24,8 +24,9 @@ from ..errors import CorruptCheckpointError
 from . import _json
 from . import _engine
 from ._hash import HASH_NAME, PLACEHOLDER, is_digest, tensor_hasher
+from .formats import DTYPE_NAMES, DTYPES
 
-__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES"]
+__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES", "DTYPE_NAMES"]
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
 
@@ -34,25 +35,6 @@ META_HASH = "torchsmith.hash"
 META_CHECKSUMS = "torchsmith.checksums"
 META_ALIASES = "torchsmith.aliases"
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16,
-    "U32": torch.uint32,
-    "U64": torch.uint64,
-    "C64": torch.complex64,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,25 @@ import torch
 from ..errors import CheckpointError, CorruptCheckpointError
 from . import _engine, _json
 from ._hash import HASH_NAME, checksum_error, is_digest
+from .formats import INDEX_SUFFIX, format_for
 from .keys import find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
 
-__all__ = ["open_source", "Source", "INDEX_SUFFIX"]
+__all__ = ["open_source", "Source", "tensor_identity"]
 
-INDEX_SUFFIX = ".index.json"
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 _DIR_CANDIDATES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+def tensor_identity(t: torch.Tensor) -> tuple:
+    """Equal for two tensors exactly when they are the same values in memory (tied weights).
+
+    Two names for one tensor object, or two tensor objects viewing the same bytes with the same
+    layout. Meta and empty tensors have no bytes to share: only the object itself counts.
+    """
+    if t.is_meta or t.numel() == 0:
+        return ("object", id(t))
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
 class Source:
@@ -36,7 +46,7 @@ class Source:
     aliases: dict[str, str]
     metadata: dict[str, str]
     source_key: str | None = None
-    other_keys: list[str] = []
+    other_keys: tuple[str, ...] = ()
 
     def keys(self) -> list[str]:
         """Stored keys, then aliases."""
@@ -114,7 +124,14 @@ class TensorSource(Source):
         self.tensors = dict(tensors)
         self.checksums = checksums
         self.aliases = {}
-        self._spec_table = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors.items()}
+        first: dict[tuple, str] = {}
+        for k, t in self.tensors.items():  # torch.save keeps a tied tensor once: so do we (aliases)
+            ident = tensor_identity(t)
+            if ident in first:
+                self.aliases[k] = first[ident]
+            else:
+                first[ident] = k
+        self._spec_table = {k: (tuple(t.shape), t.dtype) for k, t in self.tensors.items() if k not in self.aliases}
 
     def _specs(self):
         return self._spec_table
@@ -148,7 +165,7 @@ def _sniff(path: Path) -> str:
         head = f.read(9)
     if head[8:9] == b"{":
         return "safetensors"
-    if head.startswith(b"PK") or head[:1] == b"\x80" or path.suffix in TORCH_SUFFIXES:
+    if head.startswith(b"PK") or head[:1] == b"\x80" or format_for(path) == "torch":
         return "torch"
     return "safetensors"
 
@@ -230,7 +247,7 @@ def _open_torch(path: Path, trusted: bool) -> TensorSource:
             )
         source_key, others = None, []
     src = TensorSource(path, tensors, checksums, metadata)
-    src.source_key, src.other_keys = source_key, others
+    src.source_key, src.other_keys = source_key, tuple(others)
     return src
 
 

@@ -26,7 +26,8 @@ import torch
 
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._hash import HASH_NAME, tensor_hasher
-from .safetensors_format import DTYPE_NAMES, byte_view
+from .formats import DTYPE_NAMES
+from .safetensors_format import byte_view
 
 __all__ = ["read_torch_file", "write_torch_file", "pickle_globals", "tensor_digest"]
 

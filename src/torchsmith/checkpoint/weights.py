@@ -29,16 +29,17 @@ from ..errors import CheckpointError, IncompatibleCheckpointError
 from . import _json
 from .atomic import atomic_write
 from .keys import match_keys
+from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
-from .safetensors_format import DTYPE_NAMES, META_ALIASES, write_safetensors
-from .sources import INDEX_SUFFIX, Source, TensorSource, open_source
+from .formats import DTYPE_NAMES, INDEX_SUFFIX, SAFETENSORS_SUFFIX, dtype_name, format_for
+from .safetensors_format import META_ALIASES, write_safetensors
+from .sources import Source, TensorSource, open_source, tensor_identity
 from .torch_format import write_torch_file
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 BATCH_BYTES = 256 * 2**20  # fresh tensors read at once when each must then be moved or cast
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -96,7 +97,7 @@ def dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[s
         if t.numel() == 0:
             stored[name] = t
             continue
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        ident = tensor_identity(t)
         if ident in seen:
             aliases[name] = seen[ident]
         else:
@@ -118,7 +119,7 @@ def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _shard_names(path: Path, n: int) -> list[str]:
-    stem = path.name.removesuffix(".safetensors")
+    stem = path.name.removesuffix(SAFETENSORS_SUFFIX)
     return [f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
@@ -131,7 +132,7 @@ def _old_shards(index: Path) -> set[str]:
 
 def _remove_shards(index: Path, names: set[str]) -> None:
     """Delete shard files of an older save that the current one no longer uses."""
-    pattern = re.compile(re.escape(index.name.removesuffix(".safetensors" + INDEX_SUFFIX)) + r"-\d{5}-of-\d{5}\.safetensors")
+    pattern = re.compile(re.escape(index.name.removesuffix(SAFETENSORS_SUFFIX + INDEX_SUFFIX)) + r"-\d{5}-of-\d{5}\.safetensors")
     for name in names:
         if pattern.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):
@@ -186,9 +187,9 @@ def save_weights(
 ) -> Path:
     """Write weights atomically, with a checksum of every tensor; returns the path written.
 
-    The format follows the suffix: ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``
-    write a torch file (``{"state_dict", "torchsmith"}``), anything else
-    safetensors. Tied (shared) tensors are stored once and re-tied on load.
+    The format follows the suffix (one table, ``checkpoint.formats``): ``.pt`` /
+    ``.pth`` / ``.bin`` / ``.ckpt`` / ``.pkl`` / ``.tar`` write a torch file
+    (``{"state_dict", "torchsmith"}``), anything else safetensors. Tied (shared) tensors are stored once and re-tied on load.
     With ``max_shard_size`` (``"2GB"``), a safetensors checkpoint larger than
     that is split into ``model-00001-of-0000N.safetensors`` files plus
     ``model.safetensors.index.json`` (the index path is returned).
@@ -205,7 +206,7 @@ def save_weights(
     path = Path(path)
     sd = state_dict_of(model_or_state_dict)
     metadata = check_metadata(metadata)
-    if path.suffix in TORCH_SUFFIXES:
+    if format_for(path) == "torch":
         if max_shard_size is not None:
             raise CheckpointError(f"max_shard_size applies to safetensors; {str(path)!r} is a torch file. Use a .safetensors path.")
         with atomic_write(path) as f:
@@ -249,11 +250,7 @@ def _castable(a: torch.dtype, b: torch.dtype) -> bool:
     return ints and b not in (torch.bool,) and not b.is_floating_point and not b.is_complex
 
 
-def _dt(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
-
-
-def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: bool) -> tuple[LoadReport, list]:
+def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport, list]:
     """Check every key, shape and dtype; return the report and ``(target, file_key)`` writes."""
     targets = model.state_dict(keep_vars=True)
     match = match_keys(src.keys(), targets, prefix=prefix)
@@ -270,23 +267,42 @@ def _plan(src: Source, model: nn.Module, prefix, strict: bool, skip_mismatched: 
         model_keys=len(targets),
     )
     writes = []
-    done: dict[int, str] = {}
+    done: dict[tuple, str] = {}
     for mk, fk in match.pairs.items():
         target = targets[mk]
         shape, dtype = src.spec(fk)
         if tuple(target.shape) != shape or not _castable(dtype, target.dtype):
-            report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), _dt(dtype), _dt(target.dtype)))
+            report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), dtype_name(dtype), dtype_name(target.dtype)))
             continue
         report.loaded.append(mk)
         if dtype != target.dtype:
-            report.casts.append(Cast(mk, _dt(dtype), _dt(target.dtype)))
-        if id(target) in done:  # tied in the model: one write serves both keys
+            report.casts.append(Cast(mk, dtype_name(dtype), dtype_name(target.dtype)))
+        if tensor_identity(target) in done:  # tied in the model: one write serves both keys
             continue
-        done[id(target)] = fk
+        done[tensor_identity(target)] = mk
         writes.append((target, fk))
         report.values += target.numel()
         report.nbytes += target.numel() * target.element_size()
+    # a model key the file lacks whose tensor is one the load fills is tied (save_pretrained drops lm_head.weight)
+    for mk in list(report.missing):
+        partner = done.get(tensor_identity(targets[mk]))
+        if partner is not None:
+            report.missing.remove(mk)
+            report.tied_in_model.append((mk, partner))
     return report, writes
+
+
+def _left_on_meta(report: LoadReport, model: nn.Module, writes: list, map_location) -> dict[str, torch.Tensor]:
+    """Meta tensors the writes will not fill: recompute the ones the model can (returned), name the rest."""
+    filled = {id(target) for target, _ in writes}
+    left = {name: t for name, t in meta_tensors(model).items() if id(t) not in filled}
+    if not left:
+        return {}
+    in_state = set(model.state_dict(keep_vars=True))
+    rebuilt = recompute(model, [n for n in left if n not in in_state], device=map_location)
+    report.recomputed = sorted(rebuilt)
+    report.on_meta = sorted(n for n in left if n not in rebuilt)
+    return rebuilt
 
 
 def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool) -> None:
@@ -297,6 +313,8 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
         problems.append(f"{len(report.unexpected)} file keys unknown to the model")
     if report.mismatched and not skip_mismatched:
         problems.append(f"{len(report.mismatched)} keys with a different shape or dtype")
+    if strict and report.on_meta:
+        problems.append(f"{len(report.on_meta)} tensors would be left on the meta device, without values")
     if not problems:
         return
     hints = []
@@ -306,6 +324,11 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
         hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
     if report.missing and report.unexpected:
         hints.append("pass prefix='backbone.' to add or strip a prefix")
+    if strict and report.on_meta:
+        hints.append(
+            "build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
+            "tensors under 'on meta' values before using the model"
+        )
     advice = "; ".join(hints)
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
@@ -370,15 +393,20 @@ def load_weights(
     ``module.`` / ``_orig_mod.`` on either side; a string such as
     ``"backbone."`` is stripped from or added to the file's keys; ``None``
     matches keys exactly. Parameters on the meta device are materialised on
-    ``map_location``; others are written in place, on their own device.
+    ``map_location``; others are written in place, on their own device. A key
+    the file lacks whose tensor is the very tensor of a loaded key (an output
+    layer tied to the embedding) is ``tied``, not missing. Tensors no file holds
+    (non-persistent buffers) that are still on meta are recomputed when the model
+    can be rebuilt (registry config, transformers ``config``), else named under
+    ``on_meta``: a failure, refused when ``strict``.
     Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
 
     Transactional: keys, shapes, dtypes and checksums are all checked before
     anything is written; on any error the model is byte-for-byte unchanged.
 
     Raises:
-        IncompatibleCheckpointError: missing / unexpected keys (``strict``) or mismatched shapes
-            (unless ``skip_mismatched``); ``.report`` holds the details.
+        IncompatibleCheckpointError: missing / unexpected keys or tensors left on meta (``strict``), or
+            mismatched shapes (unless ``skip_mismatched``); ``.report`` holds the details.
         ChecksumError: damaged tensor data, naming the file and tensor.
         UnsafeCheckpointError: a pickle needing code (pass ``trusted=True`` only for files you trust).
         CorruptCheckpointError: a damaged file.
@@ -394,7 +422,8 @@ def load_weights(
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
     src = open_source(path, trusted=trusted)
-    report, writes = _plan(src, model, prefix, strict, skip_mismatched)
+    report, writes = _plan(src, model, prefix)
+    rebuilt = _left_on_meta(report, model, writes, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
     _refuse(report, model, strict, skip_mismatched)
@@ -421,5 +450,7 @@ def load_weights(
     if on_the_fly:
         report.checksums_checked = len(writes)
     _assign(model, new)
+    for name, value in rebuilt.items():
+        put(model, name, value)
     log.debug("loaded %s", report)
     return report

@@ -35,6 +35,7 @@ from ..replay import build_from_config, finish_loaded
 from . import _json
 from ._hash import bytes_digest
 from .atomic import atomic_write
+from .formats import TORCH_DTYPES, dtype_name
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .torch_format import read_torch_file
 from .weights import check_metadata, dedupe, load_weights, state_dict_of
@@ -50,7 +51,6 @@ _LAYER_NAMES: dict[Any, str] = {}
 for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _LAYER_NAMES.setdefault(_cls, _name)
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
 
 
 # config encoding
@@ -72,8 +72,8 @@ def _encode(value: Any, where: str, problems: list[str]) -> Any:
         if bad:
             problems.append(f"{where} has non-string keys {bad[:3]}")
         return {str(k): _encode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
-    if isinstance(value, torch.dtype) and str(value).removeprefix("torch.") in _DTYPES:
-        return {"$dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.dtype) and dtype_name(value) in TORCH_DTYPES:
+        return {"$dtype": dtype_name(value)}
     try:
         if value in _LAYER_NAMES:
             return {"$layer": _LAYER_NAMES[value]}
@@ -94,9 +94,9 @@ def _decode(value: Any, where: str, problems: list[str]) -> Any:
                 problems.append(f"{where}: unknown layer name {name!r}")
             return cls
         if set(value) == {"$dtype"}:
-            if value["$dtype"] not in _DTYPES:
+            if value["$dtype"] not in TORCH_DTYPES:
                 problems.append(f"{where}: unknown dtype {value['$dtype']!r}")
-            return _DTYPES.get(value["$dtype"])
+            return TORCH_DTYPES.get(value["$dtype"])
         return {k: _decode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
     return value
 
@@ -163,8 +163,8 @@ def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
         elif sd_want[key].shape != sd_have[key].shape:
             out.append(f"{key}: expected shape {tuple(sd_want[key].shape)}, found {tuple(sd_have[key].shape)}")
         elif sd_want[key].dtype != sd_have[key].dtype:
-            out.append(f"{key}: expected {str(sd_want[key].dtype).removeprefix('torch.')}, "
-                       f"found {str(sd_have[key].dtype).removeprefix('torch.')}")  # fmt: skip
+            out.append(f"{key}: expected {dtype_name(sd_want[key].dtype)}, "
+                       f"found {dtype_name(sd_have[key].dtype)}")  # fmt: skip
     return out
 
 

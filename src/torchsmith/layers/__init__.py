@@ -1,6 +1,7 @@
 """Reusable building blocks. Never imports the zoo."""
 
 from .create import ACT_LAYERS, NORM_LAYERS, get_act_layer, get_norm_layer
+from .children import ChildrenRunner
 from .blocks import BasicBlock, Bottleneck, conv1x1, conv3x3
 from .fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 from .info import FeatureInfo
@@ -19,6 +20,7 @@ __all__ = [
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",
     "LastLevelP6P7",
+    "ChildrenRunner",
     "FeatureInfo",
     "FrozenBatchNorm2d",
 ]

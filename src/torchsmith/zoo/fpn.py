@@ -17,14 +17,13 @@ Example::
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
-from ..layers import ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ..registry import register_model
 from ._factory import keywords_of
 from .resnet import build_resnet
@@ -41,11 +40,13 @@ __all__ = [
 ]
 
 
-class LayerGetter(nn.ModuleDict):
+class LayerGetter(ChildrenRunner):
     """Runs a model's top-level children in order and returns chosen outputs.
 
     Children after the last requested one are dropped (no wasted compute, no
-    unused keys). ``return_layers`` maps child names to output names.
+    unused keys). ``return_layers`` maps child names to output names. The
+    runner is :class:`torchsmith.layers.ChildrenRunner` (the one
+    ``extract_features`` uses); this class only picks the children.
 
     Example::
 
@@ -62,23 +63,9 @@ class LayerGetter(nn.ModuleDict):
                 f"return_layers {missing} are not top-level children of {type(model).__name__}; "
                 f"its children are {list(children)}."
             )
-        wanted = set(return_layers)
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        for name, module in children.items():
-            layers[name] = module
-            wanted.discard(name)
-            if not wanted:
-                break
-        super().__init__(layers)
-        self.return_layers = dict(return_layers)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out: OrderedDict[str, Tensor] = OrderedDict()
-        for name, module in self.items():
-            x = module(x)
-            if name in self.return_layers:
-                out[self.return_layers[name]] = x
-        return out
+        names = list(children)
+        last = max((names.index(name) for name in return_layers), default=-1)
+        super().__init__({name: children[name] for name in names[: last + 1]}, return_layers)
 
 
 class BackboneWithFPN(nn.Module):

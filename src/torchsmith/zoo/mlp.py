@@ -61,7 +61,7 @@ class MLP(nn.Module):
         self.in_features = in_features
         self.num_features = sizes[-1]
         self.num_classes = num_classes
-        self.feature_info = [FeatureInfo(sizes[-1], 1, "features")]
+        self.feature_info = [FeatureInfo(sizes[-1], 0, "features")]  # (B, C): no spatial dimension, stride 0
 
     def get_classifier(self) -> nn.Module:
         return self.head

@@ -1,0 +1,118 @@
+"""Formatting a summary: a rich table (``str()``), Markdown, and the footer lines shared by both."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .records import LayerRecord, format_shape
+from .totals import format_bytes, format_flops
+
+if TYPE_CHECKING:
+    from .summary import Summary
+
+__all__ = ["rich_table", "render_text", "render_markdown", "footer_lines"]
+
+COLUMNS = ("Module", "Type", "Output shape", "Params", "Train", "FLOPs", "Output bytes")
+
+
+def _outputs(rec: LayerRecord) -> str:
+    if rec.status in ("not run", "not reached"):
+        return f"({rec.status})"
+    if rec.status in ("failed", "unfinished"):
+        return f"? ({rec.status})"
+    if not rec.outputs:  # no tensor output, or a container that is never called itself
+        return "--"
+    if len(rec.outputs) == 1 and not rec.outputs[0].key:
+        return format_shape(rec.outputs[0].shape)
+    return "\n".join(f"{leaf.key}: {format_shape(leaf.shape)}" for leaf in rec.outputs)
+
+
+def _names(records: list[LayerRecord]) -> list[tuple[int, str]]:
+    """(indent, label) per row: the path relative to the nearest ancestor printed above it, so rows of
+    interleaved containers (a U-Net's ``downs`` and ``encoder``) still read as a tree."""
+    stack: list[str] = []
+    out = []
+    for rec in records:
+        if not rec.path:
+            stack = [""]
+            out.append((0, rec.type))
+            continue
+        while stack and stack[-1] and not rec.path.startswith(stack[-1] + "."):
+            stack.pop()
+        parent = stack[-1] if stack else ""
+        out.append((len(stack), rec.path[len(parent) + 1:] if parent else rec.path))
+        stack.append(rec.path)
+    return out
+
+
+def _cells(rec: LayerRecord, indent: int, label: str) -> list[str]:
+    name = "  " * indent + label + (f" (call {rec.call})" if rec.call > 1 else "")
+    if rec.call > 1:
+        params = "(shared)" if rec.params else "--"
+    else:
+        params = f"{rec.params:,}" if rec.params else "--"
+        if rec.tied:
+            params += " (tied: " + ", ".join(rec.tied) + ")"
+    computed = rec.status in ("ok", "container")
+    flops = format_flops(rec.flops, "") if computed and rec.flops else ("--" if computed else "?")
+    nbytes = format_bytes(rec.output_bytes) if computed and rec.outputs else ("--" if computed else "?")
+    return [name, rec.type, _outputs(rec), params, rec.trainable if rec.params else "--", flops.strip(), nbytes]
+
+
+def footer_lines(s: Summary) -> list[str]:
+    t = s.totals
+    dtypes = ", ".join(f"{dt} {format_bytes(n)}" for dt, n in sorted(t.param_bytes.items())) or "none"
+    lines = [
+        f"Parameters: {t.total_params:,} ({t.trainable_params:,} trainable, "
+        f"{t.total_params - t.trainable_params:,} frozen; a tied or shared parameter counted once)",
+        f"Parameter bytes: {dtypes}; buffers {format_bytes(t.buffer_bytes)}",
+        f"FLOPs: {format_flops(t.total_flops)} (1 FLOP = one multiply or add, so 2 x MACs) for input {s.input_desc}",
+        f"Saved for backward ({s.mode} mode): {format_bytes(t.saved_bytes)}",
+        f"Training step with Adam (weights + grads + 2 states + saved activations): {format_bytes(t.training_bytes)}",
+    ]
+    if s.uncounted_ops:
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(s.uncounted_ops.items()))
+        lines.append(f"Not counted (element-wise / reductions, no FLOP formula): {ops}")
+    lines.append(f"Computed on: {s.backend}" + (" (fallback: " + "; ".join(s.attempts) + ")" if s.attempts else ""))
+    if s.error:
+        lines.append(f"Incomplete: {s.error}")
+    return lines
+
+
+def rich_table(s: Summary) -> Group:
+    table = Table(title=f"{s.model_type} summary", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in ("Params", "FLOPs", "Output bytes") else "left",
+                         overflow="fold")
+    rows = s.rows()
+    for rec, (indent, label) in zip(rows, _names(rows)):
+        table.add_row(*_cells(rec, indent, label))
+    return Group(table, Text("\n".join(footer_lines(s))))
+
+
+def render_text(s: Summary, width: int = 140) -> str:
+    """The table as plain text (no colour), ``width`` characters wide."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
+                      legacy_windows=False, highlight=False)
+    console.print(rich_table(s))
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
+
+
+def render_markdown(s: Summary) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in ("Params", "FLOPs", "Output bytes")
+                                                          else "---" for c in COLUMNS) + "|"]
+    rows = s.rows()
+    for rec, (indent, label) in zip(rows, _names(rows)):
+        cells = _cells(rec, indent, label)
+        cells[0] = "&nbsp;" * (2 * indent) + cells[0].strip()
+        lines.append("| " + " | ".join(esc(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in footer_lines(s)) + "\n"
