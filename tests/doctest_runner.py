@@ -12,6 +12,7 @@ from torch import nn
 
 import torchsmith
 from torchsmith.registry import _REGISTRY
+from torchsmith.spec import names as _spec_names
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -24,7 +25,7 @@ def namespace() -> dict:
 def run(test: doctest.DocTest, workdir: Path) -> str:
     """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output.
 
-    Models an example registers are unregistered afterwards.
+    Models, spec blocks and graph ops an example registers are unregistered afterwards.
     """
     test.globs = {**namespace(), **test.globs}
     runner = doctest.DocTestRunner(optionflags=OPTIONS)
@@ -32,6 +33,7 @@ def run(test: doctest.DocTest, workdir: Path) -> str:
     cwd = os.getcwd()
     threads = torch.get_num_threads()
     registered = dict(_REGISTRY)
+    blocks, ops = dict(_spec_names._BLOCKS), dict(_spec_names._OPS)
     torch.manual_seed(0)
     os.chdir(workdir)
     try:
@@ -41,6 +43,9 @@ def run(test: doctest.DocTest, workdir: Path) -> str:
         torch.set_num_threads(threads)
         _REGISTRY.clear()
         _REGISTRY.update(registered)
+        for table, saved in ((_spec_names._BLOCKS, blocks), (_spec_names._OPS, ops)):
+            table.clear()
+            table.update(saved)
     return "".join(out) if runner.failures else ""
 
 
