@@ -678,8 +678,10 @@ def _adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
         new = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])  # (O, in_chans, *k)
         new.index_add_(1, torch.arange(source, device=weight.device) % in_chans, weight)
     else:
-        old_of_new = torch.arange(in_chans, device=weight.device) % source  # new channel j stands for j % C
-        repeats = torch.bincount(old_of_new, minlength=source).to(weight.dtype)  # (C,) new channels per old one
+        old_of_new = torch.arange(in_chans, device="cpu") % source  # new channel j stands for j % C
+        # counted on the CPU (shapes only: bincount has no meta kernel, and load_model replays this on meta)
+        repeats = torch.bincount(old_of_new, minlength=source).to(device=weight.device, dtype=weight.dtype)  # (C,)
+        old_of_new = old_of_new.to(weight.device)
         shape = (1, in_chans) + (1,) * (weight.dim() - 2)
         new = weight[:, old_of_new] / repeats[old_of_new].reshape(shape)  # (O, in_chans, *k)
     conv.weight = nn.Parameter(new, requires_grad=conv.weight.requires_grad)
