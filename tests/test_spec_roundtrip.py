@@ -75,10 +75,14 @@ def test_cli_build_json(capsys):
     assert row["output"] == [2, 64, 64 - 8, 64 - 8]
     assert row["params"] == (3 * 25 * 20 + 20) + (20 * 25 * 64 + 64)
     assert row["layers"] == {"Conv2d": 2, "ReLU": 2}
+    totals = row["summary"]["totals"]  # the summary of the built model comes with it
+    assert totals["total_params"] == row["params"]
+    conv_flops = 2 * 2 * (20 * 60 * 60 * 3 * 25 + 64 * 56 * 56 * 20 * 25)  # 2 x MACs of both convs, batch 2
+    assert totals["total_flops"] == conv_flops
 
 
 def test_cli_build_table_matches_golden(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("COLUMNS", "120")
     monkeypatch.chdir(ROOT)
     assert main(["build", "examples/specs/unet.yaml", "--input", "1,3,100,75"]) == 0
     assert capsys.readouterr().out == (GOLDEN / "spec_build_unet.txt").read_text()
@@ -159,3 +163,12 @@ def test_surgery_after_build_is_saved_as_steps_and_to_spec_refuses_to_forget_it(
     loaded = ts.load_model(tmp_path / "m")
     x = torch.rand(2, 3, 16, 16)
     assert loaded.fc.out_features == 4 and torch.equal(loaded(x), model(x))
+
+
+def test_cli_summary_trace_and_diagram_take_a_spec_file(tmp_path, capsys):
+    assert main(["summary", str(SPECS / "conv_stack.yaml"), "--json"]) == 0  # input: the spec's own [1, 3, 224, 224]
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["shape"] == [1, 64, 216, 216]  # the tutorial's figure
+    assert main(["trace", str(SPECS / "mlp.yaml")]) == 0
+    assert "(1, 784)" in capsys.readouterr().out
+    assert main(["diagram", str(SPECS / "mlp.yaml"), "-o", str(tmp_path / "mlp.html")]) == 0
+    assert "<html" in (tmp_path / "mlp.html").read_text()[:2000].lower()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -27,8 +28,8 @@ OUT = Path("out") / "specs"
 
 def main() -> None:
     table = Table(title="the tutorial's compositions as specs (examples/specs/*.yaml)")
-    for col in ("spec", "model", "children", "parameters", "output"):
-        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for col in ("spec", "model", "children", "parameters", "output", "FLOPs"):
+        table.add_column(col, justify="right" if col in ("parameters", "FLOPs") else "left")
     layers = {}
     for name in ("conv_stack", "conv_stack_positional", "mlp", "mlp_list", "mlp_dict", "unet"):
         path = SPECS / f"{name}.yaml"
@@ -40,6 +41,7 @@ def main() -> None:
             " ".join(children) if len(children) <= 4 else f"{' '.join(children[:3])} +{len(children) - 3}",
             f"{sum(p.numel() for p in model.parameters()):,}",
             "x".join(map(str, output_shapes(path))),
+            f"{ts.summary(model, input_size=yaml.safe_load(path.read_text())['input']).total_flops / 1e6:,.1f} M",
         )
         layers[name] = ", ".join(f"{k} x{v}" for k, v in census(model).items())
         ts.save_model(model, OUT / name)
@@ -47,6 +49,7 @@ def main() -> None:
     for name, text in layers.items():
         console.print(f"  {name}: {text}", highlight=False)
     console.print(f"saved each to {OUT}/<name> (config.json holds the spec)")
+    console.print(ts.summary(ts.build(SPECS / "conv_stack.yaml"), input_size=(1, 3, 224, 224)))  # the tutorial's stack
 
     # the U-Net spec is the zoo's U-Net: its weights load with no renaming and give the same outputs
     spec_unet = ts.load_model(OUT / "unet").eval()  # rebuilt from config.json alone

@@ -250,8 +250,12 @@ def _dtype(name: str):
     return dtype
 
 
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def _load(model: str, *, meta: bool):
-    """A registered model name (built on the meta device when ``meta``), or a save_model directory."""
+    """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory."""
+    import contextlib
     import os
 
     import torch
@@ -262,10 +266,30 @@ def _load(model: str, *, meta: bool):
         from .checkpoint import load_model
 
         return load_model(model)
-    if meta:
-        with torch.device("meta"):
-            return create_model(model)
-    return create_model(model)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        if model.lower().endswith(SPEC_SUFFIXES) and os.path.isfile(model):
+            from pathlib import Path
+
+            from .spec import build
+
+            return build(Path(model))
+        return create_model(model)
+
+
+def _spec_input(model: str) -> Optional[list[str]]:
+    """The ``input`` a spec file declares, in ``--input`` form (None for anything else)."""
+    import os
+
+    if not (model.lower().endswith(SPEC_SUFFIXES) and os.path.isfile(model)):
+        return None
+    from pathlib import Path
+
+    from .spec.source import read_spec
+
+    declared = read_spec(Path(model)).get("input")
+    if isinstance(declared, dict):
+        return [f"{name}={','.join(map(str, shape))}" for name, shape in declared.items()]
+    return [",".join(map(str, declared))] if declared else None
 
 
 def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
@@ -285,7 +309,7 @@ def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
 
 
 _INPUT_HELP = "Input shape, e.g. 1,3,224,224, or name=shape per keyword input (repeatable). Default: guessed from the first layer."
-_MODEL_HELP = "A registered model name or a save_model directory."
+_MODEL_HELP = "A registered model name, a save_model directory, or a spec file (.yaml/.json)."
 
 
 @app.command("summary")
@@ -306,6 +330,7 @@ def summary_cmd(
     from .inspect import summary
 
     net = _load(model, meta=not allow_real)
+    input_size = input_size or _spec_input(model)
     s = summary(net, **_example(net, input_size, dtype), depth=depth, mode=mode, allow_real=allow_real)
     if as_json:
         typer.echo(s.to_json())
@@ -331,6 +356,7 @@ def trace_cmd(
     from .inspect import trace
 
     net = _load(model, meta=False).eval()
+    input_size = input_size or _spec_input(model)
 
     def make(shape, dt):
         return torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)
@@ -354,6 +380,7 @@ def diagram_cmd(
     from .inspect import diagram
 
     net = _load(model, meta=not allow_real)
+    input_size = input_size or _spec_input(model)
     out = diagram(net, **_example(net, input_size, dtype), path=output, allow_real=allow_real)
     if as_json:
         typer.echo(json.dumps({"model": model, "output": str(out), "bytes": out.stat().st_size}))
@@ -394,7 +421,7 @@ def build_cmd(
     save: Optional[str] = typer.Option(None, "--save", help="Save the built model here (config.json + model.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Validate and build a model spec; print its layers, parameter count and output shape (and save it)."""
+    """Validate and build a model spec; print its summary, layer census, parameter count and output shape (and save it)."""
     from pathlib import Path
 
     import torch
@@ -407,6 +434,12 @@ def build_cmd(
     with torch.device("meta"):  # the table needs no memory and no init
         meta = build(doc, input_size=input_size)
     shape = output_shapes(doc, input_size=input_size) if (input_size is not None or "input" in doc) else None
+    report = None
+    if shape is not None:  # the summary of the built model (meta: no memory, no compute)
+        from .inspect import summary
+
+        size = inputs or _spec_input(spec)
+        report = summary(meta, **_example(meta, size, "float32"), depth=1)
     row = {
         "spec": spec,
         "name": doc.get("name"),
@@ -414,6 +447,7 @@ def build_cmd(
         "output": shape,
         "params": sum(p.numel() for p in meta.parameters()),
         "layers": census(meta),
+        "summary": json.loads(report.to_json()) if report is not None else None,
     }
     if save:
         from .checkpoint import save_model
@@ -428,6 +462,8 @@ def build_cmd(
     for layer, count in row["layers"].items():
         table.add_row(layer, str(count))
     out = Console()
+    if report is not None:
+        out.print(report, highlight=False)
     out.print(table)
     out.print(f"parameters: {row['params']:,}", highlight=False)
     out.print(f"input: {row['input']}   output: {row['output'] if shape is not None else 'unknown (pass --input)'}", highlight=False)

@@ -41,7 +41,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, fx, nn
 
 from ._probe import example_call, logger, modes_kept, probe, untouched

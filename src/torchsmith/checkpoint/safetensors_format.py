@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import math
 import os
 import weakref
 from collections.abc import Iterable, Mapping

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InspectError
-from .collect import BACKENDS, collect, map_tensors, module_params
+from .collect import BACKENDS, collect, module_params
 from .format import render_markdown, render_text, rich_table
 from .records import LayerRecord, OutputLeaf
 from .totals import Totals, model_totals
