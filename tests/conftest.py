@@ -39,6 +39,19 @@ def formula_weights_(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def randomise_bn_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, so folding and freezing are really tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
 def formula_input() -> torch.Tensor:
     n = 3 * 224 * 224
     return torch.sin(torch.arange(n, dtype=torch.float64) * 0.01).reshape(1, 3, 224, 224).float()

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import randomise_bn_
 from torchsmith import (
     FreezeReport,
     FrozenBatchNorm2d,
@@ -30,17 +31,6 @@ from torchsmith import (
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
-def randomise_bn_(model: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so folding is really tested."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model
 
 
 def plain_mlp() -> nn.Module:

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from conftest import randomise_bn_
 from torch import nn
 
 import torchsmith as ts
@@ -54,16 +55,6 @@ def observe(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[dict[str, tor
     return out, facts
 
 
-def randomise_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model
 
 
 def img(c: int = 3, size: int = 32) -> torch.Tensor:
