@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "torchsmith"
 
 # area -> rank; an area may import its own modules and any area of a lower rank
 RANKS = {
-    "errors": 0, "_version": 0,
+    "errors": 0, "_version": 0, "_units": 0,
     "layers": 1,
     "registry": 2, "_probe": 2,
     "zoo": 3, "features": 3, "surgery": 3, "inspect": 3,

@@ -94,7 +94,7 @@ def inspect_cmd(
 ) -> None:
     """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
     from .checkpoint import inspect_checkpoint
-    from .checkpoint.report import format_bytes
+    from ._units import format_bytes
 
     info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted)
     if as_json:
@@ -113,7 +113,7 @@ def inspect_cmd(
     if len(rows) < len(info.entries):
         dtypes = ", ".join(f"{n:,} {d}" for d, n in Counter(d for _, _, d in info.entries).most_common())
         out.print(f"... and {len(info.entries) - len(rows):,} more tensors (--all lists them; --json gives all). dtypes: {dtypes}")
-    out.print(f"tensors: {info.tensors}   values: {info.values:,} (parameters and buffers)   bytes: {info.nbytes:,} ({format_bytes(info.nbytes)})")
+    out.print(f"tensors: {info.tensors}   values: {info.values:,} (parameters and buffers)   bytes: {info.nbytes:,} ({format_bytes(info.nbytes, large_decimals=1)})")
     out.print(f"checksums: {info.checksums}")
     if info.prefixes:
         out.print("prefixes: " + ", ".join(f"{p!r} on {n} keys" for p, n in info.prefixes.items()))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .._units import format_bytes
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -46,13 +48,6 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-def format_bytes(n: int) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""  # unreachable
 
 
 @dataclass
@@ -117,7 +112,7 @@ class LoadReport:
 
     def _lines(self) -> list[tuple[str, str]]:
         tied = f" (+{len(self.tied_in_model)} tied)" if self.tied_in_model else ""
-        rows = [("loaded", f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes)})")]
+        rows = [("loaded", f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes, large_decimals=1)})")]
         if self.source_key:
             others = f"; not loaded: {', '.join(self.other_keys)}" if self.other_keys else ""
             rows.append(("source", f"training checkpoint, weights under {self.source_key!r}{others}"))

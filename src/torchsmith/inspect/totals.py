@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from .._units import format_bytes
+
 __all__ = ["Totals", "model_totals", "format_bytes", "format_flops"]
 
 
@@ -73,17 +75,6 @@ def model_totals(model: nn.Module) -> Totals:
     return Totals(total, trainable, dict(by_dtype), trainable_bytes, buffers)
 
 
-def format_bytes(n: int) -> str:
-    """``1536`` -> ``'1.5 KiB'``.
-
-    >>> format_bytes(1536), format_bytes(3 * 2**30)
-    ('1.5 KiB', '3.00 GiB')
-    """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{n:.2f} {unit}" if unit in ("GiB", "TiB") else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""  # unreachable
 
 
 def format_flops(n: int, unit: str = "FLOPs") -> str:

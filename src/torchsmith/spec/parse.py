@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ..errors import SpecError, closest
+from ..errors import SpecError, closest, did_you_mean
 from ..registry import get_model_builder, list_models
 from . import names as N
 from torch import nn
@@ -377,8 +377,7 @@ class _Parser:
             elif s in all_names:
                 self.add(f"{where}.from", f"{s!r} comes after this node; a node reads only inputs and earlier nodes")
             else:
-                hint = closest(s, seen)
-                self.add(f"{where}.from", f"no node or input {s!r}." + (f" Did you mean {', '.join(map(repr, hint))}?" if hint else f" Earlier names: {seen}"))
+                self.add(f"{where}.from", f"no node or input {s!r}." + (did_you_mean(s, seen) or f" Earlier names: {seen}"))
         return list(src) if ok else None
 
 
