@@ -139,9 +139,13 @@ def test_plain_torch_files_with_odd_tensors_are_refused_before_writing(tmp_path)
 def read_while_rewritten(path: str, n: int) -> dict:
     """Read ``path`` ``n`` times; failures are counted (a TorchsmithError is fine, dying is not)."""
     counts = {"loads": 0, "ok": 0, "refused": 0}
-    for _ in range(n):
+    live = torch.nn.ParameterDict({"a": torch.zeros(2**20), "b": torch.zeros(2**20)})
+    for i in range(n):
         try:
-            ts.read_weights(path)  # verification reads the whole file too
+            if i % 2:
+                ts.read_weights(path)  # hashed as it lands in fresh tensors
+            else:
+                ts.load_weights(live, path)  # the checksum pass first, then the copy
             counts["ok"] += 1
         except ts.TorchsmithError:
             counts["refused"] += 1
@@ -151,18 +155,18 @@ def read_while_rewritten(path: str, n: int) -> dict:
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_reader_survives_the_file_being_rewritten_in_place(tmp_path, suffix):
-    import safetensors.torch
-
     path = tmp_path / f"w{suffix}"
     sd = {"a": torch.ones(2**20), "b": torch.ones(2**20)}
+    ts.save_weights(sd, tmp_path / "with_checksums.safetensors")  # so the checksum pass reads the data too
+    content = (tmp_path / "with_checksums.safetensors").read_bytes()
 
-    def rewrite():  # plain torch.save / safetensors.save_file: truncate and write in place
-        if suffix == ".pt":
-            with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT), "r+b") as f:
-                f.truncate(0)
+    def rewrite():  # as plain torch.save or safetensors.save_file do: truncate, then write in place
+        with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT), "r+b") as f:
+            f.truncate(0)
+            if suffix == ".pt":
                 torch.save(sd, f)
-        else:
-            safetensors.torch.save_file(sd, str(path))
+            else:
+                f.write(content)
 
     rewrite()
     reader = start_child(read_while_rewritten, str(path), 200)
@@ -170,6 +174,7 @@ def test_a_reader_survives_the_file_being_rewritten_in_place(tmp_path, suffix):
         deadline = time.monotonic() + 120
         while reader.process.is_alive() and time.monotonic() < deadline:
             rewrite()
+            time.sleep(0.002)  # some reads fall between rewrites, most overlap one
         counts = reader.result(timeout=60)  # raises "died with exit code -7" on SIGBUS
     finally:
         reader.stop()

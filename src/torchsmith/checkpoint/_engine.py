@@ -6,11 +6,13 @@ hand them here with their destinations. Reads (``preadv``) and xxh3 release
 the GIL, so the work runs on up to :func:`threads` threads; a small load
 (under :data:`INLINE_BYTES`) runs on the caller's thread.
 
-- :func:`verify`: hashes the spans straight from the page cache through
-  read-only memory-mapped windows (no copy); the resident set grows by one
-  window per thread at most (:data:`WINDOW`, or 1/64 of a smaller load).
-  Loading into a live model runs it before the first byte is written: that
-  is what keeps the load transactional.
+- :func:`verify`: reads the spans with ``preadv`` into one small buffer per
+  thread (:data:`WINDOW`, it stays in the core's cache) and hashes them there;
+  the resident set grows by one buffer per thread. Loading into a live model
+  runs it before the first byte is written: that is what keeps the load
+  transactional. Nothing is memory-mapped: a file that another process cuts
+  short while it is read ends the read (an error naming it), never the
+  process (a mapping past the end of a file raises SIGBUS).
 - :func:`read`: reads each span with ``preadv`` straight into its
   destination's memory (no intermediate buffer). With ``verify=True`` each
   :data:`HOT_CHUNK` is hashed right after it lands, while it is still in the
@@ -24,7 +26,6 @@ the workers after their current chunk, then propagates.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -38,10 +39,11 @@ from ._hash import checksum_error, tensor_hasher
 
 __all__ = ["Span", "verify", "read", "threads"]
 
-WINDOW = 8 * 1024 * 1024  # most bytes mapped at once per thread by the checksum pass (the RSS it adds)
-WINDOWS_PER_LOAD = 64  # smaller loads map smaller windows: the RSS added stays about 1/64 of the data
-MIN_WINDOW = 256 * 1024
-CHUNK = 16 * 1024 * 1024  # bytes per preadv when not hashing: large reads, and tasks for load balance
+WINDOW = 2 * 1024 * 1024  # the checksum pass's buffer per thread (the RSS it adds): read, then hashed in cache
+WINDOWS_PER_LOAD = 64  # smaller loads use smaller buffers: the RSS added stays about 1/64 of the data
+MIN_WINDOW = 64 * 1024
+CHUNK = 16 * 1024 * 1024  # bytes per task when not hashing: even work for the threads
+READ = 4 * 1024 * 1024  # bytes per preadv when not hashing
 HOT_CHUNK = 512 * 1024  # bytes per preadv when hashing on the fly: stays in a core's L2 until hashed
 INLINE_BYTES = 32 * 1024 * 1024  # below this, threads cost more than they give
 MAX_THREADS = 8
@@ -149,19 +151,17 @@ def _truncated(span: Span) -> CorruptCheckpointError:
 def _hash_task(span: Span, window: int) -> Task:
     def task(stop: threading.Event) -> None:
         h = tensor_hasher(span.dtype, span.shape)
-        for b in range(span.begin, span.end, window):
+        buffer = memoryview(bytearray(min(window, span.nbytes)))
+        pos = span.begin
+        while pos < span.end:
             if stop.is_set():
                 return
-            e = min(b + window, span.end)
-            if os.fstat(span.fd).st_size < e:  # cut short since its header was read: a mapping would SIGBUS
+            part = buffer[: min(window, span.end - pos)]
+            got = os.preadv(span.fd, [part], pos)
+            if not got:  # cut short since its header was read
                 raise _truncated(span)
-            start = b - b % mmap.ALLOCATIONGRANULARITY
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            with mmap.mmap(span.fd, e - start, flags=flags, prot=mmap.PROT_READ, offset=start) as mapped:
-                # the slice is released explicitly: an interrupt inside update() keeps it referenced from
-                # the traceback, and the mapping could not close (BufferError instead of KeyboardInterrupt)
-                with memoryview(mapped) as mv, mv[b - start : e - start] as part:
-                    h.update(part)
+            h.update(part[:got])
+            pos += got
         if h.hexdigest() != span.digest:
             raise _Mismatch(span, h.hexdigest())
 
@@ -207,7 +207,7 @@ def _fill(span: Span, out: memoryview, lo: int, hi: int, step: int, hasher, stop
 
 def _read_task(span: Span, out: memoryview, lo: int, hi: int) -> Task:
     def task(stop: threading.Event) -> None:
-        _fill(span, out, lo, hi, CHUNK, None, stop)
+        _fill(span, out, lo, hi, READ, None, stop)
 
     return task
 
