@@ -26,10 +26,11 @@ the workers after their current chunk, then propagates.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -46,11 +47,11 @@ CHUNK = 16 * 1024 * 1024  # bytes per task when not hashing: even work for the t
 READ = 4 * 1024 * 1024  # bytes per preadv when not hashing
 HOT_CHUNK = 512 * 1024  # bytes per preadv when hashing on the fly: stays in a core's L2 until hashed
 INLINE_BYTES = 32 * 1024 * 1024  # below this, threads cost more than they give
+MAX_GROUP = 1024  # small tensors next to each other in a file are read in one preadv (IOV_MAX buffers at most)
 MAX_THREADS = 8
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):
     """Tensor ``name`` of ``path``: bytes ``[begin, end)`` of the open file ``fd``, and its recorded digest."""
 
     fd: int
@@ -89,6 +90,7 @@ class _Mismatch(Exception):
         self.error = checksum_error(span.path, span.name, span.digest or "", got)
 
 
+Out = TypeVar("Out")
 Task = Callable[[threading.Event], None]  # polls the event between chunks and returns when it is set
 
 
@@ -168,6 +170,70 @@ def _hash_task(span: Span, window: int) -> Task:
     return task
 
 
+def _small(span: Span, window: int) -> bool:
+    return span.nbytes <= window // 4
+
+
+def _groups(items: Sequence[tuple[Span, Out]], window: int) -> list[list[tuple[Span, Out]]]:
+    """``(span, destination)`` pairs in file order, runs of small adjacent spans together (one read, one task)."""
+    groups: list[list[tuple[Span, Out]]] = []
+    small = window // 4
+    size, fd, end, group = 0, None, None, None  # the open run of small spans: its bytes, file, end, items
+    for item in items:
+        span = item[0]
+        n = span.end - span.begin
+        if n > small:
+            groups.append([item])
+            group = None
+        elif group is not None and span.fd == fd and span.begin == end and size + n <= window and len(group) < MAX_GROUP:
+            group.append(item)
+            size, end = size + n, span.end
+        else:
+            group = [item]
+            groups.append(group)
+            size, fd, end = n, span.fd, span.end
+    return groups
+
+
+def _check(span: Span, data: memoryview) -> None:
+    h = tensor_hasher(span.dtype, span.shape)
+    h.update(data)
+    if h.hexdigest() != span.digest:
+        raise _Mismatch(span, h.hexdigest())
+
+
+def _read_fully(span: Span, views: list, total: int) -> None:
+    """``preadv`` from ``span.begin`` until ``views`` (``total`` bytes) are full; a short file is an error."""
+    done = os.preadv(span.fd, views, span.begin) if views else 0
+    while done < total:  # a short read: finish buffer by buffer
+        pos = 0
+        for v in views:
+            if done < pos + v.nbytes:
+                got = os.preadv(span.fd, [v[max(0, done - pos) :]], span.begin + done)
+                if not got:
+                    raise _truncated(span)
+                done += got
+                break
+            pos += v.nbytes
+
+
+def _hash_group_task(group: list[Span]) -> Task:
+    def task(stop: threading.Event) -> None:
+        total = group[-1].end - group[0].begin
+        buffer = memoryview(bytearray(total))
+        _read_fully(group[0], [buffer], total)
+        first = None
+        for span in group:
+            try:
+                _check(span, buffer[span.begin - group[0].begin : span.end - group[0].begin])
+            except _Mismatch as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    return task
+
+
 def verify(spans: Sequence[Span]) -> int:
     """Check every span's recorded digest; returns how many were checked.
 
@@ -176,7 +242,14 @@ def verify(spans: Sequence[Span]) -> int:
     """
     ordered = sorted(spans, key=lambda s: (s.path, s.begin))
     window = min(WINDOW, max(MIN_WINDOW, sum(s.nbytes for s in ordered) // WINDOWS_PER_LOAD))
-    _run([(s.nbytes, _hash_task(s, window)) for s in ordered])
+    tasks = []
+    for pairs in _groups([(s, None) for s in ordered], window):
+        group = [span for span, _ in pairs]
+        if len(group) == 1 and not _small(group[0], window):
+            tasks.append((group[0].nbytes, _hash_task(group[0], window)))
+        else:
+            tasks.append((group[-1].end - group[0].begin, _hash_group_task(group)))
+    _run(tasks)
     return len(ordered)
 
 
@@ -184,9 +257,16 @@ def verify(spans: Sequence[Span]) -> int:
 
 
 def _bytes_of(dst: torch.Tensor | np.ndarray) -> memoryview:
-    """A writable flat byte view of a contiguous CPU tensor (any dtype) or numpy array."""
-    arr = dst if isinstance(dst, np.ndarray) else dst.detach().reshape(-1).view(torch.uint8).numpy()
-    return memoryview(arr).cast("B")
+    """A writable flat byte view of a contiguous CPU tensor (any dtype) or numpy array, without copying."""
+    if isinstance(dst, np.ndarray):
+        if not dst.flags.c_contiguous or not dst.flags.writeable:
+            raise ValueError("the destination must be a writable C-contiguous array")
+        ptr, nbytes = dst.ctypes.data, dst.nbytes
+    else:
+        if dst.device.type != "cpu" or not dst.is_contiguous():
+            raise ValueError(f"the destination must be a contiguous CPU tensor, not one on {dst.device}")
+        ptr, nbytes = dst.data_ptr(), dst.numel() * dst.element_size()
+    return memoryview((ctypes.c_char * nbytes).from_address(ptr)).cast("B") if nbytes else memoryview(b"").cast("B")
 
 
 def _fill(span: Span, out: memoryview, lo: int, hi: int, step: int, hasher, stop: threading.Event) -> bool:
@@ -221,6 +301,25 @@ def _read_hash_task(span: Span, out: memoryview) -> Task:
     return task
 
 
+def _read_group_task(group: list[tuple[Span, memoryview]], verify: bool) -> Task:
+    """Adjacent small spans: one ``preadv`` into all their destinations, then each hashed while in cache."""
+
+    def task(stop: threading.Event) -> None:
+        views = [out for _, out in group if out.nbytes]
+        _read_fully(group[0][0], views, sum(v.nbytes for v in views))
+        first = None
+        for span, out in group:
+            if verify and span.digest is not None:
+                try:
+                    _check(span, out)
+                except _Mismatch as e:
+                    first = first or e
+        if first is not None:
+            raise first
+
+    return task
+
+
 def read(items: Sequence[tuple[Span, torch.Tensor | np.ndarray]], *, verify: bool) -> None:
     """Read each span into its destination (a contiguous CPU tensor or numpy array of exactly its size).
 
@@ -229,15 +328,18 @@ def read(items: Sequence[tuple[Span, torch.Tensor | np.ndarray]], *, verify: boo
     use this on tensors the caller discards on error).
     """
     outs = []
-    for span, dst in items:
+    for span, dst in items:  # the views point into the destinations' memory: items keeps them alive meanwhile
         out = _bytes_of(dst)
         if out.nbytes != span.nbytes:
             raise ValueError(f"destination of {span.name!r} holds {out.nbytes} bytes, the file {span.nbytes}")
         outs.append((span, out))
     outs.sort(key=lambda so: (so[0].path, so[0].begin))
     tasks: list[tuple[int, Task]] = []
-    for span, out in outs:
-        if verify and span.digest is not None:  # one task: the hash runs through the tensor in order
+    for group in _groups(outs, WINDOW):
+        span, out = group[0]
+        if len(group) > 1 or _small(span, WINDOW):
+            tasks.append((group[-1][0].end - span.begin, _read_group_task(group, verify)))
+        elif verify and span.digest is not None:  # one task: the hash runs through the tensor in order
             tasks.append((span.nbytes, _read_hash_task(span, out)))
         else:  # pieces of CHUNK bytes: even work for the threads whatever the tensor sizes
             for lo in range(0, span.nbytes, CHUNK):

@@ -6,6 +6,7 @@ shape was damaged but still parses fails the check of that very tensor.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import xxhash
@@ -24,8 +25,11 @@ def tensor_hasher(dtype: str, shape: Sequence[int]) -> "xxhash.xxh3_64":
     return h
 
 
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_LEN}}}")
+
+
 def is_digest(value: object) -> bool:
-    return isinstance(value, str) and len(value) == DIGEST_LEN and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def bytes_digest(data: bytes) -> str:

@@ -10,13 +10,12 @@ straight into each destination, checksums hashed from memory-mapped windows).
 
 from __future__ import annotations
 
-import contextlib
-import gc
+import functools
 import json
 import os
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ import torch
 from ..errors import CorruptCheckpointError
 from . import _json
 from . import _engine
+from ._gc import gc_paused
 from ._files import open_regular
 from ._hash import HASH_NAME, PLACEHOLDER, bytes_digest, is_digest, tensor_hasher
 from .formats import DTYPE_NAMES, DTYPES
@@ -43,8 +43,7 @@ _ITEMSIZE = {k: v.itemsize for k, v in DTYPES.items()}
 _FIELDS = {"dtype", "shape", "data_offsets"}
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One tensor in the header: dtype name, shape and absolute byte range in the file."""
 
     name: str
@@ -79,18 +78,6 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
                 raise ValueError(f"duplicate key {k!r}")
             first.add(k)
     return seen
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector: parsing 100k entries otherwise triggers it hundreds of times."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _problems_text(problems: list[str], limit: int = 10) -> str:
@@ -151,7 +138,7 @@ class SafetensorsFile:
             )
         self.header_bytes = raw
         self.data_start = 8 + n
-        with _gc_paused():  # a header parse makes one small dict per tensor: no cycles, nothing for the GC to find
+        with gc_paused():  # a header parse makes one small dict per tensor: no cycles, nothing for the GC to find
             self.entries, self.metadata = self._parse(raw, where)
         self.checksums, self.aliases = self._parse_torchsmith_metadata(where)
 
@@ -273,22 +260,27 @@ class SafetensorsFile:
 
     def span(self, name: str) -> _engine.Span:
         """Where tensor ``name``'s bytes are (in the file this object holds open) and their recorded digest."""
-        en = self.entries[name]
-        digest = self.checksums[name] if self.checksums is not None else None
-        return _engine.Span(self._file.fileno(), str(self.path), name, en.dtype, en.shape, en.begin, en.end, digest)
+        return self.spans[name]
+
+    @functools.cached_property
+    def spans(self) -> dict[str, _engine.Span]:
+        """:meth:`span` of every tensor, made once."""
+        fd, path, sums, Span = self._file.fileno(), str(self.path), self.checksums or {}, _engine.Span
+        return {n: Span(fd, path, n, en.dtype, en.shape, en.begin, en.end, sums.get(n)) for n, en in self.entries.items()}
 
     def verify(self, names: Iterable[str] | None = None) -> int:
         """Check the recorded checksums of ``names`` (default: all); returns how many were checked.
 
-        Hashes straight from the page cache through memory-mapped windows, on a few threads;
-        the resident set grows by one window per thread at most.
+        Reads and hashes the data in a small buffer per thread, on a few threads;
+        the resident set grows by one buffer per thread at most.
 
         Raises:
             ChecksumError: naming the file and the first tensor (in file order) whose data differs.
         """
         if self.checksums is None:
             return 0
-        return _engine.verify([self.span(n) for n in (self.entries if names is None else names)])
+        spans = self.spans
+        return _engine.verify([spans[n] for n in (self.entries if names is None else names)])
 
     def read_into(self, name: str, dst: torch.Tensor, *, verify: bool = False) -> None:
         """Read tensor ``name`` into the contiguous CPU tensor ``dst`` (same dtype and size)."""
@@ -304,7 +296,8 @@ class SafetensorsFile:
     def read_all(self, *, verify: bool = True) -> dict[str, torch.Tensor]:
         """Every tensor as a new CPU tensor, aliases included (sharing their target's tensor)."""
         out = {name: torch.empty(en.shape, dtype=en.torch_dtype) for name, en in self.entries.items()}
-        _engine.read([(self.span(name), t) for name, t in out.items()], verify=verify)
+        spans = self.spans
+        _engine.read([(spans[name], t) for name, t in out.items()], verify=verify)
         for alias, target in self.aliases.items():
             out[alias] = out[target]
         return out

@@ -40,7 +40,7 @@ def tensor_identity(t: torch.Tensor) -> tuple:
     """
     if t.is_meta or t.numel() == 0:
         return ("object", id(t))
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+    return (t.device, t.data_ptr(), t.shape, t.stride(), t.dtype)  # data_ptr: the storage's, plus the offset
 
 
 class Source:
@@ -115,11 +115,13 @@ class SafetensorsSource(Source):
 
     def verify(self, keys: list[str]) -> int:
         # every shard in one pass of the engine: the threads share the work across files
-        names = dict.fromkeys(self.real(k) for k in keys)
-        return _engine.verify([self.where[k].span(k) for k in names if self.where[k].checksums is not None])
+        aliases, where = self.aliases, self.where
+        names = dict.fromkeys(aliases.get(k, k) for k in keys)
+        return _engine.verify([where[k].spans[k] for k in names if where[k].checksums is not None])
 
     def read_many(self, items, *, verify):
-        _engine.read([(self.where[self.real(k)].span(self.real(k)), dst) for k, dst in items], verify=verify)
+        aliases, where = self.aliases, self.where
+        _engine.read([(where[n].spans[n], dst) for k, dst in items for n in (aliases.get(k, k),)], verify=verify)
 
 
 class TensorSource(Source):
