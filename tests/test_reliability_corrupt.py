@@ -20,7 +20,8 @@ import torch
 from reliability_tools import Timer, damage_source, forge, load_damaged, record, run_child, scale
 
 import torchsmith as ts
-from torchsmith.checkpoint.safetensors_format import MAX_HEADER, META_DIGEST, SafetensorsFile, metadata_digest
+from torchsmith.checkpoint.limits import Limits
+from torchsmith.checkpoint.safetensors_format import META_DIGEST, SafetensorsFile, metadata_digest
 
 HEADROOM = 64 * 2**20  # far below what the forged headers claim, far above the few-KiB files
 TRUNCATIONS = scale(200, None)  # None: every length
@@ -152,9 +153,9 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 FORGED = {
     # name: (header, data, length field or None, expected words in the message)
     "empty file": (b"", b"", -1, "shorter than the 8-byte header length"),
-    "huge length": (b"{}", b"", 2**62, "exceeds"),
-    "largest length": (b"{}", b"", 2**64 - 1, "exceeds"),
-    "length over the limit": (b"{}", b"", MAX_HEADER + 1, "exceeds"),
+    "huge length": (b"{}", b"", 2**62, "max_header_bytes"),
+    "largest length": (b"{}", b"", 2**64 - 1, "max_header_bytes"),
+    "length over the limit": (b"{}", b"", Limits().max_header_bytes + 1, "max_header_bytes"),
     "length past the end": (b"{}", b"\0" * 16, 100, "runs past the end"),
     "offsets out of range": ({"a": _entry()}, b"\0" * 4, None, "outside the 4 data bytes"),
     "negative offsets": ({"a": _entry(offsets=(-8, 0))}, b"\0" * 8, None, "outside the 8 data bytes"),

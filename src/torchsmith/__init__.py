@@ -12,6 +12,7 @@
 from .checkpoint import (
     CheckpointDiff,
     CheckpointInfo,
+    Limits,
     LoadReport,
     convert_checkpoint,
     diff_checkpoints,
@@ -135,6 +136,7 @@ __all__ = [
     "save_model",
     "load_model",
     "LoadReport",
+    "Limits",
     "inspect_checkpoint",
     "CheckpointInfo",
     "diff_checkpoints",

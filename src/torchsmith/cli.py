@@ -82,6 +82,20 @@ def list_cmd(
 
 
 INSPECT_ROWS = 40  # rows `torchsmith inspect` prints without --all
+_LIMIT_HELP = (
+    "Raise a bound for a file you trust, NAME=VALUE (repeatable): max_expansion, max_header_bytes, "
+    "max_json_bytes, max_config_bytes, max_config_values, max_config_depth (see torchsmith.Limits)."
+)
+
+
+def _limits(values: Optional[list[str]]):
+    """``--limit NAME=VALUE`` options as Limits (a bad one is a usage error: exit code 2)."""
+    from .checkpoint import Limits
+
+    try:
+        return Limits.parse(values) if values else None
+    except TorchsmithError as e:
+        raise typer.BadParameter(str(e), param_hint="--limit") from e
 
 
 @app.command("inspect")
@@ -91,12 +105,13 @@ def inspect_cmd(
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check checksums."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
     show_all: bool = typer.Option(False, "--all", help=f"List every tensor (by default the first {INSPECT_ROWS} and a count)."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
     from .checkpoint import inspect_checkpoint
     from ._units import format_bytes
 
-    info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted)
+    info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted, limits=_limits(limit))
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return
@@ -132,6 +147,7 @@ def convert_cmd(
     max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Shard safetensors output, e.g. '2GB'."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle a torch file that needs code (only for files you trust)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Convert .pt <-> .safetensors (optionally sharded), verifying checksums, with a progress bar.
 
@@ -141,13 +157,14 @@ def convert_cmd(
 
     from .checkpoint import convert_checkpoint
 
+    limits = _limits(limit)
     with Progress(TextColumn("converting"), BarColumn(), DownloadColumn(), console=_err, disable=as_json) as bar:
         task = bar.add_task("convert", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        out = convert_checkpoint(src, dst, strip_prefix=strip_prefix, max_shard_size=max_shard_size, trusted=trusted, progress=progress)
+        out = convert_checkpoint(src, dst, strip_prefix=strip_prefix, max_shard_size=max_shard_size, trusted=trusted, progress=progress, limits=limits)
     if as_json:
         typer.echo(json.dumps({"input": src, "output": str(out)}))
     else:
@@ -174,6 +191,7 @@ def diff_cmd(
     b: str = typer.Argument(..., help="A checkpoint, or a registered model name (compared by keys, shapes and dtypes)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle torch files that need code (only for files you trust)."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Compare two checkpoints (or one and a model name): missing, extra, shape/dtype changes, max abs difference.
 
@@ -185,7 +203,7 @@ def diff_cmd(
     from .checkpoint import diff_checkpoints
 
     sides = [_diff_side(a), _diff_side(b)]
-    d = diff_checkpoints(*sides, trusted=trusted)
+    d = diff_checkpoints(*sides, trusted=trusted, limits=_limits(limit))
     d = dataclasses.replace(d, a=a, b=b)
     if as_json:
         typer.echo(json.dumps(d.to_dict(), indent=2))

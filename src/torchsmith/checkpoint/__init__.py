@@ -14,6 +14,7 @@ The only package in torchsmith that touches file formats.
 from .atomic import atomic_write
 from .info import CheckpointDiff, CheckpointInfo, convert_checkpoint, diff_checkpoints, inspect_checkpoint
 from .keys import find_state_dict, strip_wrappers
+from .limits import Limits
 from .report import Cast, LoadReport, Mismatch
 from .signing import sign_checkpoint, verify_checkpoint
 from .weights import load_weights, read_weights, save_weights
@@ -26,6 +27,7 @@ __all__ = [
     "save_model",
     "load_model",
     "LoadReport",
+    "Limits",
     "Mismatch",
     "Cast",
     "inspect_checkpoint",

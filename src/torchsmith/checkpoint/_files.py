@@ -7,7 +7,7 @@ opened file's real path (``/proc/self/fd/N``, so a link swapped in after the che
 must be inside the directory's real path, so a symlink out of a checkpoint directory is refused.
 
     >>> d = save_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2), "run")
-    >>> with open_regular("run/config.json", inside="run", max_bytes=MAX_JSON_BYTES) as f:
+    >>> with open_regular("run/config.json", inside="run", limit="max_config_bytes") as f:
     ...     f.read(1)
     b'{'
     >>> import os; os.symlink(os.path.abspath("run/model.safetensors"), "elsewhere.safetensors")
@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import CheckpointError, CorruptCheckpointError
+from .limits import current, how_to_raise
 
-__all__ = ["open_regular", "read_json_bytes", "read_capped", "MAX_JSON_BYTES"]
-
-MAX_JSON_BYTES = 256 * 2**20  # config.json and shard indexes: far above a 100k-tensor index (~10 MB)
+__all__ = ["open_regular", "read_json_bytes", "read_capped"]
 
 
 def _real_path(fd: int, path: Path) -> str:
@@ -40,13 +39,15 @@ def _real_path(fd: int, path: Path) -> str:
         return os.path.realpath(path)
 
 
-def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = None, max_bytes: int | None = None) -> BinaryIO:
+def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = None, limit: str | None = None) -> BinaryIO:
     """An unbuffered binary handle on the regular file ``path``.
+
+    ``limit``: the name of the :class:`~torchsmith.checkpoint.limits.Limits` field that bounds the file's size.
 
     Raises:
         CheckpointError: the file cannot be opened, or it is not a regular file (FIFO, device, directory).
         CorruptCheckpointError: ``path`` resolves outside ``inside`` (a link out of the checkpoint directory),
-            or the file is larger than ``max_bytes``.
+            or the file is larger than its ``limit``.
     """
     path = Path(path)
     try:
@@ -69,10 +70,10 @@ def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
                     f"(a symbolic link out of the directory). A checkpoint directory must hold its own files; copy "
                     f"the file in, or pass the file itself."
                 )
-        if max_bytes is not None and info.st_size > max_bytes:
+        if limit is not None and info.st_size > getattr(current(), limit):
             raise CorruptCheckpointError(
-                f"{str(path)!r} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit for this kind of file "
-                f"(damaged or hostile?)."
+                f"{str(path)!r} is {info.st_size:,} bytes, over the limit for this kind of file (damaged or "
+                f"hostile?). {how_to_raise(limit, needed=info.st_size)}"
             )
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
@@ -82,18 +83,19 @@ def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
         raise
 
 
-def read_json_bytes(path: str | os.PathLike, *, inside: str | os.PathLike | None = None, max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of a small JSON file (``config.json``, an index), at most ``max_bytes`` read."""
-    with open_regular(path, inside=inside, max_bytes=max_bytes) as f:
-        return read_capped(f, path, max_bytes)
+def read_json_bytes(path: str | os.PathLike, *, inside: str | os.PathLike | None = None, limit: str = "max_json_bytes") -> bytes:
+    """The bytes of a small JSON file (an index, ``config.json``), no more than its ``limit`` allows."""
+    with open_regular(path, inside=inside, limit=limit) as f:
+        return read_capped(f, path, limit)
 
 
-def read_capped(f: BinaryIO, path: str | os.PathLike, max_bytes: int) -> bytes:
-    """The rest of the open file ``f``, refused past ``max_bytes`` (a file that grew while read)."""
+def read_capped(f: BinaryIO, path: str | os.PathLike, limit: str) -> bytes:
+    """The rest of the open file ``f``, refused past the ``limit`` (a file that grew while read)."""
+    max_bytes = getattr(current(), limit)
     chunks, total = [], 0
     while chunk := f.read(min(1 << 20, max_bytes + 1 - total)):
         chunks.append(chunk)
         total += len(chunk)
         if total > max_bytes:
-            raise CorruptCheckpointError(f"{str(path)!r} is over the {max_bytes:,}-byte limit for this kind of file.")
+            raise CorruptCheckpointError(f"{str(path)!r} grew past the limit for this kind of file. {how_to_raise(limit)}")
     return b"".join(chunks)

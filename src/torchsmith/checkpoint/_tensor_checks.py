@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
+from .limits import current, how_to_raise
 from .safetensors_format import DTYPE_NAMES
 
-__all__ = ["check_tensors", "MAX_EXPANSION", "SLACK_BYTES"]
+__all__ = ["check_tensors", "SLACK_BYTES"]
 
-# a torch file's tensors may hold at most MAX_EXPANSION x the file's size (plus SLACK_BYTES): tied and
-# sliced views share storage, but a load never turns a small file into a huge allocation
-MAX_EXPANSION = 2
+# a torch file's tensors may hold at most Limits.max_expansion x the file's size (plus SLACK_BYTES): tied
+# and sliced views share storage, but a load never turns a small file into a huge allocation
 SLACK_BYTES = 16 * 2**20
 
 
@@ -56,7 +56,7 @@ def check_tensors(path: Path, tensors: Mapping, *, file_size: int) -> None:
 
     Raises:
         CheckpointError: naming every offending key and what is wrong with it.
-        CorruptCheckpointError: the tensors would need more than ``MAX_EXPANSION`` x the file's size.
+        CorruptCheckpointError: the tensors would need more than ``Limits.max_expansion`` x the file's size.
     """
     problems = [p for k, t in tensors.items() if (p := _problem(k, t))]
     if problems:
@@ -73,10 +73,10 @@ def check_tensors(path: Path, tensors: Mapping, *, file_size: int) -> None:
             if ident not in seen:
                 seen.add(ident)
                 total += t.numel() * t.element_size()
-    limit = MAX_EXPANSION * file_size + SLACK_BYTES
-    if total > limit:
+    expansion = current().max_expansion
+    if total > expansion * file_size + SLACK_BYTES:
         raise CorruptCheckpointError(
-            f"{str(path)!r} is {file_size:,} bytes but its tensors would take {total:,} bytes to load, over the "
-            f"limit of {MAX_EXPANSION} x the file size + {SLACK_BYTES:,} bytes (views of one storage repeated?). "
-            f"Nothing was loaded. If the file is trusted, raise torchsmith.checkpoint._tensor_checks.MAX_EXPANSION."
+            f"{str(path)!r} is {file_size:,} bytes but its tensors would take {total:,} bytes to load, over "
+            f"{expansion:g} x the file size + {SLACK_BYTES:,} bytes (views of one storage repeated?). Nothing was "
+            f"loaded. {how_to_raise('max_expansion', needed=-(-(total - SLACK_BYTES) // max(file_size, 1)))}"
         )

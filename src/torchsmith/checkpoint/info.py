@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .limits import Limits, takes_limits
 from ..errors import CheckpointError
 from .keys import WRAPPER_SEGMENTS, match_keys
 from .formats import dtype_name
@@ -74,7 +75,8 @@ def _layout(src: Source) -> str:
     return "single file"
 
 
-def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted: bool = False) -> CheckpointInfo:
+@takes_limits
+def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted: bool = False, limits: Limits | None = None) -> CheckpointInfo:
     """Describe a checkpoint; with ``verify`` its checksums are checked (``'verified'``, ``'absent'``).
 
     Raises:
@@ -167,8 +169,9 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return diff.max().item()
 
 
+@takes_limits
 def diff_checkpoints(
-    a: str | os.PathLike | Tensors, b: str | os.PathLike | Tensors, *, trusted: bool = False
+    a: str | os.PathLike | Tensors, b: str | os.PathLike | Tensors, *, trusted: bool = False, limits: Limits | None = None
 ) -> CheckpointDiff:
     """Compare two checkpoints (paths, or state dicts such as ``model.state_dict()``).
 
@@ -198,6 +201,7 @@ def diff_checkpoints(
     return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
 
 
+@takes_limits
 def convert_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -206,6 +210,7 @@ def convert_checkpoint(
     max_shard_size: int | str | None = None,
     trusted: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    limits: Limits | None = None,
 ) -> Path:
     """Convert between ``.pt`` and ``.safetensors`` (sharded with ``max_shard_size``), verifying on the way.
 

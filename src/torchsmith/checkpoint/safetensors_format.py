@@ -24,13 +24,13 @@ from ..errors import CorruptCheckpointError
 from . import _json
 from . import _engine
 from ._gc import gc_paused
+from .limits import current, how_to_raise
 from ._files import open_regular
 from ._hash import HASH_NAME, PLACEHOLDER, bytes_digest, is_digest, tensor_hasher
 from .formats import DTYPE_NAMES, DTYPES
 
 __all__ = ["SafetensorsFile", "write_safetensors", "DTYPES", "DTYPE_NAMES"]
 
-MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
 MAX_DIMS = 64  # torch's own limit on dimensions
 
 # metadata keys torchsmith writes
@@ -123,15 +123,18 @@ class SafetensorsFile:
             self.size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if 0 <= n <= min(MAX_HEADER, self.size - 8):
+            max_header = current().max_header_bytes
+            if 0 <= n <= min(max_header, self.size - 8):
                 raw = f.read(n)
         except OSError as e:
             raise CorruptCheckpointError(f"Cannot read {str(self.path)!r}: {e}") from e
         where = f"{str(self.path)!r} is not a valid safetensors file"
         if n < 0:
             raise CorruptCheckpointError(f"{where}: it is {self.size} bytes, shorter than the 8-byte header length.")
-        if n > MAX_HEADER:
-            raise CorruptCheckpointError(f"{where}: header length {n} exceeds the {MAX_HEADER}-byte limit.")
+        if n > max_header:
+            raise CorruptCheckpointError(
+                f"{where}: its header is {n:,} bytes, over the limit ({how_to_raise('max_header_bytes', needed=n)})"
+            )
         if n > self.size - 8:
             raise CorruptCheckpointError(
                 f"{where}: header length {n} runs past the end of the {self.size}-byte file (truncated?)."

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .limits import Limits, takes_limits
 from ..errors import CheckpointError, IncompatibleCheckpointError
 from . import _json
 from ._gc import gc_paused
@@ -228,7 +229,8 @@ def save_weights(
 
 
 @gc_paused()  # many small objects, no cycles: see _gc
-def read_weights(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", verify: bool = True, trusted: bool = False) -> dict[str, torch.Tensor]:
+@takes_limits
+def read_weights(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", verify: bool = True, trusted: bool = False, limits: Limits | None = None) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint as a new state dict (aliases share their tensor).
 
     Raises:
@@ -384,6 +386,7 @@ def _assign(model: nn.Module, new: dict[int, torch.Tensor]) -> None:
 
 
 @gc_paused()
+@takes_limits
 def load_weights(
     model: nn.Module,
     path: str | os.PathLike,
@@ -394,6 +397,7 @@ def load_weights(
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     trusted: bool = False,
+    limits: Limits | None = None,
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and report what happened.
 
@@ -413,6 +417,11 @@ def load_weights(
 
     Transactional: keys, shapes, dtypes and checksums are all checked before
     anything is written; on any error the model is byte-for-byte unchanged.
+
+    Bounded: a file that asks for more than :class:`Limits` allow (a header over
+    100 MB, a torch file whose tensors would take over 2x its size) is refused
+    before anything is allocated, naming the bound; ``limits=Limits(...)`` raises
+    one for a file you trust (every load function and ``--limit`` take it too).
 
     Raises:
         IncompatibleCheckpointError: missing / unexpected keys or tensors left on meta (``strict``), or

@@ -36,6 +36,7 @@ from ..registry import model_config
 from ..replay import build_from_config, finish_loaded
 from . import _json
 from ._files import open_regular, read_capped
+from .limits import Limits, current, how_to_raise, takes_limits
 from ._hash import bytes_digest
 from .atomic import atomic_write_all, clean_stale_temporaries_in
 from .formats import TORCH_DTYPES, dtype_name
@@ -56,10 +57,6 @@ _LAYER_NAMES: dict[Any, str] = {}
 for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _LAYER_NAMES.setdefault(_cls, _name)
-# bounds on what a config.json may ask to build, checked before anything is built
-MAX_CONFIG_VALUES = 10_000  # numbers, strings, lists and dicts in "kwargs" (a ResNet needs about 20)
-MAX_CONFIG_DEPTH = 32  # nesting of lists and dicts in "kwargs"
-MAX_CONFIG_BYTES = 16 * 2**20
 PAIR_TRIES = 16  # reads of config.json + weights while a concurrent save is between its two renames
 
 
@@ -93,16 +90,16 @@ def _encode(value: Any, where: str, problems: list[str]) -> Any:
     return None
 
 
-def _config_size(value: Any, depth: int = 0) -> tuple[int, int]:
+def _config_size(value: Any, max_values: int, max_depth: int, depth: int = 0) -> tuple[int, int]:
     """(values, depth) of a JSON value, stopping as soon as either passes its limit."""
-    if depth > MAX_CONFIG_DEPTH:
+    if depth > max_depth:
         return 1, depth
     if isinstance(value, (list, dict)):
         count, deepest = 1, depth
         for v in value.values() if isinstance(value, dict) else value:
-            n, d = _config_size(v, depth + 1)
+            n, d = _config_size(v, max_values, max_depth, depth + 1)
             count, deepest = count + n, max(deepest, d)
-            if count > MAX_CONFIG_VALUES or deepest > MAX_CONFIG_DEPTH:
+            if count > max_values or deepest > max_depth:
                 break
         return count, deepest
     return 1, depth
@@ -274,7 +271,7 @@ def _open_config(directory: Path):
             f"load_model: {str(directory)!r} has no {CONFIG_NAME}; it is not a save_model directory. "
             f"For weights alone use load_weights(model, path)."
         )
-    return open_regular(path, inside=directory, max_bytes=MAX_CONFIG_BYTES)
+    return open_regular(path, inside=directory, limit="max_config_bytes")
 
 
 def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str, Any]:
@@ -282,7 +279,7 @@ def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str,
     where = f"{str(path)!r}"
     try:
         with opened or _open_config(directory) as f:
-            raw = read_capped(f, path, MAX_CONFIG_BYTES)
+            raw = read_capped(f, path, "max_config_bytes")
         doc = _json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
@@ -315,12 +312,12 @@ def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str,
             f"on purpose, pass verify=False, or save the model again)"
         )
     if isinstance(doc.get("kwargs"), dict):
-        count, depth = _config_size([doc["kwargs"], doc.get("steps", [])])
-        if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
-            problems.append(
-                f"'kwargs' and 'steps' hold more than {MAX_CONFIG_VALUES:,} values or nest deeper than {MAX_CONFIG_DEPTH} "
-                f"(the limits MAX_CONFIG_VALUES / MAX_CONFIG_DEPTH of torchsmith.checkpoint.whole); nothing was built"
-            )
+        bounds = current()
+        count, depth = _config_size([doc["kwargs"], doc.get("steps", [])], bounds.max_config_values, bounds.max_config_depth)
+        if count > bounds.max_config_values:
+            problems.append(f"'kwargs' and 'steps' hold more than {bounds.max_config_values:,} values, nothing was built. {how_to_raise('max_config_values')}")
+        elif depth > bounds.max_config_depth:
+            problems.append(f"'kwargs' and 'steps' nest deeper than {bounds.max_config_depth}, nothing was built. {how_to_raise('max_config_depth')}")
     if problems:
         raise CorruptCheckpointError(f"{where} is not a valid torchsmith model config: {'; '.join(problems)}.")
     return doc
@@ -367,6 +364,7 @@ def _refuse_pickled_model(path: Path, trusted: bool) -> nn.Module:
     )
 
 
+@takes_limits
 def load_model(
     directory: str | os.PathLike,
     *,
@@ -374,6 +372,7 @@ def load_model(
     verify: bool = True,
     trusted: bool = False,
     verify_signature: str | os.PathLike | None = None,
+    limits: Limits | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_model`, without pickle; returns the model.
 

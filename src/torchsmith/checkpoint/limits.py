@@ -1,0 +1,136 @@
+"""Bounds on what a checkpoint may make torchsmith read, allocate or build.
+
+A few kilobytes of hostile file can ask for gigabytes: a torch file of
+expanded views, a header of millions of entries, a ``config.json`` asking
+for a 200,000-layer model. Every load checks the file against these bounds
+*before* it allocates or builds anything, and a refusal names the bound and
+how to raise it. The defaults sit far above real checkpoints (a 671B
+mixture-of-experts shard's header is a few MB; the safetensors reference
+refuses headers over 100 MB too).
+
+Raise a bound for a file you trust with ``limits=`` on any load function,
+or ``--limit NAME=VALUE`` on the command line:
+
+    >>> Limits().max_expansion
+    2.0
+    >>> big = Limits(max_header_bytes=400 * 2**20)
+    >>> big.max_header_bytes, big.max_expansion   # the other bounds keep their defaults
+    (419430400, 2.0)
+    >>> with applied(big):
+    ...     current().max_header_bytes
+    419430400
+    >>> Limits.parse(["max_expansion=8", "max_config_values=50000"])
+    Limits(max_expansion=8.0, max_header_bytes=104857600, max_json_bytes=268435456, max_config_bytes=16777216, max_config_values=50000, max_config_depth=32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ..errors import CheckpointError
+
+__all__ = ["Limits", "applied", "current", "how_to_raise", "takes_limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one load may ask for (see the module docstring). Keyword-only; unknown names are refused.
+
+    Attributes:
+        max_expansion: a torch file's tensors may take at most this many times the file's size
+            (plus 16 MiB) once loaded: tied views share storage, but a small file never turns
+            into a huge allocation (an expanded tensor, one storage viewed many times).
+        max_header_bytes: the JSON header of one safetensors file.
+        max_json_bytes: a shard index (``*.safetensors.index.json``).
+        max_config_bytes: a ``save_model`` directory's ``config.json``.
+        max_config_values: numbers, strings, lists and dicts in its ``kwargs`` and ``steps``
+            (a ResNet needs about 20): checked before the model is built.
+        max_config_depth: how deeply those lists and dicts nest.
+    """
+
+    max_expansion: float = 2.0
+    max_header_bytes: int = 100 * 2**20
+    max_json_bytes: int = 256 * 2**20
+    max_config_bytes: int = 16 * 2**20
+    max_config_values: int = 10_000
+    max_config_depth: int = 32
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = float if f.type in (float, "float") else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (kind is int and value != int(value)):
+                raise CheckpointError(
+                    f"Limits({f.name}={value!r}): expected a positive {'number' if kind is float else 'integer'}."
+                )
+            object.__setattr__(self, f.name, kind(value))
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> "Limits":
+        """Limits from ``NAME=VALUE`` strings (the CLI's ``--limit``); the rest keep their defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        values: dict[str, float] = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in names:
+                raise CheckpointError(
+                    f"--limit {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}."
+                )
+            try:
+                values[name] = float(text) if name == "max_expansion" else int(text.replace("_", ""))
+            except ValueError:
+                raise CheckpointError(f"--limit {item!r}: {text!r} is not a number.") from None
+        return cls(**values)
+
+
+_CURRENT: contextvars.ContextVar[Limits] = contextvars.ContextVar("torchsmith_checkpoint_limits", default=Limits())
+
+
+def current() -> Limits:
+    """The limits in effect for the load running in this thread (the defaults unless one was given)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def applied(limits: Limits | None) -> Iterator[None]:
+    """Run the block under ``limits`` (``None``: keep those in effect)."""
+    if limits is None:
+        yield
+        return
+    if not isinstance(limits, Limits):
+        raise CheckpointError(f"limits= expects torchsmith.Limits, got {type(limits).__name__}.")
+    token = _CURRENT.set(limits)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def how_to_raise(name: str, needed: float | None = None) -> str:
+    """The sentence an error ends with: which bound refused the file and how to raise it."""
+    value = getattr(current(), name)
+    hint = "N" if needed is None else (f"{needed:g}" if isinstance(value, float) else str(int(needed)))
+    return (
+        f"The limit is {name}={value:g}" if isinstance(value, float) else f"The limit is {name}={value}"
+    ) + f"; if you trust the file, raise it: limits=Limits({name}={hint}) (command line: --limit {name}={hint})."
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def takes_limits(fn: F) -> F:
+    """Run ``fn`` under the ``limits=`` keyword it declares (``None``: the limits already in effect)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with applied(kwargs.get("limits")):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,152 @@
+"""Bounds on what a checkpoint may ask for (``torchsmith.Limits``): each refuses before allocating or
+building, names itself and the option that raises it, and the option really raises it, on every
+entry point (library and CLI).
+
+Each case makes a real file that one bound refuses when set just below what the file needs (so
+the files stay small), then loads the same file with the bound raised (or at its default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ckpt_models import TinyNet, filled, snapshot
+from hypothesis import given
+from hypothesis import strategies as st
+from reliability_tools import record
+from typer.testing import CliRunner
+
+import torchsmith as ts
+from torchsmith import Limits
+from torchsmith.checkpoint import whole
+from torchsmith.cli import app
+
+
+def _header_length(path: Path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(8), "little")  # the format's first 8 bytes
+
+
+def _repeated_views(tmp_path: Path) -> tuple[Path, int, int]:
+    """A torch file of 16 overlapping views of one 4 MiB storage: (path, bytes on disk, bytes once loaded)."""
+    base = torch.arange(2**20, dtype=torch.float32)
+    views = {f"v{i}": base[i * 1000 :] for i in range(16)}  # each a different view: each loads as its own tensor
+    path = tmp_path / "views.pt"
+    torch.save(views, path)
+    return path, path.stat().st_size, sum(v.numel() * 4 for v in views.values())
+
+
+def _cases(tmp_path: Path) -> dict:
+    """bound -> (path, a value of the bound that refuses the file, one that admits it)."""
+    single = ts.save_weights(filled(TinyNet(), seed=1), tmp_path / "single.safetensors")
+    (tmp_path / "sharded").mkdir()
+    index = ts.save_weights(filled(TinyNet(), seed=2), tmp_path / "sharded" / "w.safetensors", max_shard_size=400)
+    mlp = ts.create_model("mlp", in_features=3, hidden=[4] * 30, num_classes=2)  # about 40 config values
+    directory = ts.save_model(mlp, tmp_path / "run")
+    views, size, loaded = _repeated_views(tmp_path)
+    return {
+        "max_header_bytes": (single, _header_length(single) - 1, _header_length(single)),
+        "max_json_bytes": (index, index.stat().st_size - 1, index.stat().st_size),
+        "max_config_bytes": (directory, (directory / "config.json").stat().st_size - 1, Limits().max_config_bytes),
+        "max_config_values": (directory, 30, 100),
+        "max_config_depth": (directory, 2, 3),  # [kwargs, steps] > kwargs > hidden: 3 deep
+        "max_expansion": (views, (loaded - 16 * 2**20) / size * 0.99, (loaded - 16 * 2**20) / size * 1.01),
+    }
+
+
+def _load(path: Path, limits: Limits | None):
+    if (path / "config.json").exists():
+        return ts.load_model(path, limits=limits)
+    return ts.read_weights(path, limits=limits)
+
+
+@pytest.mark.parametrize("bound", ["max_header_bytes", "max_json_bytes", "max_config_bytes", "max_config_values", "max_config_depth", "max_expansion"])
+def test_each_bound_refuses_names_itself_and_the_option_raises_it(tmp_path, bound):
+    path, below, enough = _cases(tmp_path)[bound]
+    if bound == "max_expansion":  # the default (2x) already refuses these views: the file is the attack
+        assert Limits().max_expansion < below
+        with pytest.raises(ts.CorruptCheckpointError, match="max_expansion"):
+            ts.read_weights(path)
+    with pytest.raises(ts.CheckpointError) as info:
+        _load(path, Limits(**{bound: below}))
+    message = str(info.value)
+    assert bound in message and f"--limit {bound}=" in message and "Limits(" in message, message
+    _load(path, Limits(**{bound: enough}))  # raised just enough: loads
+    record(f"limit {bound}", refused_at=below, loads_at=enough)
+
+
+def test_a_refused_load_leaves_the_model_as_it_was(tmp_path):
+    path = ts.save_weights(filled(TinyNet(), seed=3), tmp_path / "w.safetensors")
+    model = filled(TinyNet(), seed=4)
+    before = snapshot(model)
+    with pytest.raises(ts.CorruptCheckpointError, match="max_header_bytes"):
+        ts.load_weights(model, path, limits=Limits(max_header_bytes=16))
+    assert snapshot(model) == before
+    ts.load_weights(model, path)
+    assert snapshot(model) == snapshot(filled(TinyNet(), seed=3))
+
+
+def test_a_huge_config_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """A 0.6 MB config.json asking for a 200,000-layer MLP (with a valid self-checksum: it is not
+    authentication) is refused by max_config_values; nothing is built."""
+    directory = ts.save_model(ts.create_model("mlp", in_features=3, hidden=[4], num_classes=2), tmp_path / "run")
+    doc = json.loads((directory / "config.json").read_text())
+    doc["kwargs"]["hidden"] = [1] * 200_000
+    doc["checksums"]["config.json"]["xxh3-64"] = whole._config_digest(doc)
+    (directory / "config.json").write_text(json.dumps(doc))
+    built = []
+    monkeypatch.setattr(whole, "build_from_config", lambda *a, **k: built.append(a))
+    with pytest.raises(ts.CorruptCheckpointError, match="max_config_values"):
+        ts.load_model(directory)
+    assert built == []
+
+
+def test_the_cli_takes_limit_options(tmp_path):
+    path = ts.save_weights(filled(TinyNet(), seed=5), tmp_path / "w.safetensors")
+    runner = CliRunner()
+    n = _header_length(path)
+    for command in (["inspect", str(path)], ["convert", str(path), str(tmp_path / "out.pt")], ["diff", str(path), str(path)]):
+        refused = runner.invoke(app, [*command, "--limit", f"max_header_bytes={n - 1}"])
+        assert refused.exit_code == 1 and "max_header_bytes" in refused.output, (command, refused.output)
+        admitted = runner.invoke(app, [*command, "--limit", f"max_header_bytes={n}", "--limit", "max_expansion=3"])
+        assert admitted.exit_code == 0, (command, admitted.output)
+    bad = runner.invoke(app, ["inspect", str(path), "--limit", "max_bytes=5"])
+    assert bad.exit_code == 2 and "max_header_bytes" in bad.output  # usage error, listing the real names
+
+
+def test_limits_are_per_call_and_per_thread(tmp_path):
+    path = ts.save_weights(filled(TinyNet(), seed=6), tmp_path / "w.safetensors")
+    with pytest.raises(ts.CorruptCheckpointError):
+        ts.read_weights(path, limits=Limits(max_header_bytes=16))
+    ts.read_weights(path)  # the default again after the refused call
+
+
+# the parser behind --limit
+
+NAMES = [f for f in Limits.__dataclass_fields__]
+
+
+@given(st.dictionaries(st.sampled_from(NAMES), st.integers(min_value=1, max_value=2**62)))
+def test_parse_agrees_with_the_constructor(values):
+    items = [f"{k}={v}" for k, v in values.items()]
+    assert Limits.parse(items) == Limits(**values)
+
+
+@given(st.text(max_size=30))
+def test_parse_refuses_anything_else_with_a_checkpoint_error(text):
+    name, sep, value = text.partition("=")
+    try:
+        parsed = Limits.parse([text])
+    except ts.CheckpointError:
+        return
+    assert sep and name.strip().replace("-", "_") in NAMES  # accepted only a real NAME=positive number
+    assert getattr(parsed, name.strip().replace("-", "_")) > 0
+
+
+@pytest.mark.parametrize("bad", [{"max_expansion": 0}, {"max_header_bytes": -1}, {"max_config_depth": 2.5}, {"max_json_bytes": True}, {"max_expansion": "2"}])
+def test_nonsense_limits_are_refused(bad):
+    with pytest.raises(ts.CheckpointError, match=next(iter(bad))):
+        Limits(**bad)
