@@ -133,7 +133,7 @@ class SafetensorsFile:
             raise CorruptCheckpointError(f"{where}: it is {self.size} bytes, shorter than the 8-byte header length.")
         if n > max_header:
             raise CorruptCheckpointError(
-                f"{where}: its header is {n:,} bytes, over the limit ({how_to_raise('max_header_bytes', needed=n)})"
+                f"{where}: its header is {n:,} bytes, over the limit. {how_to_raise('max_header_bytes', needed=n)}"
             )
         if n > self.size - 8:
             raise CorruptCheckpointError(
