@@ -150,3 +150,42 @@ def test_parse_refuses_anything_else_with_a_checkpoint_error(text):
 def test_nonsense_limits_are_refused(bad):
     with pytest.raises(ts.CheckpointError, match=next(iter(bad))):
         Limits(**bad)
+
+
+# a config that asks for more than the weights hold
+
+
+class Table(torch.nn.Module):
+    """A parameter and a non-persistent buffer sized by one keyword: load_model builds it for real."""
+
+    def __init__(self, *, length: int = 4):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(length))  # (length,)
+        self.register_buffer("index", torch.arange(length), persistent=False)  # (length,), in no checkpoint
+
+
+@ts.register_model(name="limits_table")
+def _table(*, length: int = 4) -> Table:
+    return Table(length=length)
+
+
+def test_a_config_larger_than_its_weights_allocates_nothing(tmp_path, monkeypatch):
+    """A valid (re-checksummed) config.json asking for 10**9 values against 4 in the weights: refused
+    after the meta build, before the real build that non-persistent buffers need."""
+    directory = ts.save_model(ts.create_model("limits_table"), tmp_path / "run")
+    assert isinstance(ts.load_model(directory), Table)  # the honest directory loads
+    doc = json.loads((directory / "config.json").read_text())
+    doc["kwargs"]["length"] = 10**9
+    doc["checksums"]["config.json"]["xxh3-64"] = whole._config_digest(doc)
+    (directory / "config.json").write_text(json.dumps(doc))
+    devices = []
+    real_build = whole.build_from_config
+
+    def recording(config, *, device="meta"):
+        devices.append(str(device))
+        return real_build(config, device=device)
+
+    monkeypatch.setattr(whole, "build_from_config", recording)
+    with pytest.raises(ts.IncompatibleCheckpointError, match="weight"):
+        ts.load_model(directory)
+    assert devices == ["meta"]  # never built for real

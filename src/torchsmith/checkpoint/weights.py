@@ -348,6 +348,16 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
     )
 
 
+def check_fits(model: nn.Module, src: Source) -> None:
+    """Refuse ``src`` for ``model`` (strictly: keys, shapes, dtypes) without reading or writing data.
+
+    ``load_model`` runs it on the model built on the meta device before any real allocation.
+    """
+    report, _ = _plan(src, model, None)
+    report.checksums = src.checksum_status
+    _refuse(report, model, strict=True, skip_mismatched=False)
+
+
 def _batches(writes: list, src: Source, map_location) -> list[list]:
     """The fresh reads in one batch when they stay as read (CPU, same dtype), else in batches of
     about BATCH_BYTES, each moved or cast before the next is read (bounded staging memory)."""

@@ -44,7 +44,7 @@ from .signing import verify_checkpoint
 from .safetensors_format import SafetensorsFile, write_safetensors
 from .sources import SafetensorsSource
 from .torch_format import read_torch_file
-from .weights import check_metadata, dedupe, load_weights, state_dict_of
+from .weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
 
 __all__ = ["save_model", "load_model", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -415,10 +415,13 @@ def load_model(
         raise
     except Exception as e:
         raise CheckpointError(f"load_model: building {doc['name']!r} with {config['kwargs']} failed: {type(e).__name__}: {e}") from e
-    persistent = set(model.state_dict())
-    if any(name not in persistent for name, _ in model.named_buffers()):
-        model = build_from_config(config, device=map_location)  # non-persistent buffers need real init
     # the very file whose header matched config.json, not the path again (a save may replace it meanwhile)
     source = SafetensorsSource(weights, [st], dict(st.aliases), dict(st.metadata), "safetensors")
+    persistent = set(model.state_dict())
+    if any(name not in persistent for name, _ in model.named_buffers()):
+        # non-persistent buffers need a real build: first the meta model must fit the weights' header,
+        # so a config asking for more than the file holds allocates nothing
+        check_fits(model, source)
+        model = build_from_config(config, device=map_location)
     load_weights(model, source, map_location=map_location, verify=verify, prefix=None)
     return finish_loaded(model, config["steps"])
