@@ -79,7 +79,7 @@ test-interop: $(ISTAMP)
 faults: $(STAMP)
 	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/test_reliability_crash.py tests/test_reliability_corrupt.py \
 		tests/test_reliability_pickles.py tests/test_reliability_concurrency.py tests/test_reliability_integrity.py \
-		tests/test_reliability_transactions.py tests/test_reliability_fuzz.py
+		tests/test_reliability_transactions.py tests/test_reliability_limits.py tests/test_reliability_fuzz.py
 
 # >= 10,000 hypothesis examples each for safetensors headers, config.json and torch objects
 fuzz: $(STAMP)
