@@ -108,6 +108,8 @@ def match_keys(file_keys: Iterable[str], model_keys: Iterable[str], *, prefix: s
     wrapper matching.
     """
     file_keys, model_keys = list(file_keys), list(model_keys)
+    if prefix in (None, "auto", "") and len(file_keys) == len(model_keys) and set(file_keys) == set(model_keys):
+        return KeyMatch(pairs=dict(zip(model_keys, model_keys)))  # the same keys: the common case, at C speed
     result = KeyMatch()
     renamed = {k: k for k in file_keys}  # file key -> key after the user prefix
     if prefix not in (None, "auto", ""):

@@ -21,7 +21,7 @@ from ._files import open_regular, read_json_bytes
 from ._hash import HASH_NAME, bytes_digest, checksum_error, is_digest
 from ._tensor_checks import check_tensors
 from .atomic import clean_stale_temporaries_in
-from .formats import INDEX_SUFFIX, format_for
+from .formats import DTYPES, INDEX_SUFFIX, format_for
 from .keys import STATE_DICT_KEYS, find_state_dict
 from .safetensors_format import META_ALIASES, SafetensorsFile
 from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
@@ -98,13 +98,14 @@ class SafetensorsSource(Source):
         self.path, self.files, self.aliases, self.metadata, self.format = path, files, aliases, metadata, fmt
         self.where: dict[str, SafetensorsFile] = {}
         for st in files:
-            for name in st.entries:
-                if name in self.where:
-                    raise CorruptCheckpointError(
-                        f"{str(path)!r}: tensor {name!r} is stored in both {st.path.name!r} and {self.where[name].path.name!r}."
-                    )
-                self.where[name] = st
-        self._spec_table = {n: (st.entries[n].shape, st.entries[n].torch_dtype) for n, st in self.where.items()}
+            twice = self.where.keys() & st.entries.keys()
+            if twice:
+                name = min(twice)
+                raise CorruptCheckpointError(
+                    f"{str(path)!r}: tensor {name!r} is stored in both {st.path.name!r} and {self.where[name].path.name!r}."
+                )
+            self.where.update(dict.fromkeys(st.entries, st))
+        self._spec_table = {n: (en.shape, DTYPES[en.dtype]) for st in files for n, en in st.entries.items()}
 
     def _specs(self):
         return self._spec_table
