@@ -4,8 +4,10 @@ The tutorial strips ``module.`` by string replacement and pickles whole
 models. Here: a DataParallel checkpoint and a torch.compile checkpoint load
 into a plain model with a report of what happened; a whole model is saved as
 config.json + model.safetensors and rebuilt on the meta device; a pickle
-that would run a shell command is refused without running it; and a tied
-output layer left out of the file is reported as tied, not missing.
+that would run a shell command is refused without running it; a tied
+output layer left out of the file is reported as tied, not missing; and a
+tiny file that asks for far more memory than it holds is refused before
+anything is allocated, naming the bound that refused it (``torchsmith.Limits``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def main() -> None:
         fresh[1].weight = fresh[0].weight
         report = ts.load_weights(fresh, tmp / "lm.safetensors")  # strict, and ok
         console.print("\n" + str(report).replace(str(tmp) + "/", ""), highlight=False)
+
+        # 5. 16 overlapping views of one 4 MiB storage: a 4 MiB file that loads as 64 MiB of tensors
+        base = torch.arange(2**20, dtype=torch.float32)
+        torch.save({f"v{i}": base[i * 1000 :] for i in range(16)}, tmp / "views.pt")
+        try:
+            ts.read_weights(tmp / "views.pt")
+        except ts.CorruptCheckpointError as e:
+            console.print(f"\n[bold red]refused:[/] {str(e).replace(str(tmp) + '/', '')}", highlight=False)
+        views = ts.read_weights(tmp / "views.pt", limits=ts.Limits(max_expansion=16))  # a file you trust
+        console.print(f"with limits=Limits(max_expansion=16): {len(views)} tensors loaded")
 
 
 if __name__ == "__main__":
