@@ -25,6 +25,13 @@ from torchsmith.checkpoint import whole
 from torchsmith.cli import app
 
 
+def safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open  # the reference reader
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
+
+
 def _header_length(path: Path) -> int:
     with open(path, "rb") as f:
         return int.from_bytes(f.read(8), "little")  # the format's first 8 bytes
@@ -47,8 +54,10 @@ def _cases(tmp_path: Path) -> dict:
     mlp = ts.create_model("mlp", in_features=3, hidden=[4] * 30, num_classes=2)  # about 40 config values
     directory = ts.save_model(mlp, tmp_path / "run")
     views, size, loaded = _repeated_views(tmp_path)
+    tensors = len(safetensors_keys(single))
     return {
         "max_header_bytes": (single, _header_length(single) - 1, _header_length(single)),
+        "max_tensors": (single, tensors - 1, tensors),
         "max_json_bytes": (index, index.stat().st_size - 1, index.stat().st_size),
         "max_config_bytes": (directory, (directory / "config.json").stat().st_size - 1, Limits().max_config_bytes),
         "max_config_values": (directory, 30, 100),
@@ -63,7 +72,7 @@ def _load(path: Path, limits: Limits | None):
     return ts.read_weights(path, limits=limits)
 
 
-@pytest.mark.parametrize("bound", ["max_header_bytes", "max_json_bytes", "max_config_bytes", "max_config_values", "max_config_depth", "max_expansion"])
+@pytest.mark.parametrize("bound", ["max_header_bytes", "max_tensors", "max_json_bytes", "max_config_bytes", "max_config_values", "max_config_depth", "max_expansion"])
 def test_each_bound_refuses_names_itself_and_the_option_raises_it(tmp_path, bound):
     path, below, enough = _cases(tmp_path)[bound]
     if bound == "max_expansion":  # the default (2x) already refuses these views: the file is the attack
@@ -76,6 +85,17 @@ def test_each_bound_refuses_names_itself_and_the_option_raises_it(tmp_path, boun
     assert bound in message and f"--limit {bound}=" in message and "Limits(" in message, message
     _load(path, Limits(**{bound: enough}))  # raised just enough: loads
     record(f"limit {bound}", refused_at=below, loads_at=enough)
+
+
+def test_tensor_names_spelt_with_json_escapes_are_counted_too(tmp_path):
+    """The count before parsing looks for the literal "data_offsets"; keys spelt with escapes are counted after."""
+    entry = '{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'.replace("data_offsets", "data\\u005foffsets")
+    raw = ("{" + ",".join(f'"t{i}":{entry}' for i in range(5)) + "}").encode()
+    path = tmp_path / "escaped.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw)
+    assert b'"data_offsets"' not in raw and len(ts.read_weights(path)) == 5  # valid JSON, five empty tensors
+    with pytest.raises(ts.CorruptCheckpointError, match="max_tensors"):
+        ts.read_weights(path, limits=Limits(max_tensors=4))
 
 
 def test_a_refused_load_leaves_the_model_as_it_was(tmp_path):

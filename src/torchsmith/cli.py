@@ -83,7 +83,7 @@ def list_cmd(
 
 INSPECT_ROWS = 40  # rows `torchsmith inspect` prints without --all
 _LIMIT_HELP = (
-    "Raise a bound for a file you trust, NAME=VALUE (repeatable): max_expansion, max_header_bytes, "
+    "Raise a bound for a file you trust, NAME=VALUE (repeatable): max_expansion, max_header_bytes, max_tensors, "
     "max_json_bytes, max_config_bytes, max_config_values, max_config_depth (see torchsmith.Limits)."
 )
 

@@ -20,7 +20,7 @@ or ``--limit NAME=VALUE`` on the command line:
     ...     current().max_header_bytes
     419430400
     >>> Limits.parse(["max_expansion=8", "max_config_values=50000"])
-    Limits(max_expansion=8.0, max_header_bytes=104857600, max_json_bytes=268435456, max_config_bytes=16777216, max_config_values=50000, max_config_depth=32)
+    Limits(max_expansion=8.0, max_header_bytes=104857600, max_tensors=1000000, max_json_bytes=268435456, max_config_bytes=16777216, max_config_values=50000, max_config_depth=32)
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class Limits:
             (plus 16 MiB) once loaded: tied views share storage, but a small file never turns
             into a huge allocation (an expanded tensor, one storage viewed many times).
         max_header_bytes: the JSON header of one safetensors file.
+        max_tensors: tensors in one safetensors file or shard index (a 671B mixture-of-experts
+            checkpoint holds about 100,000; each costs about 10 microseconds and 1-2 KiB to plan,
+            so a 100 MB header of 1.7 million empty tensors would take 20 s and 4 GB to load).
         max_json_bytes: a shard index (``*.safetensors.index.json``).
         max_config_bytes: a ``save_model`` directory's ``config.json``.
         max_config_values: numbers, strings, lists and dicts in its ``kwargs`` and ``steps``
@@ -56,6 +59,7 @@ class Limits:
 
     max_expansion: float = 2.0
     max_header_bytes: int = 100 * 2**20
+    max_tensors: int = 1_000_000
     max_json_bytes: int = 256 * 2**20
     max_config_bytes: int = 16 * 2**20
     max_config_values: int = 10_000

@@ -139,6 +139,11 @@ class SafetensorsFile:
             raise CorruptCheckpointError(
                 f"{where}: header length {n} runs past the end of the {self.size}-byte file (truncated?)."
             )
+        listed = raw.count(b'"data_offsets"')  # one per entry: refused before parsing 100 MB of JSON
+        if listed > current().max_tensors:
+            raise CorruptCheckpointError(
+                f"{where}: its header lists {listed:,} tensors, over the limit. {how_to_raise('max_tensors', needed=listed)}"
+            )
         self.header_bytes = raw
         self.data_start = 8 + n
         with gc_paused():  # a header parse makes one small dict per tensor: no cycles, nothing for the GC to find
@@ -158,6 +163,8 @@ class SafetensorsFile:
             raise CorruptCheckpointError(f"{where}: the header is a JSON {type(header).__name__}, expected an object.")
         problems: list[str] = []
         metadata = header.pop("__metadata__", None) or {}
+        if len(header) > current().max_tensors:  # names spelt with JSON escapes escape the count above
+            raise CorruptCheckpointError(f"{where}: it lists {len(header):,} tensors, over the limit. {how_to_raise('max_tensors', needed=len(header))}")
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             problems.append("__metadata__ must map strings to strings")
             metadata = {}
