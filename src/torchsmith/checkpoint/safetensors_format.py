@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import os
 import weakref
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,7 @@ META_DIGEST = "torchsmith.metadata_xxh3-64"  # covers every other metadata entry
 
 _ITEMSIZE = {k: v.itemsize for k, v in DTYPES.items()}
 _FIELDS = {"dtype", "shape", "data_offsets"}
+_BY_POSITION = operator.itemgetter(3, 4)  # Entry (begin, end)
 
 
 class Entry(NamedTuple):
@@ -168,16 +170,16 @@ class SafetensorsFile:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             problems.append("__metadata__ must map strings to strings")
             metadata = {}
-        data_len = self.size - self.data_start
+        data_len, start, check = self.size - self.data_start, self.data_start, self._check_entry
         entries: dict[str, Entry] = {}
         for name, info in header.items():
-            problem = self._check_entry(name, info, data_len)
+            problem = check(name, info, data_len)
             if problem:
                 problems.append(problem)
             else:
                 b, e = info["data_offsets"]
-                entries[name] = Entry(name, info["dtype"], tuple(info["shape"]), self.data_start + b, self.data_start + e)
-        ordered = sorted(entries.values(), key=lambda en: (en.begin, en.end))
+                entries[name] = Entry(name, info["dtype"], tuple(info["shape"]), start + b, start + e)
+        ordered = sorted(entries.values(), key=_BY_POSITION)
         pos, last = self.data_start, None
         rejected = bool(problems)  # a rejected entry leaves a gap that is not a problem of its own
         for en in ordered:

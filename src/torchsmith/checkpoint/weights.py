@@ -276,10 +276,12 @@ def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport
     )
     writes = []
     done: dict[tuple, str] = {}
-    spec, loaded = src.spec, report.loaded  # one loop of plain lookups: a 100k-key plan in a fraction of a second
+    # one loop of plain lookups: a 100k-key plan in a fraction of a second
+    specs, aliases, loaded = src._specs(), src.aliases, report.loaded
+    values = nbytes = 0
     for mk, fk in match.pairs.items():
         target = targets[mk]
-        shape, dtype = spec(fk)
+        shape, dtype = specs[aliases.get(fk, fk)]
         same = dtype == target.dtype
         if target.shape != shape or not (same or _castable(dtype, target.dtype)):
             report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), dtype_name(dtype), dtype_name(target.dtype)))
@@ -292,8 +294,10 @@ def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport
             continue
         done[ident] = mk
         writes.append((target, fk))
-    report.values = sum(target.numel() for target, _ in writes)
-    report.nbytes = sum(target.numel() * target.element_size() for target, _ in writes)
+        n = target.numel()
+        values += n
+        nbytes += n * target.element_size()
+    report.values, report.nbytes = values, nbytes
     # a model key the file lacks whose tensor is one the load fills is tied (save_pretrained drops lm_head.weight)
     for mk in list(report.missing):
         partner = done.get(tensor_identity(targets[mk]))
