@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from ckpt_models import TinyNet, filled, snapshot
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from reliability_tools import record
 from typer.testing import CliRunner
@@ -156,6 +156,8 @@ def test_parse_agrees_with_the_constructor(values):
 
 
 @given(st.text(max_size=30))
+@example("max_expansion=nan")
+@example("max_tensors=1e3")
 def test_parse_refuses_anything_else_with_a_checkpoint_error(text):
     name, sep, value = text.partition("=")
     try:
@@ -166,7 +168,7 @@ def test_parse_refuses_anything_else_with_a_checkpoint_error(text):
     assert getattr(parsed, name.strip().replace("-", "_")) > 0
 
 
-@pytest.mark.parametrize("bad", [{"max_expansion": 0}, {"max_header_bytes": -1}, {"max_config_depth": 2.5}, {"max_json_bytes": True}, {"max_expansion": "2"}])
+@pytest.mark.parametrize("bad", [{"max_expansion": 0}, {"max_expansion": float("nan")}, {"max_expansion": float("inf")}, {"max_header_bytes": -1}, {"max_config_depth": 2.5}, {"max_json_bytes": True}, {"max_expansion": "2"}])
 def test_nonsense_limits_are_refused(bad):
     with pytest.raises(ts.CheckpointError, match=next(iter(bad))):
         Limits(**bad)

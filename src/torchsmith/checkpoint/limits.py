@@ -29,6 +29,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -69,7 +70,8 @@ class Limits:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             kind = float if f.type in (float, "float") else int
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (kind is int and value != int(value)):
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not number or value <= 0 or (kind is int and value != int(value)):
                 raise CheckpointError(
                     f"Limits({f.name}={value!r}): expected a positive {'number' if kind is float else 'integer'}."
                 )
