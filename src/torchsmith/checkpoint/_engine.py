@@ -177,12 +177,11 @@ def _small(span: Span, window: int) -> bool:
 def _groups(items: Sequence[tuple[Span, Out]], window: int) -> list[list[tuple[Span, Out]]]:
     """``(span, destination)`` pairs in file order, runs of small adjacent spans together (one read, one task)."""
     groups: list[list[tuple[Span, Out]]] = []
-    small = window // 4
     size, fd, end, group = 0, None, None, None  # the open run of small spans: its bytes, file, end, items
     for item in items:
         span = item[0]
         n = span.end - span.begin
-        if n > small:
+        if not _small(span, window):
             groups.append([item])
             group = None
         elif group is not None and span.fd == fd and span.begin == end and size + n <= window and len(group) < MAX_GROUP:
@@ -195,15 +194,19 @@ def _groups(items: Sequence[tuple[Span, Out]], window: int) -> list[list[tuple[S
     return groups
 
 
-def _check(span: Span, data: memoryview) -> None:
-    h = tensor_hasher(span.dtype, span.shape)
-    h.update(data)
-    if h.hexdigest() != span.digest:
-        raise _Mismatch(span, h.hexdigest())
+def _check_all(pairs: Sequence[tuple[Span, memoryview]]) -> None:
+    """Hash each ``(span, its bytes)`` that has a digest; raise at the first mismatch (in the given order)."""
+    for span, data in pairs:
+        if span.digest is not None:
+            h = tensor_hasher(span.dtype, span.shape)
+            h.update(data)
+            if h.hexdigest() != span.digest:
+                raise _Mismatch(span, h.hexdigest())
 
 
-def _read_fully(span: Span, views: list, total: int) -> None:
-    """``preadv`` from ``span.begin`` until ``views`` (``total`` bytes) are full; a short file is an error."""
+def _read_fully(span: Span, views: list[memoryview]) -> None:
+    """``preadv`` from ``span.begin`` until ``views`` are full; a short file is an error."""
+    total = sum(v.nbytes for v in views)
     done = os.preadv(span.fd, views, span.begin) if views else 0
     while done < total:  # a short read: finish buffer by buffer
         pos = 0
@@ -218,18 +221,13 @@ def _read_fully(span: Span, views: list, total: int) -> None:
 
 
 def _hash_group_task(group: list[Span]) -> Task:
+    """Adjacent small spans: one ``preadv`` into one buffer, then each hashed while in cache."""
+
     def task(stop: threading.Event) -> None:
-        total = group[-1].end - group[0].begin
-        buffer = memoryview(bytearray(total))
-        _read_fully(group[0], [buffer], total)
-        first = None
-        for span in group:
-            try:
-                _check(span, buffer[span.begin - group[0].begin : span.end - group[0].begin])
-            except _Mismatch as e:
-                first = first or e
-        if first is not None:
-            raise first
+        begin = group[0].begin
+        buffer = memoryview(bytearray(group[-1].end - begin))
+        _read_fully(group[0], [buffer])
+        _check_all([(span, buffer[span.begin - begin : span.end - begin]) for span in group])
 
     return task
 
@@ -245,10 +243,10 @@ def verify(spans: Sequence[Span]) -> int:
     tasks = []
     for pairs in _groups([(s, None) for s in ordered], window):
         group = [span for span, _ in pairs]
-        if len(group) == 1 and not _small(group[0], window):
-            tasks.append((group[0].nbytes, _hash_task(group[0], window)))
-        else:
+        if _small(group[0], window):  # a run of small spans (groups of more than one are all small)
             tasks.append((group[-1].end - group[0].begin, _hash_group_task(group)))
+        else:
+            tasks.append((group[0].nbytes, _hash_task(group[0], window)))
     _run(tasks)
     return len(ordered)
 
@@ -305,17 +303,9 @@ def _read_group_task(group: list[tuple[Span, memoryview]], verify: bool) -> Task
     """Adjacent small spans: one ``preadv`` into all their destinations, then each hashed while in cache."""
 
     def task(stop: threading.Event) -> None:
-        views = [out for _, out in group if out.nbytes]
-        _read_fully(group[0][0], views, sum(v.nbytes for v in views))
-        first = None
-        for span, out in group:
-            if verify and span.digest is not None:
-                try:
-                    _check(span, out)
-                except _Mismatch as e:
-                    first = first or e
-        if first is not None:
-            raise first
+        _read_fully(group[0][0], [out for _, out in group if out.nbytes])
+        if verify:
+            _check_all(group)
 
     return task
 
@@ -337,7 +327,7 @@ def read(items: Sequence[tuple[Span, torch.Tensor | np.ndarray]], *, verify: boo
     tasks: list[tuple[int, Task]] = []
     for group in _groups(outs, WINDOW):
         span, out = group[0]
-        if len(group) > 1 or _small(span, WINDOW):
+        if _small(span, WINDOW):  # a run of small spans (groups of more than one are all small)
             tasks.append((group[-1][0].end - span.begin, _read_group_task(group, verify)))
         elif verify and span.digest is not None:  # one task: the hash runs through the tensor in order
             tasks.append((span.nbytes, _read_hash_task(span, out)))

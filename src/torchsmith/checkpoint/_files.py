@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from .limits import current, how_to_raise
+from .limits import current, enforce, how_to_raise
 
 __all__ = ["open_regular", "read_json_bytes", "read_capped"]
 
@@ -70,11 +70,8 @@ def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
                     f"(a symbolic link out of the directory). A checkpoint directory must hold its own files; copy "
                     f"the file in, or pass the file itself."
                 )
-        if limit is not None and info.st_size > getattr(current(), limit):
-            raise CorruptCheckpointError(
-                f"{str(path)!r} is {info.st_size:,} bytes, over the limit for this kind of file (damaged or "
-                f"hostile?). {how_to_raise(limit, needed=info.st_size)}"
-            )
+        if limit is not None:
+            enforce(limit, info.st_size, f"{str(path)!r} is {info.st_size:,} bytes (damaged or hostile?)")
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb", buffering=0)
@@ -96,6 +93,6 @@ def read_capped(f: BinaryIO, path: str | os.PathLike, limit: str) -> bytes:
     while chunk := f.read(min(1 << 20, max_bytes + 1 - total)):
         chunks.append(chunk)
         total += len(chunk)
-        if total > max_bytes:
+        if total > max_bytes:  # its size was checked when opened: how much more it holds now is unknown
             raise CorruptCheckpointError(f"{str(path)!r} grew past the limit for this kind of file. {how_to_raise(limit)}")
     return b"".join(chunks)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .limits import Limits, takes_limits
 from ..errors import CheckpointError
 from .keys import WRAPPER_SEGMENTS, match_keys
 from .formats import dtype_name
+from .limits import Limits, takes_limits
 from .sources import Source, open_source
 from .weights import parse_size, save_weights
 

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CorruptCheckpointError
 
-__all__ = ["Limits", "applied", "current", "how_to_raise", "takes_limits"]
+__all__ = ["Limits", "applied", "current", "enforce", "how_to_raise", "takes_limits"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind = float if f.type in (float, "float") else int
+            kind = _kind(f)
             number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
             if not number or value <= 0 or (kind is int and value != int(value)):
                 raise CheckpointError(
@@ -80,20 +80,25 @@ class Limits:
     @classmethod
     def parse(cls, items: Iterable[str]) -> "Limits":
         """Limits from ``NAME=VALUE`` strings (the CLI's ``--limit``); the rest keep their defaults."""
-        names = [f.name for f in dataclasses.fields(cls)]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, float] = {}
         for item in items:
             name, sep, text = item.partition("=")
             name = name.strip().replace("-", "_")
-            if not sep or name not in names:
+            if not sep or name not in fields:
                 raise CheckpointError(
-                    f"--limit {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}."
+                    f"--limit {item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}."
                 )
             try:
-                values[name] = float(text) if name == "max_expansion" else int(text.replace("_", ""))
+                values[name] = float(text) if _kind(fields[name]) is float else int(text.replace("_", ""))
             except ValueError:
                 raise CheckpointError(f"--limit {item!r}: {text!r} is not a number.") from None
         return cls(**values)
+
+
+def _kind(field: dataclasses.Field) -> type:
+    """``float`` for a bound that may be fractional (``max_expansion``), else ``int``."""
+    return float if field.type in (float, "float") else int
 
 
 _CURRENT: contextvars.ContextVar[Limits] = contextvars.ContextVar("torchsmith_checkpoint_limits", default=Limits())
@@ -122,10 +127,16 @@ def applied(limits: Limits | None) -> Iterator[None]:
 def how_to_raise(name: str, needed: float | None = None) -> str:
     """The sentence an error ends with: which bound refused the file and how to raise it."""
     value = getattr(current(), name)
-    hint = "N" if needed is None else (f"{needed:g}" if isinstance(value, float) else str(int(needed)))
-    return (
-        f"The limit is {name}={value:g}" if isinstance(value, float) else f"The limit is {name}={value}"
-    ) + f"; if you trust the file, raise it: limits=Limits({name}={hint}) (command line: --limit {name}={hint})."
+    show = (lambda v: f"{v:g}") if isinstance(value, float) else (lambda v: str(int(v)))
+    hint = "N" if needed is None else show(needed)
+    shown = show(value)
+    return f"The limit is {name}={shown}; if you trust the file, raise it: limits=Limits({name}={hint}) (command line: --limit {name}={hint})."
+
+
+def enforce(name: str, found: int, what: str) -> None:
+    """Refuse ``found`` over the bound ``name``: ``CorruptCheckpointError("{what}, over the limit. ...")``."""
+    if found > getattr(current(), name):
+        raise CorruptCheckpointError(f"{what}, over the limit. {how_to_raise(name, needed=found)}")
 
 
 F = TypeVar("F", bound=Callable)

@@ -25,7 +25,7 @@ from ..errors import CorruptCheckpointError
 from . import _json
 from . import _engine
 from ._gc import gc_paused
-from .limits import current, how_to_raise
+from .limits import current, enforce
 from ._files import open_regular
 from ._hash import HASH_NAME, PLACEHOLDER, bytes_digest, is_digest, tensor_hasher
 from .formats import DTYPE_NAMES, DTYPES
@@ -133,19 +133,13 @@ class SafetensorsFile:
         where = f"{str(self.path)!r} is not a valid safetensors file"
         if n < 0:
             raise CorruptCheckpointError(f"{where}: it is {self.size} bytes, shorter than the 8-byte header length.")
-        if n > max_header:
-            raise CorruptCheckpointError(
-                f"{where}: its header is {n:,} bytes, over the limit. {how_to_raise('max_header_bytes', needed=n)}"
-            )
+        enforce("max_header_bytes", n, f"{where}: its header is {n:,} bytes")
         if n > self.size - 8:
             raise CorruptCheckpointError(
                 f"{where}: header length {n} runs past the end of the {self.size}-byte file (truncated?)."
             )
         listed = raw.count(b'"data_offsets"')  # one per entry: refused before parsing 100 MB of JSON
-        if listed > current().max_tensors:
-            raise CorruptCheckpointError(
-                f"{where}: its header lists {listed:,} tensors, over the limit. {how_to_raise('max_tensors', needed=listed)}"
-            )
+        enforce("max_tensors", listed, f"{where}: its header lists {listed:,} tensors")
         self.header_bytes = raw
         self.data_start = 8 + n
         with gc_paused():  # a header parse makes one small dict per tensor: no cycles, nothing for the GC to find
@@ -165,8 +159,8 @@ class SafetensorsFile:
             raise CorruptCheckpointError(f"{where}: the header is a JSON {type(header).__name__}, expected an object.")
         problems: list[str] = []
         metadata = header.pop("__metadata__", None) or {}
-        if len(header) > current().max_tensors:  # names spelt with JSON escapes escape the count above
-            raise CorruptCheckpointError(f"{where}: it lists {len(header):,} tensors, over the limit. {how_to_raise('max_tensors', needed=len(header))}")
+        # names spelt with JSON escapes escape the count before parsing
+        enforce("max_tensors", len(header), f"{where}: it lists {len(header):,} tensors")
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             problems.append("__metadata__ must map strings to strings")
             metadata = {}

@@ -20,7 +20,7 @@ from . import _engine, _json
 from ._files import open_regular, read_json_bytes
 from ._hash import HASH_NAME, bytes_digest, checksum_error, is_digest
 from ._tensor_checks import check_tensors
-from .limits import current, how_to_raise
+from .limits import enforce
 from .atomic import clean_stale_temporaries_in
 from .formats import DTYPES, INDEX_SUFFIX, format_for
 from .keys import STATE_DICT_KEYS, find_state_dict
@@ -209,8 +209,7 @@ def _open_index(path: Path, inside: Path | None) -> SafetensorsSource:
     meta = index.get("metadata") or {}
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()) or not isinstance(meta, dict):
         raise CorruptCheckpointError(f"{where} must hold a 'weight_map' of tensor name -> shard file name.")
-    if len(wmap) > current().max_tensors:
-        raise CorruptCheckpointError(f"{where} lists {len(wmap):,} tensors, over the limit. {how_to_raise('max_tensors', needed=len(wmap))}")
+    enforce("max_tensors", len(wmap), f"{where} lists {len(wmap):,} tensors")
     files = []
     for shard in dict.fromkeys(wmap.values()):
         shard_path = path.parent / shard

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .limits import Limits, takes_limits
 from ..errors import CheckpointError, IncompatibleCheckpointError
 from . import _json
 from ._gc import gc_paused
@@ -35,6 +34,7 @@ from .keys import match_keys
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
 from .formats import DTYPE_NAMES, INDEX_SUFFIX, SAFETENSORS_SUFFIX, dtype_name, format_for
+from .limits import Limits, takes_limits
 from .safetensors_format import META_ALIASES, write_safetensors
 from .sources import META_INDEX_DIGEST, Source, TensorSource, index_digest, open_source, tensor_identity
 from .torch_format import write_torch_file
