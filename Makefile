@@ -77,13 +77,11 @@ test-interop: $(ISTAMP)
 
 # the reliability suite's long versions (docs/reliability.md): 64 MiB files, 100 kills, every truncation, the long fuzz
 faults: $(STAMP)
-	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/test_reliability_crash.py tests/test_reliability_corrupt.py \
-		tests/test_reliability_pickles.py tests/test_reliability_concurrency.py tests/test_reliability_integrity.py \
-		tests/test_reliability_transactions.py tests/test_reliability_limits.py tests/test_reliability_fuzz.py
+	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/reliability
 
 # >= 10,000 hypothesis examples each for safetensors headers, config.json and torch objects
 fuzz: $(STAMP)
-	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/test_reliability_fuzz.py
+	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/reliability/test_reliability_fuzz.py
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

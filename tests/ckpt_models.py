@@ -37,11 +37,3 @@ def filled(model: nn.Module, seed: int = 0) -> nn.Module:
             else:
                 t.fill_(seed + 7)
     return model
-
-
-def snapshot(model: nn.Module) -> dict[str, bytes]:
-    """Every tensor's raw bytes, to prove a model is byte-for-byte unchanged."""
-    return {
-        k: v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        for k, v in model.state_dict().items()
-    }

@@ -63,40 +63,6 @@ def dict_of_layers() -> nn.Module:
     return DictNet()
 
 
-def snapshot(model: nn.Module) -> dict:
-    """Everything a probe must leave as it was: tensors (identity, storage, device, dtype, grad flag, and
-    values: version counter, storage address, checksum), modes, attributes, hooks."""
-    state = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        checksum = None if t.is_meta else float(t.detach().sum(dtype=torch.float64)) if t.numel() else 0.0
-        state[name] = (t.device, t.dtype, t.requires_grad, (t._version, t.untyped_storage().data_ptr(), checksum), id(t))
-    modules = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        attrs = {}
-        for k, v in vars(m).items():
-            attrs[k] = (id(v), tuple((kk, id(vv)) for kk, vv in v.items()) if isinstance(v, dict) else None)
-        modules[name] = (m.training, attrs)
-    return {"state": state, "modules": modules}
-
-
-def same_snapshot(a: dict, b: dict) -> list[str]:
-    """The differences between two snapshots (empty when the model is untouched)."""
-    problems = []
-    if a["state"].keys() != b["state"].keys():
-        problems.append(f"tensor names differ: {set(a['state']) ^ set(b['state'])}")
-    for k in a["state"].keys() & b["state"].keys():
-        (d1, t1, g1, v1, i1), (d2, t2, g2, v2, i2) = a["state"][k], b["state"][k]
-        if (d1, t1, g1, i1) != (d2, t2, g2, i2):
-            problems.append(f"{k}: device/dtype/grad/identity changed")
-        elif v1 != v2:
-            problems.append(f"{k}: written in place or storage replaced")
-    if a["modules"] != b["modules"]:
-        for k in a["modules"]:
-            if a["modules"][k] != b["modules"].get(k):
-                problems.append(f"module {k!r}: mode, attributes or hooks changed")
-    return problems
-
-
 def saved_bytes_real(model: nn.Module, *args, **kwargs) -> int:
     """Bytes autograd keeps for backward in a real forward: distinct storages (by address), parameters
     and buffers excluded. The independent reference for ``summary(...).saved_bytes``."""

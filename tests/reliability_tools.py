@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from ckpt_models import TinyNet, filled  # importing it registers ckpt_tiny, in children too
+from helpers import snapshot
 
 import torchsmith as ts
 
@@ -237,10 +238,6 @@ def damage_source():
     return filled(TinyNet(width=16), seed=99)
 
 
-def _bytes(sd) -> dict[str, bytes]:
-    return {k: v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for k, v in sd.items()}
-
-
 def _warm_up() -> None:
     """Run every entry point once on a good file, so lazy one-time set-up happens before the memory cap."""
     import tempfile
@@ -261,30 +258,30 @@ def load_damaged(cases: list[tuple[str, str]], headroom: int) -> list[dict]:
     ``inspect``, ``load_model``. ``unchanged``: the target is byte for byte as before;
     ``original``: what was loaded equals the undamaged file's content.
     """
-    original = _bytes(damage_source().state_dict())
+    original = snapshot(damage_source().state_dict())
     _warm_up()
     limit_memory(headroom)
     out = []
     for path, entry in cases:
         model = filled(TinyNet(width=16), seed=98)
-        before = _bytes(model.state_dict())
+        before = snapshot(model.state_dict())
         result = {"path": path, "entry": entry, "error": None, "message": "", "torchsmith": False, "original": False}
         try:
             if entry == "load_weights":
                 ts.load_weights(model, path)
-                result["original"] = _bytes(model.state_dict()) == original
+                result["original"] = snapshot(model.state_dict()) == original
             elif entry == "read_weights":
-                result["original"] = _bytes(ts.read_weights(path)) == original
+                result["original"] = snapshot(ts.read_weights(path)) == original
             elif entry == "inspect":
                 ts.inspect_checkpoint(path)
                 result["original"] = True  # checksums verified: nothing to compare
             elif entry == "load_model":
-                result["original"] = _bytes(ts.load_model(path).state_dict()) == original
+                result["original"] = snapshot(ts.load_model(path).state_dict()) == original
             else:
                 raise ValueError(entry)
         except BaseException as e:  # noqa: BLE001 - reported to the test
             result.update(error=type(e).__name__, message=str(e), torchsmith=isinstance(e, ts.TorchsmithError))
-        result["unchanged"] = _bytes(model.state_dict()) == before
+        result["unchanged"] = snapshot(model.state_dict()) == before
         out.append(result)
     return out
 
@@ -324,12 +321,12 @@ def _fuzz_settings(n: int):
 
 def _only_torchsmith_errors(call, model=None) -> bool:
     """Run ``call``; True when it succeeded, False on a TorchsmithError (the model unchanged); anything else escapes."""
-    before = _bytes(model.state_dict()) if model is not None else None
+    before = snapshot(model.state_dict()) if model is not None else None
     try:
         call()
         return True
     except ts.TorchsmithError:
-        if model is not None and _bytes(model.state_dict()) != before:
+        if model is not None and snapshot(model.state_dict()) != before:
             raise AssertionError("a failed load changed the model") from None
         return False
 

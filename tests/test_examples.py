@@ -11,8 +11,8 @@ import pytest
 from doctest_runner import from_text, run
 
 import torchsmith
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SKIP_MODULES = {"torchsmith.__main__"}  # runs the CLI on import
 
 

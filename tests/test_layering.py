@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from helpers import ROOT
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "torchsmith"
+SRC = ROOT / "src" / "torchsmith"
 
 # area -> rank; an area may import its own modules and any area of a lower rank
 RANKS = {

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from doctest_runner import from_text, run
+from helpers import ROOT
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 
 
 def test_readme_opens_with_the_two_commands():

@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models.feature_extraction import NodePathTracer, _set_default_tracer_kwargs, create_feature_extractor
 
 from torchsmith import FeatureExtractionError, extract_features, feature_info, feature_nodes
+from helpers import cloned_state as state
 
 # helpers
 
@@ -43,10 +44,6 @@ def hooked(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, torch.Tenso
 def spread(names: list[str], k: int = 3) -> list[str]:
     """``k`` names spread over the forward (a quarter, half, three quarters of the way)."""
     return list(dict.fromkeys(names[len(names) * (i + 1) // (k + 1)] for i in range(k)))
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def torchvision_node_names(model: nn.Module) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inspect_models import same_snapshot, snapshot
+from helpers import probe_differences, probe_snapshot
 from models import models
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,15 +32,15 @@ def test_summary_of_peer_model(peer):
     args, kwargs = peer.example()
     model.register_forward_hook(lambda *a: None)  # the user's own hook must survive
     model.extra_attribute = "kept"
-    before = snapshot(model)
+    before = probe_snapshot(model)
 
     s = ts.summary(model, inputs=args, kwargs=kwargs)
-    assert same_snapshot(before, snapshot(model)) == []
+    assert probe_differences(before, probe_snapshot(model)) == []
     if not s.complete:  # meta and fake both failed: rows are marked, then a real run is allowed
         assert s.error and any(r.status in ("failed", "unfinished", "not reached") for r in s.records)
         assert "?" in str(s)
         s = ts.summary(model, inputs=args, kwargs=kwargs, allow_real=True)
-        assert s.backend == "real" and same_snapshot(before, snapshot(model)) == []
+        assert s.backend == "real" and probe_differences(before, probe_snapshot(model)) == []
     assert s.complete
 
     leaves, flops = reference(model, args, kwargs)

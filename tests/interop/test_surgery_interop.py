@@ -16,6 +16,7 @@ from models import BY_NAME, models
 from torch import nn
 
 from torchsmith import (
+from helpers import cloned_state as state, fingerprint, same_state
     FrozenBatchNorm2d,
     SurgeryError,
     TorchsmithError,
@@ -32,30 +33,6 @@ from torchsmith import (
 )
 
 # helpers
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def same_state(model: nn.Module, saved: dict[str, torch.Tensor]) -> bool:
-    now = model.state_dict()
-    return now.keys() == saved.keys() and all(
-        now[k].device == v.device and now[k].dtype == v.dtype and torch.equal(now[k], v) for k, v in saved.items()
-    )
-
-
-def fingerprint(model: nn.Module) -> list:
-    """Everything a probe or a failed operation must leave as it was, module by module."""
-    out = []
-    for name, m in model.named_modules():
-        attrs = {k: (v.device, tuple(v.shape)) if isinstance(v, torch.Tensor) else
-                 [(t.device, tuple(t.shape)) for t in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else
-                 type(v).__name__
-                 for k, v in vars(m).items() if not k.startswith("_")}  # fmt: skip
-        out.append((name, type(m), id(m), m.training, attrs, len(m._forward_hooks), len(m._forward_pre_hooks),
-                    {k: p.requires_grad for k, p in m.named_parameters(recurse=False)}))  # fmt: skip
-    return out
 
 
 def prediction(output):

@@ -16,6 +16,7 @@ from torch import nn
 
 import torchsmith as ts
 from torchsmith.registry import _REGISTRY
+from helpers import randomise_bn_
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,16 +32,6 @@ def peer_builders():
     yield
     for name in ("interop_tv_resnet18", "interop_timm_resnet18"):
         _REGISTRY.pop(name, None)
-
-
-def randomise_bn_(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
 
 
 @pytest.mark.parametrize("name", ["interop_tv_resnet18", "interop_timm_resnet18"])

@@ -14,8 +14,9 @@ import torch
 from inspect_models import TinyLM
 
 import torchsmith as ts
+from helpers import GOLDEN
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = GOLDEN
 
 CASES = {
     "summary_resnet18.txt": lambda: ts.summary(ts.create_model("resnet18"), (1, 3, 224, 224), depth=2),

@@ -12,8 +12,8 @@ from torch import nn
 
 import torchsmith as ts
 from torchsmith.spec import GraphModel, LayerDict, LayerList
+from helpers import SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
 
 
 def leaf_census(model: nn.Module) -> Counter:

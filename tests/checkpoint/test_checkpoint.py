@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import GOLDEN, snapshot
 from torch import nn
 
 import torchsmith as ts
 from torchsmith.checkpoint.safetensors_format import SafetensorsFile
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = GOLDEN
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

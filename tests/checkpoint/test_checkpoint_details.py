@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import bits, snapshot
 from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -19,10 +20,6 @@ from torchsmith.checkpoint.safetensors_format import SafetensorsFile
 from torchsmith.cli import app
 
 FLOAT8 = sorted(name for name in DTYPES if name.startswith("F8_"))
-
-
-def bits(t: torch.Tensor) -> bytes:
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def every_byte(dtype: torch.dtype) -> torch.Tensor:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import snapshot
 from hypothesis import example, given
 from hypothesis import strategies as st
 from reliability_tools import record

@@ -15,10 +15,8 @@ import yaml
 
 import torchsmith as ts
 from torchsmith.cli import main
+from helpers import GOLDEN, SPECS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-SPECS = ROOT / "examples" / "specs"
-GOLDEN = Path(__file__).parent / "golden"
 
 
 def test_save_model_stores_the_spec_and_a_fresh_process_rebuilds_it(tmp_path):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import formula_weights_
+from helpers import formula_weights_
 from reference_models import TutorialUNet, copy_by_order, tv_resnet
 from torchsmith import EncoderUNet, ModelConfigError, UNet, create_model
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import snapshot
 from reliability_tools import record, run_child
 from typer.testing import CliRunner
 

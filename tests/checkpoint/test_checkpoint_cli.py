@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import snapshot
 from torch import nn
 from typer.testing import CliRunner
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import GOLDEN, snapshot
 from safetensors.torch import save_file
 from torch import nn
 
 import torchsmith as ts
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = GOLDEN
 
 
 class Positions(nn.Module):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from inspect_models import dict_of_layers, same_snapshot, snapshot
+from inspect_models import dict_of_layers
+from helpers import probe_differences, probe_snapshot
 from torch import nn
 
 import torchsmith as ts
@@ -56,13 +57,13 @@ def test_trace_error_names_the_module_and_the_shapes_and_removes_hooks():
     model = ts.create_model("resnet18").eval()
     model.layer3[0].conv1 = nn.Conv2d(256, 256, 3, stride=2, padding=1, bias=False)  # expects 256, gets 128
     model.layer3[0].downsample = None
-    before = snapshot(model)
+    before = probe_snapshot(model)
     with pytest.raises(InspectError) as info:
         ts.trace(model, torch.randn(1, 3, 224, 224), file=None)
     message = str(info.value)
     assert message.startswith("layer3.0.conv1 (Conv2d) got (1, 128, 28, 28), expects 256 input channels")
     assert isinstance(info.value.__cause__, RuntimeError) and "256 channels" in message
-    assert same_snapshot(before, snapshot(model)) == []
+    assert probe_differences(before, probe_snapshot(model)) == []
 
 
 def test_trace_error_in_a_linear_layer():

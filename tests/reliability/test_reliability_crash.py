@@ -14,7 +14,8 @@ import time
 
 import pytest
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import snapshot
 from reliability_tools import (
     Timer,
     check_generation,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import formula_input, formula_weights_, state_dict_signature
+from helpers import formula_input, formula_weights_, state_dict_signature
 from torchsmith import FeatureInfo, FrozenBatchNorm2d, ModelConfigError, create_model
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from inspect_models import Outputs, TinyLM, same_snapshot, saved_bytes_real, snapshot
+from inspect_models import Outputs, TinyLM, saved_bytes_real
+from helpers import DOCS, probe_differences, probe_snapshot
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -179,10 +180,10 @@ def test_model_untouched_after_summary(mode):
     model.conv.register_forward_hook(lambda *a: None)
     model.bn.register_forward_pre_hook(lambda *a: None)
     model.bn.running_mean.fill_(0.5)
-    before = snapshot(model)
+    before = probe_snapshot(model)
     s = ts.summary(model, (2, 3, 8, 8), mode=mode)
     assert s.complete
-    assert same_snapshot(before, snapshot(model)) == []
+    assert probe_differences(before, probe_snapshot(model)) == []
     assert model.calls == 0 and not hasattr(model, "last_shape")
 
 
@@ -203,7 +204,7 @@ class ItemModel(nn.Module):
 
 def test_fallback_to_real_only_when_allowed_and_rows_marked_otherwise():
     model = ItemModel()
-    before = snapshot(model)
+    before = probe_snapshot(model)
     s = ts.summary(model, (3, 4))
     assert not s.complete and s.backend in ("meta", "fake")
     assert [a.split(":")[0] for a in s.attempts] == ["meta", "fake"]
@@ -212,7 +213,7 @@ def test_fallback_to_real_only_when_allowed_and_rows_marked_otherwise():
     assert "? (failed)" in str(s) and "Incomplete:" in str(s)
     real = ts.summary(model, (3, 4), allow_real=True)
     assert real.complete and real.backend == "real" and real.total_flops == 2 * 3 * 4 * 4 + 2 * 3 * 4 * 2
-    assert same_snapshot(before, snapshot(model)) == []
+    assert probe_differences(before, probe_snapshot(model)) == []
 
 
 def test_fake_tensor_fallback_for_plain_tensor_attributes():
@@ -265,7 +266,7 @@ def test_docs_page_examples_run():
     import doctest
     from pathlib import Path
 
-    page = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
+    page = DOCS / "inspect.md"
     result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
 

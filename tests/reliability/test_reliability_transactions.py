@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_models import TinyNet, filled, snapshot
+from ckpt_models import TinyNet, filled
+from helpers import snapshot
 from reliability_tools import record, start_child
 
 import torchsmith as ts

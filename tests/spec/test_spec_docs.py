@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_links_the_specs_page():

@@ -7,7 +7,8 @@ import os
 
 import pytest
 import torch
-from ckpt_models import filled, snapshot
+from ckpt_models import filled
+from helpers import snapshot
 from torch import nn
 
 import torchsmith as ts

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchsmith as ts
+from helpers import ROOT
 
 NAMES = ["Conv2d", "Linear", "ReLU", "BatchNorm2d", "Flatten", "Dropout", "Sequential", "ModuleList", "ModuleDict", "Graph",
          "DoubleConv", "concat", "add", "crop_like", "interpolate", "mlp", "resnet18", "LSTM", "Upsample", "Embedding",
@@ -76,7 +77,7 @@ def _build_watched(spec, named: str | None = None) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def warm_up():
     """Import and run once what valid specs use, so the fuzz sees only what a spec itself causes."""
-    for spec in Path(__file__).resolve().parents[1].glob("examples/specs/*.yaml"):
+    for spec in ROOT.glob("examples/specs/*.yaml"):
         ts.build(spec, device="meta")
     for name in NAMES:
         for args in (None, [3], [3, 4], [3, 4, 3], {"args": [3, 4]}):

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 import torchsmith as ts
 from torchsmith.cli import app
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "finetune_digits.py"
 QUICK = ["--epochs", "1", "--transfer-epochs", "1", "--limit", "64", "--batch-size", "32"]
 sys.path.insert(0, str(SCRIPT.parent))

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from conftest import state_dict_signature
+from helpers import state_dict_signature
 from torchsmith import (
     BackboneWithFPN,
     FeaturePyramidNetwork,

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from conftest import randomise_bn_
+from helpers import randomise_bn_
 from torch import nn
 
 import torchsmith as ts

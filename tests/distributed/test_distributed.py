@@ -18,6 +18,7 @@ from torch import nn
 
 import torchsmith as ts
 from torchsmith.checkpoint.dcp import DCPReader, read_dcp
+from helpers import DOCS, cloned_state as snapshot
 
 WORLD = 2
 
@@ -109,10 +110,6 @@ def test_round_trip_in_one_process(tmp_path):
     assert progress == {"epoch": 7, "best": 0.5}
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
 def test_a_model_that_does_not_fit_is_refused_whole_and_left_alone(tmp_path):
     model, opt, _ = trained()
     ts.save_distributed(model, opt, tmp_path / "ck")
@@ -187,6 +184,6 @@ def test_the_docs_page_examples_run():
     import doctest
     from pathlib import Path
 
-    page = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
+    page = DOCS / "distributed.md"
     result = doctest.testfile(str(page), module_relative=False)
     assert result.failed == 0 and result.attempted >= 10

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 import torchsmith as ts
 from torchsmith.checkpoint.formats import DTYPES
 from torchsmith.checkpoint.safetensors_format import SafetensorsFile
+from helpers import bits
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -41,10 +42,6 @@ def tensors(draw) -> torch.Tensor:
 keys = st.text(min_size=1, max_size=12).filter(lambda k: k != "__metadata__")
 state_dicts = st.dictionaries(keys, tensors(), min_size=1, max_size=6)
 metadata = st.dictionaries(st.text(max_size=10).filter(lambda k: not k.startswith("torchsmith.")), st.text(max_size=20), max_size=3)
-
-
-def bits(t: torch.Tensor) -> bytes:
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def assert_identical(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

@@ -276,7 +276,7 @@ def test_feature_info_stride_rule(h, w):
     assert [(f.channels, f.stride) for f in info] == [(64, 4), (512, 32)]
 
 
-# regressions (issue 8): mode, aux nodes, aliases, layouts, declared strides
+# regressions found on the peer matrix: mode, aux nodes, aliases, layouts, declared strides
 
 
 class BatchNormAct(nn.BatchNorm2d):

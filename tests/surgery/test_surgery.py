@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import randomise_bn_
+from helpers import fingerprint, randomise_bn_
 from torchsmith import (
     FreezeReport,
     FrozenBatchNorm2d,
@@ -342,17 +342,7 @@ def test_replace_head_without_conv_or_linear_asks_for_input_size():
         replace_head(nn.Sequential(nn.Flatten(), nn.ReLU()), 3)
 
 
-# regressions (issue 8)
-
-
-def fingerprint(model: nn.Module) -> list:
-    """Everything a failed operation or a probe must leave as it was."""
-    return [
-        (name, type(m), id(m), m.training, sorted(vars(m)), len(m._forward_hooks), len(m._forward_pre_hooks),
-         {k: (p.requires_grad, p.device) for k, p in m.named_parameters(recurse=False)},
-         {k: b.device for k, b in m.named_buffers(recurse=False)})
-        for name, m in model.named_modules()
-    ]  # fmt: skip
+# regressions found on the peer matrix
 
 
 class Cached(nn.Module):
