@@ -85,7 +85,7 @@ def test_zoo_classifiers_have_reset_classifier_beside_get_classifier(name):
     assert model.reset_classifier(5) is None  # timm's signature and return
     assert model.num_classes == 5 and model(x).shape[1] == 5
     assert ts.model_config(model)["steps"][-1] == {
-        "op": "replace_head", "num_classes": 5, "path": ts.surgery._find_path(model, model.get_classifier())
+        "op": "replace_head", "num_classes": 5, "path": ts.surgery.modules.find_path(model, model.get_classifier())
     }  # fmt: skip
     # the step replays to the same structure
     rebuilt = ts.build_from_config(ts.model_config(model))

@@ -1,5 +1,6 @@
-"""The house's layering, read from the imports: errors < layers < registry < zoo / features / surgery <
-replay < checkpoint < distributed / cli. No module imports one of a higher layer, nor a sibling area of its own layer."""
+"""The house's layering, read from the imports: errors < checkpoint file I/O / layers < registry / runner <
+zoo / features / inspect < surgery / spec < models_io (whole models) < distributed / cli. No module imports one of a
+higher layer, nor a sibling area of its own layer."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ SRC = ROOT / "src" / "torchsmith"
 # area -> rank; an area may import its own modules and any area of a lower rank
 RANKS = {
     "errors": 0, "_version": 0, "_units": 0,
-    "layers": 1,
-    "registry": 2, "_probe": 2,
-    "zoo": 3, "features": 3, "surgery": 3, "inspect": 3,
-    "replay": 4, "spec": 4,
-    "checkpoint": 5,
+    "checkpoint": 1, "layers": 1,
+    "registry": 2, "runner": 2,
+    "zoo": 3, "features": 3, "surgery": 4, "inspect": 3, "spec": 4,
+    "models_io": 5,
     "cli": 6, "distributed": 6,
     "__init__": 7, "__main__": 7,
 }  # fmt: skip

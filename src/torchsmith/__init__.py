@@ -17,10 +17,8 @@ from .checkpoint import (
     convert_checkpoint,
     diff_checkpoints,
     inspect_checkpoint,
-    load_model,
     load_weights,
     read_weights,
-    save_model,
     save_weights,
     sign_checkpoint,
     verify_checkpoint,
@@ -62,7 +60,7 @@ from .surgery import (
     replace_module,
     unfreeze,
 )
-from .replay import build_from_config
+from .models_io import build_from_config, load_model, save_model
 from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
 from .spec import GraphModel, LayerDict, LayerList, build, register_block, spec_schema, to_spec
 

@@ -281,7 +281,7 @@ def _load(model: str, *, meta: bool):
     from .registry import create_model
 
     if os.path.isdir(model):
-        from .checkpoint import load_model
+        from .models_io import load_model
 
         return load_model(model)
     with torch.device("meta") if meta else contextlib.nullcontext():
@@ -316,7 +316,7 @@ def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
     first layer. ``make(shape, dtype)`` builds the tensors (meta by default)."""
     import torch
 
-    from ._probe import example_input
+    from .runner import example_input
 
     dt = _dtype(dtype)
     make = make or (lambda shape, dt: torch.empty(*shape, dtype=dt, device="meta"))
@@ -468,7 +468,7 @@ def build_cmd(
         "summary": json.loads(report.to_json()) if report is not None else None,
     }
     if save:
-        from .checkpoint import save_model
+        from .models_io import save_model
 
         row["saved"] = str(save_model(build(doc, input_size=input_size), save))
     if as_json:

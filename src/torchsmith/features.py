@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from torch import Tensor, fx, nn
 
-from ._probe import example_call, logger, modes_kept, probe, untouched
+from .runner import example_call, logger, modes_kept, probe, untouched
 from .errors import FeatureExtractionError, closest
 from .layers import ChildrenRunner, FeatureInfo
 

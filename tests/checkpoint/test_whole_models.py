@@ -148,7 +148,7 @@ def test_fresh_process_rebuilds_bitwise(round_trips, name):
 
 
 def test_the_cases_cover_every_recorded_operation():
-    from torchsmith.replay import _REPLAY
+    from torchsmith.models_io.replay import _REPLAY
 
     seen = set()
     for make, _ in CASES.values():

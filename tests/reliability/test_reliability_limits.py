@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import torchsmith as ts
 from torchsmith import Limits
-from torchsmith.checkpoint import whole
+from torchsmith.models_io import whole
 from torchsmith.cli import app
 
 

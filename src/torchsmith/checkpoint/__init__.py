@@ -1,6 +1,7 @@
-"""Checkpoints: weights and whole models, safe, precise, at about one model's memory.
+"""Checkpoints: weights files, safe, precise, at about one model's memory.
 
-The only package in torchsmith that touches file formats.
+The only package in torchsmith that touches file formats, and it imports no model code: whole models
+(``save_model`` / ``load_model``) live in :mod:`torchsmith.models_io`, above surgery and the registry.
 
     >>> model = create_model("resnet18")
     >>> save_weights(model, "model.safetensors")          # atomic, checksummed
@@ -8,7 +9,6 @@ The only package in torchsmith that touches file formats.
     >>> _ = save_weights(nn.DataParallel(model), "ddp_checkpoint.pt")
     >>> load_weights(model, "ddp_checkpoint.pt").prefixes_removed    # 'module.' handled, with a report
     {'module.': 122}
-    >>> model = load_model(save_model(model, "runs/best"))   # no pickle
 """
 
 from .atomic import atomic_write
@@ -18,14 +18,11 @@ from .limits import Limits
 from .report import Cast, LoadReport, Mismatch
 from .signing import sign_checkpoint, verify_checkpoint
 from .weights import load_weights, read_weights, save_weights
-from .whole import load_model, save_model
 
 __all__ = [
     "save_weights",
     "load_weights",
     "read_weights",
-    "save_model",
-    "load_model",
     "LoadReport",
     "Limits",
     "Mismatch",

@@ -5,8 +5,9 @@ ones no checkpoint holds: non-persistent buffers (BERT's ``position_ids``, GPT-2
 causal mask) and tensors kept in plain attributes (a list of anchor cells).
 :func:`meta_tensors` names them all; :func:`recompute` builds the model a second
 time with only its parameters on meta (no weight memory, no init cost) and takes
-those tensors from it, when the model says how it was built: a torchsmith registry
-config (surgery steps replayed), or a transformers ``config``. Only :func:`put` changes its argument (it
+those tensors from it, when something says how the model was built: a transformers ``config`` (known
+here), or what a higher layer registers with :func:`register_rebuilder` (a torchsmith registry config,
+its surgery steps replayed: :mod:`torchsmith.models_io`). Only :func:`put` changes its argument (it
 assigns a tensor returned by :func:`recompute`); the others return new objects.
 
     >>> class Positions(nn.Module):
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["all_tensors", "meta_tensors", "recompute", "put"]
+__all__ = ["all_tensors", "meta_tensors", "recompute", "put", "register_rebuilder"]
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +105,35 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _builder(model: nn.Module) -> tuple[str, Callable[[], nn.Module]] | None:
-    """How to build ``model`` again, and its description; None when the model does not say."""
-    from ..registry import model_config
-    from ..replay import build_from_config
+Rebuilder = Callable[[nn.Module], "tuple[str, Callable[[], nn.Module]] | None"]
+_REBUILDERS: list[Rebuilder] = []
 
-    cfg = model_config(model)
-    if cfg is not None:  # the builder's keywords, then the recorded surgery steps
-        return f"build_from_config({cfg['name']!r})", lambda: build_from_config(cfg, device=None)
+
+def register_rebuilder(fn: Rebuilder) -> Rebuilder:
+    """Add a way to build a model again: ``fn(model)`` returns ``(description, build)`` or None when it
+    does not know ``model``. Layers above this package register theirs (the registry config's replay,
+    in :mod:`torchsmith.models_io`), so file I/O imports no model code."""
+    if fn not in _REBUILDERS:
+        _REBUILDERS.append(fn)
+    return fn
+
+
+@register_rebuilder
+def _transformers_rebuild(model: nn.Module) -> tuple[str, Callable[[], nn.Module]] | None:
+    """transformers' ``PreTrainedModel``: its class and a copy of its ``config``."""
     config = getattr(model, "config", None)
-    if config is not None and hasattr(type(model), "config_class"):  # transformers' PreTrainedModel
+    if config is not None and hasattr(type(model), "config_class"):
         return f"{type(model).__name__}(config)", lambda: type(model)(copy.deepcopy(config))
+    return None
+
+
+def _builder(model: nn.Module) -> tuple[str, Callable[[], nn.Module]] | None:
+    """How to build ``model`` again, and its description; None when no registered rebuilder knows it
+    (the most recently registered is asked first)."""
+    for rebuild in reversed(_REBUILDERS):
+        how = rebuild(model)
+        if how is not None:
+            return how
     return None
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .._probe import modes_kept
+from ..runner import modes_kept
 from .flops import count_flops, counts_nothing
 from .records import LayerRecord, output_leaves
 

@@ -32,19 +32,19 @@ from torch import nn
 from .._version import __version__
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
 from ..layers.create import ACT_LAYERS, NORM_LAYERS
+from ..checkpoint import _json
+from ..checkpoint._files import open_regular, read_capped
+from ..checkpoint._hash import bytes_digest
+from ..checkpoint.atomic import atomic_write_all, clean_stale_temporaries_in
+from ..checkpoint.formats import TORCH_DTYPES, dtype_name
+from ..checkpoint.limits import Limits, current, how_to_raise, takes_limits
+from ..checkpoint.safetensors_format import SafetensorsFile, write_safetensors
+from ..checkpoint.signing import verify_checkpoint
+from ..checkpoint.sources import SafetensorsSource
+from ..checkpoint.torch_format import read_torch_file
+from ..checkpoint.weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
 from ..registry import model_config
-from ..replay import build_from_config, finish_loaded
-from . import _json
-from ._files import open_regular, read_capped
-from .limits import Limits, current, how_to_raise, takes_limits
-from ._hash import bytes_digest
-from .atomic import atomic_write_all, clean_stale_temporaries_in
-from .formats import TORCH_DTYPES, dtype_name
-from .signing import verify_checkpoint
-from .safetensors_format import SafetensorsFile, write_safetensors
-from .sources import SafetensorsSource
-from .torch_format import read_torch_file
-from .weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
+from .replay import build_from_config, finish_loaded
 
 __all__ = ["save_model", "load_model", "CONFIG_NAME", "WEIGHTS_NAME"]
 

@@ -196,3 +196,32 @@ def probe(
         "Pass example_inputs= with inputs its forward accepts (a tensor, a tuple of positional arguments "
         "or a dict of keyword arguments; token ids as integer tensors)."
     ) from failure
+
+
+# outputs
+
+
+def output_tensors(output: Any) -> list[Tensor]:
+    """Every tensor in a model's output: a tensor, a dict (``ModelOutput``), a tuple (namedtuple) or list of them."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for v in output.values() for t in output_tensors(v)]
+    if isinstance(output, (list, tuple)):
+        return [t for v in output for t in output_tensors(v)]
+    return []
+
+
+def main_output(output: Any) -> Tensor | None:
+    """The prediction in a model's output: the tensor itself, ``["logits"]`` / ``["out"]`` of a dict
+    (transformers, torchvision segmentation), or the first element of a tuple (torchvision's aux outputs)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in ("logits", "out"):
+            if isinstance(output.get(key), Tensor):
+                return output[key]
+        return None
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None

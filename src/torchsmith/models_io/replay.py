@@ -28,18 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelConfigError, did_you_mean
-from .registry import create_model, update_config
-from .surgery import (
-    _adapt_channels,
-    _fold_pairs,
-    _inference_ready,
-    _wrap_inputs,
-    freeze,
-    replace_head,
-    replace_module,
-    unfreeze,
-)
+from ..errors import ModelConfigError, did_you_mean
+from ..registry import create_model, update_config
+from ..surgery import freeze, replace_head, replace_module, unfreeze
+from ..surgery.channels import adapt_channels
+from ..surgery.fold import fold_pairs, inference_ready
+from ..surgery.inputs import wrap_inputs
 
 __all__ = ["build_from_config", "replay_steps", "finish_loaded"]
 
@@ -52,11 +46,11 @@ def _optimized(model: nn.Module, step: Mapping[str, Any]) -> nn.Module:
 
 _REPLAY: dict[str, Callable[[nn.Module, Mapping[str, Any]], nn.Module]] = {
     "replace_head": lambda m, s: replace_head(m, s["num_classes"], path=s["path"]),
-    "adapt_input_channels": lambda m, s: _adapt_channels(m, s["in_chans"], s["path"]),
+    "adapt_input_channels": lambda m, s: adapt_channels(m, s["in_chans"], s["path"]),
     "freeze": lambda m, s: freeze(m, s["patterns"], exclude=s["exclude"], bn=s["bn"]),
     "unfreeze": lambda m, s: unfreeze(m),
-    "add_inputs": lambda m, s: _wrap_inputs(m, dict(s)),
-    "fold_batchnorm": lambda m, s: (_fold_pairs(m, s["pairs"]), m)[1],
+    "add_inputs": lambda m, s: wrap_inputs(m, dict(s)),
+    "fold_batchnorm": lambda m, s: (fold_pairs(m, s["pairs"]), m)[1],
     "optimize_for_inference": _optimized,
     "replace_module": lambda m, s: replace_module(m, s["path"], build_from_config(s["module"], device=None)),
 }
@@ -96,5 +90,5 @@ def finish_loaded(model: nn.Module, steps: list[Mapping[str, Any]]) -> nn.Module
     """What steps do to a model after its weights are in: ``optimize_for_inference``'s eval mode and channels-last."""
     for step in steps:
         if step.get("op") == "optimize_for_inference":
-            _inference_ready(model, channels_last=bool(step.get("channels_last")))
+            inference_ready(model, channels_last=bool(step.get("channels_last")))
     return model

@@ -1,0 +1,154 @@
+"""Extra inputs: the tutorial's two-input model, a backbone's features fused with an extra vector.
+
+``add_inputs`` returns a new wrapper around the model (whose head it changes in place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from ..runner import Call, example_call, logger, main_output, probe
+from ..errors import SurgeryError
+from ..registry import model_config, set_config
+from ..zoo.multi_input import MultiInputModel
+from .heads import find_head, recording, replace_head
+from .modules import first_tensor, get_module, put, record
+
+__all__ = ["add_inputs"]
+
+
+
+class _HeadReached(Exception):
+    """Raised by :class:`_HeadInput`'s hook: the rest of the forward is skipped."""
+
+
+class _HeadInput(nn.Module):
+    """``model`` run up to its head: returns what goes into the head (for a model that does more after
+    its head, such as a softmax; a forward pre-hook ends the forward there)."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        got: list[Tensor] = []
+
+        def stop(module: nn.Module, inputs: tuple) -> None:
+            got.append(inputs[0])
+            raise _HeadReached
+
+        handle = self.model.get_submodule(self.head).register_forward_pre_hook(stop)
+        try:
+            self.model(*args, **kwargs)
+        except _HeadReached:
+            pass
+        finally:
+            handle.remove()
+        if not got:
+            raise SurgeryError(f"{type(self.model).__name__}'s forward did not reach its head {self.head!r}.")
+        return got[0]
+
+
+def _pooled(model: nn.Module, y: Any) -> Tensor:
+    if not isinstance(y, Tensor) or y.dim() != 2:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise SurgeryError(f"add_inputs needs a model giving (B, F) features; {type(model).__name__} gives {shape}.")
+    return y
+
+
+def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor]:
+    """``(backbone, its (B, F) output on call)``: the model with its head made ``nn.Identity`` (in place), or
+    wrapped to stop at the head when it does more after it; the model itself when it has no head."""
+    try:
+        head = find_head(model, call)
+    except SurgeryError as err:
+        if "cannot tell the classifier" not in str(err):
+            raise
+        logger.info("add_inputs: %s; fusing the model's output", err)
+        return model, _pooled(model, main_output(probe(model, call, purpose="measure its output")))
+    old = get_module(model, head)
+    put(model, head, nn.Identity())
+    try:
+        with recording(model, lambda m: m is get_module(model, head)) as seen:
+            y = main_output(probe(model, call, purpose="measure the features that go into its head"))
+        if y is not None and seen and seen[-1][2] is y:
+            features = _pooled(model, y)
+            put(model, head, old)
+            replace_head(model, 0, path=head)  # the same Identity, recorded
+            return model, features
+        put(model, head, old)  # something after the head: stop the forward at it instead
+        backbone = _HeadInput(model, head)
+        return backbone, _pooled(model, probe(backbone, call, purpose="measure the features that go into its head"))
+    except BaseException:
+        put(model, head, old)
+        raise
+
+
+def add_inputs(
+    model: nn.Module,
+    *,
+    extra_features: int,
+    num_classes: int,
+    fusion: Literal["concat", "add"] = "concat",
+    dropout: float = 0.0,
+    input_size: Sequence[int] | None = None,
+    example_inputs: Any = None,
+) -> MultiInputModel:
+    """Wrap ``model`` into ``forward(image, extra) -> (B, num_classes)`` (the tutorial's two-input model).
+
+    The head is found as :func:`replace_head` finds it (``get_classifier()``,
+    else a probe on ``input_size`` / ``example_inputs``) and the features that
+    go into it are fused: the head becomes ``nn.Identity`` (in place; the model
+    itself, not a copy, becomes ``.backbone``). A model that does more after its head (a softmax)
+    keeps it and is run up to the head instead. A model with no head its
+    output is used as is; a dict output (``ModelOutput``) gives its
+    ``logits``. A wrong extra width raises :class:`SurgeryError` naming both
+    widths. The result exports with ``torch.export`` (the first two cases).
+    A failure leaves ``model`` as it was.
+
+    Example::
+
+        >>> both = add_inputs(create_model("resnet50"), extra_features=1, num_classes=10)
+        >>> both(torch.randn(2, 3, 224, 224), torch.randn(2)).shape      # (B, 10)
+        torch.Size([2, 10])
+    """
+    call = example_call(model, input_size, example_inputs)
+    backbone, y = _features_into_head(model, call)
+    step = {
+        "op": "add_inputs",
+        "num_features": int(y.shape[1]),
+        "extra_features": extra_features,
+        "num_classes": num_classes,
+        "fusion": fusion,
+        "relu": False,
+        "dropout": dropout,
+    }
+    if isinstance(backbone, _HeadInput):
+        step["head_input"] = backbone.head
+    return wrap_inputs(model, step)
+
+
+def wrap_inputs(model: nn.Module, step: dict) -> MultiInputModel:
+    """The :func:`add_inputs` wrapper from its recorded step; it inherits ``model``'s config plus the step."""
+    backbone = _HeadInput(model, step["head_input"]) if step.get("head_input") else model
+    both = MultiInputModel(
+        backbone,
+        num_features=step["num_features"],
+        extra_features=step["extra_features"],
+        num_classes=step["num_classes"],
+        fusion=step["fusion"],
+        act_layer=nn.ReLU if step["relu"] else None,
+        dropout=step["dropout"],
+    )
+    ref = first_tensor(model)
+    if ref is not None:  # the new layers live with the backbone
+        both.to(device=ref.device)
+    config = model_config(model)
+    if config is not None:
+        set_config(both, config)
+        record(both, **step)
+    return both

@@ -1,0 +1,101 @@
+"""Finding and replacing submodules, and what every surgery operation shares: paths, the reference tensor
+a new layer follows, the attributes (``num_classes``, ``in_chans``) kept true, and recording a step.
+
+``replace_module`` changes the model in place and returns it; the helpers change nothing but ``put``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..errors import SurgeryError, did_you_mean
+from ..registry import model_config, update_config
+
+__all__ = ["get_module", "replace_module"]
+
+
+# helpers
+
+
+
+def module_paths(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def first_tensor(*modules: nn.Module) -> Tensor | None:
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            return tensor
+    return None
+
+
+def find_path(model: nn.Module, target: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    raise SurgeryError(f"{type(target).__name__} is not a submodule of {type(model).__name__}.")
+
+
+def update_attrs(model: nn.Module, **kwargs: int) -> None:
+    """Keep the ``num_classes`` / ``in_chans`` attributes true after surgery (the recorded config gets a step)."""
+    for key, value in kwargs.items():
+        if isinstance(getattr(model, key, None), int):
+            setattr(model, key, value)
+
+
+def record(model: nn.Module, op: str, **args) -> None:
+    """Append the step ``{"op": op, **args}`` to a registry-built model's config (replayed by ``load_model``)."""
+    update_config(model, step={"op": op, **args})
+
+
+# find and replace
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` (``""`` is the model itself).
+
+    Example::
+
+        >>> get_module(create_model("resnet50"), "layer3.1.conv2")
+        Conv2d(256, 256, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+    """
+    try:
+        return model.get_submodule(path)
+    except AttributeError as err:
+        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, module_paths(model))}") from err
+
+
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``path``, moved to the device (and floating dtype) of what it replaces; returns ``model``.
+
+    ``new`` is recorded for ``save_model`` when torchsmith can describe it
+    without pickle: built with ``create_model`` or ``create_layer``. Any other
+    module works the same in memory, and ``save_model`` refuses the model,
+    naming the path.
+
+    Example::
+
+        >>> model = replace_module(create_model("resnet18"), "layer1.0.relu", nn.GELU())
+        >>> type(model.layer1[0].relu).__name__
+        'GELU'
+    """
+    put(model, path, new)
+    described = model_config(new)
+    if described is not None:
+        record(model, "replace_module", path=path, module=described)
+    return model
+
+
+def put(model: nn.Module, path: str, new: nn.Module) -> None:
+    """``replace_module`` without recording (for the operations that record themselves)."""
+    if not path:
+        raise SurgeryError("replace_module needs a submodule path; the root cannot replace itself.")
+    old = get_module(model, path)
+    parent_path, _, name = path.rpartition(".")
+    parent = get_module(model, parent_path)
+    ref = first_tensor(old, model)
+    if ref is not None:
+        new = new.to(device=ref.device)
+        if ref.is_floating_point():
+            new = new.to(dtype=ref.dtype)  # only floating tensors change dtype
+    setattr(parent, name, new)
