@@ -16,7 +16,6 @@ from models import BY_NAME, models
 from torch import nn
 
 from torchsmith import (
-from helpers import cloned_state as state, fingerprint, same_state
     FrozenBatchNorm2d,
     SurgeryError,
     TorchsmithError,
@@ -31,6 +30,7 @@ from helpers import cloned_state as state, fingerprint, same_state
     replace_module,
     unfreeze,
 )
+from helpers import cloned_state as state, fingerprint, same_state
 
 # helpers
 
