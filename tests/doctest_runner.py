@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchsmith
+from torchsmith import steps as _steps
 from torchsmith.registry import _REGISTRY
 from torchsmith.spec import names as _spec_names
 
@@ -25,7 +26,7 @@ def namespace() -> dict:
 def run(test: doctest.DocTest, workdir: Path) -> str:
     """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output.
 
-    Models, spec blocks and graph ops an example registers are unregistered afterwards.
+    Models, spec blocks, graph ops and recorded operations an example registers are unregistered afterwards.
     """
     test.globs = {**namespace(), **test.globs}
     runner = doctest.DocTestRunner(optionflags=OPTIONS)
@@ -33,7 +34,7 @@ def run(test: doctest.DocTest, workdir: Path) -> str:
     cwd = os.getcwd()
     threads = torch.get_num_threads()
     registered = dict(_REGISTRY)
-    blocks, ops = dict(_spec_names._BLOCKS), dict(_spec_names._OPS)
+    blocks, ops, steps = dict(_spec_names._BLOCKS), dict(_spec_names._OPS), dict(_steps._OPS)
     torch.manual_seed(0)
     os.chdir(workdir)
     try:
@@ -43,7 +44,7 @@ def run(test: doctest.DocTest, workdir: Path) -> str:
         torch.set_num_threads(threads)
         _REGISTRY.clear()
         _REGISTRY.update(registered)
-        for table, saved in ((_spec_names._BLOCKS, blocks), (_spec_names._OPS, ops)):
+        for table, saved in ((_spec_names._BLOCKS, blocks), (_spec_names._OPS, ops), (_steps._OPS, steps)):
             table.clear()
             table.update(saved)
     return "".join(out) if runner.failures else ""

@@ -1,5 +1,5 @@
 """The house's layering, read from the imports: errors < checkpoint file I/O / layers < registry / runner <
-zoo / features / inspect < surgery / spec < models_io (whole models) < distributed / cli. No module imports one of a
+steps < zoo / features / inspect < surgery / spec < models_io (whole models) < distributed / cli. No module imports one of a
 higher layer, nor a sibling area of its own layer."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ RANKS = {
     "errors": 0, "_version": 0, "_units": 0,
     "checkpoint": 1, "layers": 1,
     "registry": 2, "runner": 2,
+    "steps": 2.5,  # the recorded-operation table: appends through the registry, imported by zoo and surgery
     "zoo": 3, "features": 3, "surgery": 4, "inspect": 3, "spec": 4,
     "models_io": 5,
     "cli": 6, "distributed": 6,

@@ -148,13 +148,13 @@ def test_fresh_process_rebuilds_bitwise(round_trips, name):
 
 
 def test_the_cases_cover_every_recorded_operation():
-    from torchsmith.models_io.replay import _REPLAY
+    from torchsmith.steps import recorded_ops
 
     seen = set()
     for make, _ in CASES.values():
         torch.manual_seed(0)
         seen |= {step["op"] for step in ts.model_config(make())["steps"]}
-    assert seen == set(_REPLAY)
+    assert seen == set(recorded_ops())
 
 
 def test_a_frozen_batchnorm_pinned_in_eval_stays_pinned_after_load(tmp_path):

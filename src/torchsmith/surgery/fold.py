@@ -15,7 +15,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..runner import CONV_TYPES, logger
 from ..errors import SurgeryError
 from ..layers import FrozenBatchNorm2d
-from .modules import put, record
+from ..steps import record, recorded_op
+from .modules import put
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
@@ -77,6 +78,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+@recorded_op("fold_batchnorm", replay=lambda model, step: fold_pairs(model, step["pairs"]))
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a conv into that conv; returns ``model``.
 
@@ -112,15 +114,30 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def fold_pairs(model: nn.Module, pairs: list[list[str]]) -> None:
-    """Fold each ``[conv, bn]`` pair (already checked, or replayed from a recorded step) and record the step."""
+def fold_pairs(model: nn.Module, pairs: list[list[str]]) -> nn.Module:
+    """Fold each ``[conv, bn]`` pair (already checked, or replayed from a recorded step), record the step;
+    returns ``model``."""
     for conv_path, bn_path in pairs:
         _fold(model.get_submodule(conv_path), model.get_submodule(bn_path))
         put(model, bn_path, nn.Identity())
     if pairs:
         record(model, "fold_batchnorm", pairs=[list(p) for p in pairs])
+    return model
 
 
+def _replay_optimized(model: nn.Module, step) -> nn.Module:
+    """The structure of :func:`optimize_for_inference` after its folds (replayed as their own steps): no grad.
+    Eval mode and channels-last come once the weights are in (:func:`_after_load_optimized`)."""
+    model.requires_grad_(False)
+    record(model, **step)
+    return model
+
+
+def _after_load_optimized(model: nn.Module, step) -> None:
+    inference_ready(model, channels_last=bool(step.get("channels_last")))
+
+
+@recorded_op("optimize_for_inference", replay=_replay_optimized, after_load=_after_load_optimized)
 def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
     """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
 

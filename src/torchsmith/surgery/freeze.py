@@ -18,7 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import SurgeryError, did_you_mean
 from ..layers import FrozenBatchNorm2d
-from .modules import put, record
+from ..steps import record, recorded_op
+from .modules import put
 
 __all__ = ["FreezeReport", "freeze", "freeze_report", "unfreeze"]
 
@@ -122,6 +123,7 @@ def freeze_report(model: nn.Module) -> FreezeReport:
     )
 
 
+@recorded_op("freeze", replay=lambda model, step: freeze(model, step["patterns"], exclude=step["exclude"], bn=step["bn"]))
 def freeze(
     model: nn.Module, patterns: str | Sequence[str] = ("*",), *, exclude: Sequence[str] = (), bn: BnPolicy = "eval"
 ) -> nn.Module:
@@ -252,6 +254,7 @@ def _unfrozen_bn(frozen: FrozenBatchNorm2d, spec: dict) -> nn.BatchNorm2d:
     return bn
 
 
+@recorded_op("unfreeze", replay=lambda model, step: unfreeze(model))
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undo every :func:`freeze` on ``model``, last first: ``requires_grad``, BatchNorm modules and modes; returns ``model``.
 

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..runner import CONV_TYPES, Call, example_call, logger, main_output, output_tensors, probe
 from ..errors import SurgeryError, TorchsmithError
-from .modules import find_path, get_module, put, record, update_attrs
+from ..steps import record, recorded_op
+from .modules import find_path, get_module, put, update_attrs
 
 __all__ = ["replace_head"]
 
@@ -128,6 +129,7 @@ def _new_head(model: nn.Module, path: str, old: nn.Module, num_classes: int) -> 
     raise SurgeryError(f"the head {path!r} is a {type(old).__name__}; replace_head handles Linear, conv and Identity heads.")
 
 
+@recorded_op("replace_head", replay=lambda model, step: replace_head(model, step["num_classes"], path=step["path"]))
 def replace_head(
     model: nn.Module,
     num_classes: int,

@@ -15,7 +15,8 @@ from ..errors import SurgeryError
 from ..registry import model_config, set_config
 from ..zoo.multi_input import MultiInputModel
 from .heads import find_head, recording, replace_head
-from .modules import first_tensor, get_module, put, record
+from ..steps import record, recorded_op
+from .modules import first_tensor, get_module, put
 
 __all__ = ["add_inputs"]
 
@@ -88,6 +89,7 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
         raise
 
 
+@recorded_op("add_inputs", replay=lambda model, step: wrap_inputs(model, dict(step)))
 def add_inputs(
     model: nn.Module,
     *,
