@@ -50,6 +50,7 @@ def observe(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[dict[str, tor
         out.update({f"y_eval.{k}": v for k, v in outputs(model.eval()(*inputs)).items()})
         model.train()
         facts["training"] = {n: m.training for n, m in model.named_modules()}
+        torch.manual_seed(0)  # the same dropout masks in both processes
         out.update({f"y_train.{k}": v for k, v in outputs(model(*inputs)).items()})
     out.update({f"after_train.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()})
     return out, facts
@@ -89,6 +90,11 @@ CASES = {
     "adapt_input_channels_unet": (lambda: ts.adapt_input_channels(tiny_unet(), 5), [img(5, 8)]),
     "add_inputs": (lambda: ts.add_inputs(tiny_mlp(), extra_features=2, num_classes=5), [torch.randn(3, 12), torch.randn(3, 2)]),
     "add_inputs_resnet": (lambda: ts.add_inputs(r18(), extra_features=1, num_classes=3, fusion="add"), [img(), torch.randn(2)]),
+    "add_inputs_relu": (lambda: ts.add_inputs(tiny_mlp(), extra_features=2, num_classes=5, relu=True, dropout=0.5), [torch.randn(3, 12), torch.randn(3, 2)]),
+    "add_inputs_output": (  # the tutorial's model: the whole resnet's output, ReLU, Dropout, cat one scalar, Linear
+        lambda: ts.add_inputs(r18(), extra_features=1, num_classes=10, fuse="output", relu=True, dropout=0.5),
+        [img(), torch.randn(2)],
+    ),
     "freeze_eval": (lambda: ts.freeze(tiny_unet(), exclude=["decoder", "head"]), [img(3, 8)]),
     "freeze_frozen": (lambda: ts.freeze(r18(), ["layer1", "bn1"], bn="frozen"), [img()]),
     "freeze_unfreeze": (lambda: ts.unfreeze(ts.freeze(tiny_unet(), bn="frozen")), [img(3, 8)]),

@@ -44,6 +44,7 @@ from ..checkpoint.sources import SafetensorsSource
 from ..checkpoint.torch_format import read_torch_file
 from ..checkpoint.weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
 from ..registry import model_config
+from ..surgery.freeze import pinned_eval
 from .replay import build_from_config, finish_loaded
 
 __all__ = ["save_model", "load_model", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -166,7 +167,7 @@ def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
     want, have = dict(expected.named_modules()), dict(found.named_modules())
 
     def kind(m: nn.Module) -> str:
-        return type(m).__name__ + (" (kept in eval mode)" if "train" in m.__dict__ else "")
+        return type(m).__name__ + (" (kept in eval mode)" if pinned_eval(m) else "")
 
     for path in dict.fromkeys([*have, *want]):
         where = path or "<model>"

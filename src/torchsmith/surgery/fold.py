@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import torch
 from torch import fx, nn
@@ -16,6 +15,7 @@ from ..runner import CONV_TYPES, logger
 from ..errors import SurgeryError
 from ..layers import FrozenBatchNorm2d
 from ..steps import record, recorded_op
+from .freeze import pinned_eval
 from .modules import put
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
@@ -103,7 +103,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if isinstance(conv, CONV_TYPES) and isinstance(bn, (_BatchNorm, FrozenBatchNorm2d)) and bn.num_features == conv.out_channels:
             pairs.append((conv_path, bn_path))
     training = [b for _, b in pairs if isinstance(model.get_submodule(b), _BatchNorm) and model.get_submodule(b).training]
-    training = [b for b in training if not isinstance(model.get_submodule(b).__dict__.get("train"), functools.partial)]
+    training = [b for b in training if not pinned_eval(model.get_submodule(b))]
     if training:
         raise SurgeryError(
             f"fold_batchnorm needs eval mode: {len(training)} BatchNorm layers after a conv are in train mode "

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..runner import CONV_TYPES, Call, example_call, logger, main_output, output_tensors, probe
-from ..errors import SurgeryError, TorchsmithError
+from ..errors import HeadNotFoundError, SurgeryError, TorchsmithError
 from ..steps import record, recorded_op
 from .modules import find_path, get_module, put, update_attrs
 
@@ -48,7 +48,12 @@ def _producer(seen: list[tuple[str, Any, Any]], target: Tensor) -> list[str]:
 
 def find_head(model: nn.Module, call: Call | None) -> str:
     """Our models and timm's name it (``get_classifier``); otherwise a probe finds the last Linear / 1x1 conv
-    whose output is the model's prediction (its output, or ``logits`` / ``out`` / the first of a tuple)."""
+    whose output is the model's prediction (its output, or ``logits`` / ``out`` / the first of a tuple).
+
+    Raises:
+        HeadNotFoundError: no such layer, or several (listing them).
+        SurgeryError: the probe cannot run, or the output holds no prediction.
+    """
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
         return find_path(model, get_classifier())
@@ -64,7 +69,7 @@ def find_head(model: nn.Module, call: Call | None) -> str:
     candidates = _producer(seen, main)
     if len(candidates) != 1:
         found = ", ".join(f"{p} -> {tuple(o.shape)}" for p, _, o in seen if isinstance(o, Tensor)) or "none"
-        raise SurgeryError(
+        raise HeadNotFoundError(
             f"cannot tell the classifier of {type(model).__name__} (output {tuple(main.shape)}): "
             f"{'candidates ' + ', '.join(candidates) if candidates else 'no Linear / 1x1 conv gives that shape'}; "
             f"layers seen: {found}. Pass path='...'."
