@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm

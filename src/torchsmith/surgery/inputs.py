@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from ..runner import Call, example_call, logger, main_output, probe
 from ..errors import HeadNotFoundError, SurgeryError
 from ..registry import model_config, set_config
+from ..steps import record, recorded_op
 from ..zoo.multi_input import MultiInputModel, check_fusion
 from .heads import find_head, recording, replace_head
-from ..steps import record, recorded_op
 from .modules import first_tensor, get_module, put
 
 __all__ = ["add_inputs"]
