@@ -109,7 +109,7 @@ def inspect_cmd(
 ) -> None:
     """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
     from .checkpoint import inspect_checkpoint
-    from ._units import format_bytes
+    from .units import format_bytes
 
     info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted, limits=_limits(limit))
     if as_json:

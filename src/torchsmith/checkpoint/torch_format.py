@@ -26,14 +26,13 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
-from ._files import open_regular
-from ._hash import HASH_NAME, tensor_hasher
-from .formats import DTYPE_NAMES
+from .checksums import HASH_NAME, tensor_hasher
+from .files import open_regular
+from .formats import DTYPE_NAMES, TORCHSMITH_KEY
 from .safetensors_format import byte_view
 
 __all__ = ["read_torch_file", "write_torch_file", "pickle_globals", "tensor_digest"]
 
-TORCHSMITH_KEY = "torchsmith"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
