@@ -41,7 +41,7 @@ def test_unknown_model_names_the_closest():
 
 
 def test_duplicate_registration_is_refused_and_named(scratch_registry):
-    with pytest.raises(DuplicateModelError, match="'resnet50' is already registered.*torchsmith.zoo.resnet"):
+    with pytest.raises(DuplicateModelError, match="'resnet50' is already registered.*torchsmith.zoo.resnets"):
         @register_model(name="resnet50")
         def my_resnet50():
             return nn.Linear(1, 1)
@@ -133,13 +133,27 @@ def test_zoo_entry_points_are_plain_defs_and_public_names_are_in_each_files_all(
     source = "\n".join(p.read_text() for p in zoo_dir.glob("*.py"))
     for name in ZOO:
         assert re.search(rf"^def {name}\(", source, re.M), f"no `def {name}(` in torchsmith/zoo"
-    for module in (zoo._resnet, zoo._fpn, zoo._unet, zoo._mlp):
+    for module in (zoo.resnets, zoo.fpns, zoo.unets, zoo.mlps):
         public = {
             n for n, obj in vars(module).items()
             if not n.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__
         }  # fmt: skip
         assert public <= set(module.__all__), (module.__name__, public - set(module.__all__))
     assert set(zoo.__all__) >= ZOO
+
+
+def test_zoo_builders_never_shadow_the_zoo_modules():
+    """``torchsmith.zoo.unet`` is the builder; the module that defines it must stay reachable by its own name."""
+    import importlib
+    import pkgutil
+
+    from torchsmith import zoo
+
+    modules = [info.name for info in pkgutil.iter_modules(zoo.__path__)]
+    assert {"resnets", "fpns", "unets", "mlps", "multi_input"} <= set(modules)
+    for name in modules:
+        assert getattr(zoo, name) is importlib.import_module(f"torchsmith.zoo.{name}"), name
+    assert not ZOO & set(modules), ZOO & set(modules)
 
 
 def test_update_config_checks_keywords_against_the_builder():

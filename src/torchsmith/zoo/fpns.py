@@ -26,7 +26,7 @@ from ..errors import ModelConfigError
 from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ..registry import register_model
 from ._factory import keywords_of
-from .resnet import build_resnet
+from .resnets import build_resnet
 
 __all__ = [
     "LayerGetter",

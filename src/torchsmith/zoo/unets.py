@@ -34,8 +34,8 @@ from ..errors import ModelConfigError
 from ..layers import FeatureInfo, get_act_layer, get_norm_layer
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
-from .fpn import LayerGetter
-from .resnet import build_resnet
+from .fpns import LayerGetter
+from .resnets import build_resnet
 
 __all__ = [
     "UNet",
