@@ -88,6 +88,37 @@ def test_every_zoo_model_reports_feature_info_and_builds_on_meta():
             assert info.module in names, (name, info)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "unet", "unet_resnet18", "resnet18_fpn", "mlp"])
+def test_feature_info_speaks_timms_names_and_they_match_the_maps(name):
+    """timm's meaning, measured on a real forward: ``channels()`` / ``num_chs`` are each level's channels,
+    ``reduction()`` / ``reduction`` its input size / map size (0 for a map without a grid), ``module_name()``
+    the module (an FPN: the output key) giving it."""
+    from torchsmith import FeatureInfoList
+
+    model = create_model(name).eval()
+    info = model.feature_info
+    x = torch.randn(1, 784) if name == "mlp" else torch.randn(1, 3, 64, 64)
+    maps: dict[str, torch.Tensor] = {}
+    hooks = [] if name.endswith("_fpn") else [
+        model.get_submodule(m).register_forward_hook(lambda mod, i, o, m=m: maps.setdefault(m, o)) for m in info.module_name()
+    ]  # fmt: skip
+    with torch.no_grad():
+        out = model(x)
+    for h in hooks:
+        h.remove()
+    maps = dict(out) if name.endswith("_fpn") else maps
+    levels = [maps[m] for m in info.module_name()]
+    assert isinstance(info, FeatureInfoList) and len(info) == len(levels)
+    assert info.channels() == [y.shape[1] for y in levels] == [f.num_chs for f in info] == [f.channels for f in info]
+    measured = [x.shape[-1] // y.shape[-1] if y.dim() == 4 else 0 for y in levels]
+    assert info.reduction() == measured == [f.reduction for f in info] == [f.stride for f in info]
+    last = len(info) - 1
+    assert (info.channels(-1), info.reduction(last), info.module_name([last, 0])) == (
+        levels[-1].shape[1], measured[-1], [info[-1].module, info[0].module])
+    assert info.get_dicts(idx=0) == {"num_chs": levels[0].shape[1], "reduction": measured[0], "module": info[0].module}
+    assert isinstance(info[1:], FeatureInfoList) and info[1:].channels() == info.channels()[1:]
+
+
 def test_wrong_keyword_names_what_the_builder_accepts():
     with pytest.raises(torchsmith.ModelConfigError, match=r"resnet50: .*'num_class'.*'num_classes'"):
         create_model("resnet50", num_class=3)
