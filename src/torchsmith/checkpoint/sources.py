@@ -21,7 +21,9 @@ from ._tensor_checks import check_tensors
 from .atomic import clean_stale_temporaries
 from .checksums import HASH_NAME, bytes_digest, checksum_error, is_digest
 from .files import open_regular, read_json_bytes
-from .formats import DIRECTORY_CANDIDATES, DTYPES, INDEX_SUFFIX, META_ALIASES, META_INDEX_DIGEST, TORCHSMITH_KEY, format_for
+from .formats import (
+    DIRECTORY_CANDIDATES, DTYPES, INDEX_SUFFIX, META_ALIASES, META_INDEX_DIGEST, SAFETENSORS_SUFFIX, TORCHSMITH_KEY, format_for,
+)
 from .keys import STATE_DICT_KEYS, find_state_dict
 from .limits import enforce
 from .safetensors_format import SafetensorsFile
@@ -185,13 +187,13 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
         for name in DIRECTORY_CANDIDATES:
             if (path / name).is_file():
                 return path / name, path
-        singles = sorted(path.glob("*.safetensors"))
+        singles = sorted(path.glob(f"*{SAFETENSORS_SUFFIX}"))
         if len(singles) == 1:
             return singles[0], path
         found = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
             f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(DIRECTORY_CANDIDATES)} "
-            f"or a single *.safetensors; found {found}. Pass the file itself."
+            f"or a single *{SAFETENSORS_SUFFIX}; found {found}. Pass the file itself."
         )
     return path, None
 
