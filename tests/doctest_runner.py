@@ -23,13 +23,15 @@ def namespace() -> dict:
     return {"torch": torch, "nn": nn, "ts": torchsmith, **{n: getattr(torchsmith, n) for n in torchsmith.__all__}}
 
 
-def run(test: doctest.DocTest, workdir: Path) -> str:
+def run(test: doctest.DocTest, workdir: Path, options: int = OPTIONS) -> str:
     """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output.
+
+    ``options``: doctest's flags (``doctest.ELLIPSIS`` alone compares printed tables space for space).
 
     Models, spec blocks, graph ops and recorded operations an example registers are unregistered afterwards.
     """
     test.globs = {**namespace(), **test.globs}
-    runner = doctest.DocTestRunner(optionflags=OPTIONS)
+    runner = doctest.DocTestRunner(optionflags=options)
     out: list[str] = []
     cwd = os.getcwd()
     threads = torch.get_num_threads()

@@ -4,7 +4,7 @@ from .create import ACT_LAYERS, NORM_LAYERS, get_act_layer, get_norm_layer
 from .children import ChildrenRunner
 from .blocks import BasicBlock, Bottleneck, conv1x1, conv3x3
 from .fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
-from .info import FeatureInfo
+from .info import FeatureInfo, FeatureInfoList
 from .norm import FrozenBatchNorm2d
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "LastLevelP6P7",
     "ChildrenRunner",
     "FeatureInfo",
+    "FeatureInfoList",
     "FrozenBatchNorm2d",
 ]
