@@ -15,6 +15,7 @@ from rich.console import Console
 from torch import nn
 
 from ..errors import InspectError
+from ..runner import as_call
 from .collect import describe_failure, shapes_of
 from .records import output_leaves
 
@@ -47,8 +48,13 @@ class Trace:
         return "\n".join(str(s) for s in self.steps)
 
 
-def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", **kwargs: Any) -> Trace:
+def trace(
+    model: nn.Module, *inputs: Any, example_inputs: Any = None, file: TextIO | None | str = "stdout", **kwargs: Any
+) -> Trace:
     """Run ``model(*inputs, **kwargs)`` and print each module as it is called, with shapes in and out.
+
+    The inputs are given positionally (and ``**kwargs``), or as ``example_inputs=`` as everywhere
+    else (a tensor, a tuple / list of positional arguments, a dict of keyword arguments).
 
     Printed in call order, one line per call: indented name, type, input shapes -> output shapes
     (every tensor of tuple / dict / dataclass outputs), to ``file`` (``sys.stdout`` at the time of
@@ -70,6 +76,11 @@ def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", 
         >>> t.output.shape
         torch.Size([1, 64, 216, 216])
     """
+    if example_inputs is not None:
+        if inputs:
+            raise InspectError("pass the inputs positionally or as example_inputs=, not both.")
+        inputs, given = as_call(example_inputs, error=InspectError)
+        kwargs = {**given, **kwargs}
     paths = {m: name for name, m in model.named_modules()}
     result = Trace()
     open_steps: list[tuple[TraceStep, nn.Module, Any]] = []

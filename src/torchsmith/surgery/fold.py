@@ -7,18 +7,20 @@
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..runner import CONV_TYPES, logger
+from ..runner import CONV_TYPES
 from ..errors import SurgeryError
 from ..layers import FrozenBatchNorm2d
 from .modules import put, record
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
+logger = logging.getLogger("torchsmith")
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> None:

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from ..runner import Call, example_call, logger, main_output, probe
+from ..runner import Call, example_call, main_output, probe
 from ..errors import SurgeryError
 from ..registry import model_config, set_config
 from ..zoo.multi_input import MultiInputModel
@@ -19,6 +20,7 @@ from .modules import first_tensor, get_module, put, record
 
 __all__ = ["add_inputs"]
 
+logger = logging.getLogger("torchsmith")
 
 
 class _HeadReached(Exception):
@@ -69,12 +71,12 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
         if "cannot tell the classifier" not in str(err):
             raise
         logger.info("add_inputs: %s; fusing the model's output", err)
-        return model, _pooled(model, main_output(probe(model, call, purpose="measure its output")))
+        return model, _pooled(model, main_output(probe(model, call, error=SurgeryError, purpose="measure its output")))
     old = get_module(model, head)
     put(model, head, nn.Identity())
     try:
         with recording(model, lambda m: m is get_module(model, head)) as seen:
-            y = main_output(probe(model, call, purpose="measure the features that go into its head"))
+            y = main_output(probe(model, call, error=SurgeryError, purpose="measure the features that go into its head"))
         if y is not None and seen and seen[-1][2] is y:
             features = _pooled(model, y)
             put(model, head, old)
@@ -82,7 +84,7 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
             return model, features
         put(model, head, old)  # something after the head: stop the forward at it instead
         backbone = _HeadInput(model, head)
-        return backbone, _pooled(model, probe(backbone, call, purpose="measure the features that go into its head"))
+        return backbone, _pooled(model, probe(backbone, call, error=SurgeryError, purpose="measure the features that go into its head"))
     except BaseException:
         put(model, head, old)
         raise
@@ -116,7 +118,7 @@ def add_inputs(
         >>> both(torch.randn(2, 3, 224, 224), torch.randn(2)).shape      # (B, 10)
         torch.Size([2, 10])
     """
-    call = example_call(model, input_size, example_inputs)
+    call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
     backbone, y = _features_into_head(model, call)
     step = {
         "op": "add_inputs",
