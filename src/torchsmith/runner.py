@@ -45,7 +45,7 @@ from .errors import TorchsmithError
 __all__ = [
     "BACKENDS", "CONV_TYPES", "Call", "ExampleInputs", "StandIns",
     "as_call", "backend_order", "describe", "example_call", "example_input", "main_output", "map_tensors",
-    "modes_kept", "on_stand_ins", "output_tensors", "probe", "refuse_uninitialised", "renamed", "stand_ins",
+    "modes_kept", "on_stand_ins", "output_tensors", "probe", "refuse_uninitialised", "renamed",
     "tensor_leaves", "untouched",
 ]  # fmt: skip
 
@@ -281,10 +281,11 @@ def refuse_uninitialised(model: nn.Module, *, error: type[TorchsmithError] = Tor
     """Raise ``error`` naming the lazy modules (``nn.LazyLinear`` ...) of ``model`` not initialised yet:
     running them would materialise them and change their class, so nothing here runs such a model."""
     lazy = [path or type(model).__name__ for path, m in model.named_modules()
-            if any(is_lazy(t) for t in [*m._parameters.values(), *m._buffers.values()] if t is not None)]
+            if any(is_lazy(t) for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])]
     if lazy:
         raise error(
-            f"cannot {action}: {type(model).__name__} has lazy layers that are not initialised yet ({', '.join(map(repr, lazy))}); "
+            f"cannot {action}: {type(model).__name__} has lazy layers that are not initialised yet "
+            f"({', '.join(map(repr, lazy))}); "
             "run one forward first (model(example_input)) to initialise its lazy layers."
         )
 
@@ -343,7 +344,7 @@ def untouched(model: nn.Module, *, values: bool = False) -> Iterator[nn.Module]:
 # stand-ins and the run
 
 
-def stand_ins(model: nn.Module, backend: str, fake_mode: Any = None) -> dict[str, Tensor]:
+def _stand_ins(model: nn.Module, backend: str, fake_mode: Any = None) -> dict[str, Tensor]:
     """name -> stand-in for every parameter and buffer of ``model`` (tied names share one stand-in):
     meta tensors, ``fake_mode`` tensors, or (``"real"``) the parameters themselves and cloned buffers."""
     made: dict[int, Tensor] = {}
@@ -420,7 +421,7 @@ def on_stand_ins(model: nn.Module, call: Call, *, backend: str, training: bool |
             fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         convert = _input_converter(model, backend, fake_mode)
         args, kwargs = map_tensors(call[0], convert), map_tensors(call[1], convert)
-        yield StandIns(model, backend, stand_ins(model, backend, fake_mode), tuple(args), dict(kwargs), fake_mode)
+        yield StandIns(model, backend, _stand_ins(model, backend, fake_mode), tuple(args), dict(kwargs), fake_mode)
 
 
 def backend_order(start: str = "meta", *, allow_real: bool = False, error: type[TorchsmithError] = TorchsmithError) -> list[str]:

@@ -14,7 +14,9 @@ from torch import Tensor, fx, nn
 
 from ..errors import FeatureExtractionError
 from ..layers import ChildrenRunner
-from .nodes import Mode, ReturnNodes, _chain, _chosen, _cut, _fx_graphs, _known_names, _module_and_call, _normalise, _sequential_chain, _unknown
+from .nodes import (
+    Mode, ReturnNodes, _chain, _chosen, _cut, _fx_graphs, _known_names, _module_and_call, _normalise, _sequential_chain, _unknown,
+)  # fmt: skip
 
 __all__ = ["FeatureExtractor", "extract_features"]
 

@@ -83,7 +83,7 @@ def _aux_heads(model: nn.Module, call: Call | None, head: str) -> tuple[list[str
     try:
         with recording(model, is_head_layer) as seen:
             y = probe(model, call, training=True, allow_real=False, error=SurgeryError)
-    except TorchsmithError as err:  # no train-mode pass on meta: nothing to say about aux heads
+    except TorchsmithError as err:  # no train-mode pass on meta or fake: nothing to say about aux heads
         logger.debug("no train-mode probe of %s (%s)", type(model).__name__, err)
         return [], []
     heads, left = [], []
@@ -163,8 +163,9 @@ def replace_head(
     if num_classes < 0:
         raise SurgeryError(f"num_classes must be >= 0, got {num_classes}.")
     refuse_uninitialised(model, error=SurgeryError, action="replace its head")
-    given = input_size or example_inputs is not None
-    call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError) if given else None
+    call = None
+    if input_size or example_inputs is not None:
+        call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
     aux: list[str] = []
     if path is None:
         path = find_head(model, call)

@@ -84,7 +84,8 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
             return model, features
         put(model, head, old)  # something after the head: stop the forward at it instead
         backbone = _HeadInput(model, head)
-        return backbone, _pooled(model, probe(backbone, call, error=SurgeryError, purpose="measure the features that go into its head"))
+        y = probe(backbone, call, error=SurgeryError, purpose="measure the features that go into its head")
+        return backbone, _pooled(model, y)
     except BaseException:
         put(model, head, old)
         raise
