@@ -65,6 +65,6 @@ def test_trace_takes_example_inputs_in_every_form():
             return self.fc(features)
 
     kw = Keyword()
-    assert ts.trace(kw, example_inputs={"features": x}, file=None).steps[0].inputs == "(2, 4)"
+    assert ts.trace(kw, example_inputs={"features": x}, file=None).steps[0].inputs == "features=(2, 4)"
     with pytest.raises(InspectError, match="not both"):
         ts.trace(net, x, example_inputs=x, file=None)

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..runner import on_stand_ins
+from ..runner import Call, describe, on_stand_ins
 from .flops import count_flops, counts_nothing
 from .records import LayerRecord, output_leaves
 
-__all__ = ["Run", "collect", "module_params", "describe_failure", "shapes_of"]
+__all__ = ["Run", "collect", "module_params", "describe_failure"]
 
 logger = logging.getLogger("torchsmith")
 
@@ -37,16 +37,11 @@ logger = logging.getLogger("torchsmith")
 # helpers
 
 
-def shapes_of(args: Any) -> str:
-    """The shapes of the tensors in ``args``, comma-separated: ``'(1, 128, 28, 28)'``."""
-    return ", ".join(str(tuple(leaf.shape)) for leaf in output_leaves(args)) or "no tensors"
-
-
-def describe_failure(path: str, module: nn.Module, args: Any, err: BaseException) -> str:
+def describe_failure(path: str, module: nn.Module, call: Call, err: BaseException) -> str:
     """``'layer3.0.conv1 (Conv2d) got (1, 128, 28, 28), expects 256 input channels'`` (plus torch's message)."""
-    got = shapes_of(args)
+    got = describe(call) or "nothing"
     expects = ""
-    first = next(iter(output_leaves(args)), None)
+    first = next(iter(output_leaves(call)), None)
     if isinstance(module, nn.modules.conv._ConvNd) and first is not None and len(first.shape) > len(module.kernel_size):
         channels = first.shape[-(len(module.kernel_size) + 1)]
         if channels != module.in_channels:

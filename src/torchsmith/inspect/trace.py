@@ -15,8 +15,8 @@ from rich.console import Console
 from torch import nn
 
 from ..errors import InspectError
-from ..runner import as_call
-from .collect import describe_failure, shapes_of
+from ..runner import as_call, describe
+from .collect import describe_failure
 from .records import output_leaves
 
 __all__ = ["Trace", "TraceStep", "trace"]
@@ -89,7 +89,7 @@ def trace(
 
     def pre_hook(module: nn.Module, args: tuple, kw: dict) -> None:
         path = paths[module]
-        step = TraceStep(path, type(module).__name__, path.count(".") + 1 if path else 0, shapes_of((args, kw)))
+        step = TraceStep(path, type(module).__name__, path.count(".") + 1 if path else 0, describe((args, kw)) or "nothing")
         result.steps.append(step)
         open_steps.append((step, module, (args, kw)))
 
@@ -113,7 +113,7 @@ def trace(
                 step, module, args = open_steps[-1]
                 message = describe_failure(step.path, module, args, err)
             else:
-                message = f"{type(model).__name__} got {shapes_of((inputs, kwargs))}: {type(err).__name__}: {err}"
+                message = f"{type(model).__name__} got {describe((inputs, kwargs)) or 'nothing'}: {type(err).__name__}: {err}"
             raise InspectError(message) from err
     if console is not None:
         console.print(str(result))
