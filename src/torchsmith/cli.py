@@ -312,9 +312,9 @@ def _spec_input(model: str) -> Optional[list[str]]:
 
 
 def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
-    """``summary`` / ``diagram`` arguments from ``--input`` (the spec commands' format, ``_parse_inputs``):
-    one shape -> ``input_size``; ``name=shape`` (repeatable) -> keyword inputs; none -> guessed from the
-    first layer. ``make(shape, dtype)`` builds the tensors (meta by default)."""
+    """``{"example_inputs": ...}`` for ``summary`` / ``diagram`` / ``trace`` from ``--input`` (the spec
+    commands' format, ``_parse_inputs``): one shape -> one tensor; ``name=shape`` (repeatable) -> keyword
+    inputs; none -> guessed from the first layer. ``make(shape, dtype)`` builds the tensors (meta by default)."""
     import torch
 
     from .runner import example_input
@@ -323,12 +323,13 @@ def _example(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
     make = make or (lambda shape, dt: torch.empty(*shape, dtype=dt, device="meta"))
     parsed = _parse_inputs(values) if values else list(example_input(model).shape)
     if isinstance(parsed, dict):
-        return {"inputs": {name: make(shape, dt) for name, shape in parsed.items()}}
-    return {"inputs": make(parsed, dt)}
+        return {"example_inputs": {name: make(shape, dt) for name, shape in parsed.items()}}
+    return {"example_inputs": make(parsed, dt)}
 
 
 _INPUT_HELP = "Input shape, e.g. 1,3,224,224, or name=shape per keyword input (repeatable). Default: guessed from the first layer."
 _MODEL_HELP = "A registered model name, a save_model directory, or a spec file (.yaml/.json)."
+_BACKEND_HELP = "Where the forward runs: meta (no memory, no compute), fake (FakeTensorMode) or real."
 
 
 @app.command("summary")
@@ -338,6 +339,7 @@ def summary_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
     depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest level printed."),
     mode: str = typer.Option("same", "--mode", help="same, train or eval (train: the activation memory of a training step)."),
+    backend: str = typer.Option("meta", "--backend", help=_BACKEND_HELP),
     allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
@@ -348,9 +350,9 @@ def summary_cmd(
     """
     from .inspect import summary
 
-    net = _load(model, meta=not allow_real)
+    net = _load(model, meta=backend == "meta" and not allow_real)
     input_size = input_size or _spec_input(model)
-    s = summary(net, **_example(net, input_size, dtype), depth=depth, mode=mode, allow_real=allow_real)
+    s = summary(net, **_example(net, input_size, dtype), depth=depth, mode=mode, backend=backend, allow_real=allow_real)
     if as_json:
         typer.echo(s.to_json())
     elif markdown:
@@ -376,14 +378,9 @@ def trace_cmd(
 
     net = _load(model, meta=False).eval()
     input_size = input_size or _spec_input(model)
-
-    def make(shape, dt):
-        return torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)
-
-    example = _example(net, input_size, dtype, make)["inputs"]
-    args, kwargs = ((), example) if isinstance(example, dict) else ((example,), {})
+    make = lambda shape, dt: torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)  # noqa: E731
     with torch.no_grad():
-        trace(net, *args, **kwargs)
+        trace(net, **_example(net, input_size, dtype, make))
 
 
 @app.command("diagram")
@@ -392,15 +389,16 @@ def diagram_cmd(
     output: str = typer.Option("model.html", "--output", "-o", help="The HTML file to write."),
     input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
+    backend: str = typer.Option("meta", "--backend", help=_BACKEND_HELP),
     allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Write an interactive architecture diagram: one offline HTML file (open it in a browser)."""
     from .inspect import diagram
 
-    net = _load(model, meta=not allow_real)
+    net = _load(model, meta=backend == "meta" and not allow_real)
     input_size = input_size or _spec_input(model)
-    out = diagram(net, **_example(net, input_size, dtype), path=output, allow_real=allow_real)
+    out = diagram(net, **_example(net, input_size, dtype), path=output, backend=backend, allow_real=allow_real)
     if as_json:
         typer.echo(json.dumps({"model": model, "output": str(out), "bytes": out.stat().st_size}))
     else:

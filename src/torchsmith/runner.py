@@ -1,40 +1,293 @@
-"""Run a model on shapes only: the meta device, falling back to a real no-grad pass.
+"""Run a model on shapes only: the one owner of example inputs, stand-ins and the untouched guarantee.
 
-Shared by :mod:`torchsmith.features` (``feature_info``) and
-:mod:`torchsmith.surgery` (finding heads, widths and the first conv).
+Everything that runs a model to learn shapes goes through here: ``summary``, ``diagram`` (through
+:mod:`torchsmith.inspect.collect`), ``feature_info`` and the surgery probes (finding heads, widths,
+the first conv). Nothing here changes its argument: a run leaves every module's class, attributes
+(caches such as torchvision's ``AnchorGenerator.cell_anchors``), parameter and buffer slots, buffer
+values, hooks, devices, dtypes and ``training`` flags as they were, whether it succeeded or failed.
 
-A probe leaves no trace on the model: every module's attributes (caches such
-as torchvision's ``AnchorGenerator.cell_anchors``), parameters, buffers (values
-too), hooks and ``training`` flags are as they were afterwards, whether the
-probe succeeded or failed.
+Example inputs (the ``example_inputs=`` keyword of every public function that runs a model) are a
+tensor (one positional argument), a tuple or list (positional arguments: ``([image],)`` for a
+detector), or a dict (keyword arguments); tensors of any dtype are kept as they are (token ids stay
+integers). Or ``input_size``: one shape, or a list of shapes (with one dtype each); or, with
+neither, one sample guessed from the first Conv / Linear / Embedding layer.
 
-Example inputs (the ``example_inputs=`` keyword of every function that probes)
-are given as: a tuple (positional arguments), a dict (keyword arguments), or
-anything else (one positional argument: a tensor, a list of images ...).
-Tensors of any dtype are kept as they are (token ids stay integers).
+A run swaps parameters and buffers for stand-ins (``torch.func.functional_call``; tied tensors
+share one stand-in): on ``"meta"`` meta tensors (no memory, no compute), on ``"fake"``
+``FakeTensorMode`` tensors (ops without meta kernels, tensors kept as plain attributes), on
+``"real"`` the parameters themselves and clones of the buffers (running statistics stay as they
+were). The fallback order is meta -> fake -> real, real only where the caller allows it.
+
+    >>> call = example_call(nn.Linear(4, 2))
+    >>> describe(call)
+    '(1, 4)'
+    >>> probe(nn.Linear(4, 2), call).shape
+    torch.Size([1, 2])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import reprlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.nn.parameter import is_lazy
 
-from .errors import SurgeryError, TorchsmithError
+from .errors import TorchsmithError
+
+__all__ = [
+    "BACKENDS", "CONV_TYPES", "Call", "ExampleInputs", "StandIns",
+    "as_call", "backend_order", "describe", "example_call", "example_input", "main_output", "map_tensors",
+    "modes_kept", "on_stand_ins", "output_tensors", "probe", "refuse_uninitialised", "renamed",
+    "tensor_leaves", "untouched",
+]  # fmt: skip
 
 logger = logging.getLogger("torchsmith")
 
+BACKENDS = ("meta", "fake", "real")
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-ExampleInputs = Any  # a tuple of positional args, a dict of keyword args, or one positional arg
+ExampleInputs = Any  # a tensor (one argument), a tuple / list of positional arguments, a dict of keyword arguments
 Call = tuple[tuple, dict]  # (args, kwargs)
 
 _TOKENS = 8  # sequence length of the guessed token-id input
+_SPATIAL = 224  # side of the guessed image input
+
+
+# nested values: one walker for inputs and outputs
+
+
+def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """``obj`` with every tensor inside replaced by ``fn(tensor)``, containers rebuilt as their own type.
+
+    Walks dicts and other mappings (transformers' ``ModelOutput``, an ``OrderedDict`` that is also a
+    dataclass, is walked as a mapping: only the fields that are set), lists, tuples, namedtuples and
+    dataclasses.
+
+    >>> map_tensors({"a": [torch.zeros(2)], "b": 3}, lambda t: t.shape)
+    {'a': [torch.Size([2])], 'b': 3}
+    """
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        items = {k: map_tensors(v, fn) for k, v in obj.items()}
+        if type(obj) is dict:
+            return items
+        if dataclasses.is_dataclass(obj):  # ModelOutput: unset fields stay None
+            return dataclasses.replace(obj, **items)
+        try:
+            return type(obj)(items)
+        except TypeError:  # a mapping type that is not built from a mapping (defaultdict)
+            return items
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        items = [map_tensors(v, fn) for v in obj]
+        if hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*items)
+        return items if isinstance(obj, list) else tuple(items)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = [f.name for f in dataclasses.fields(obj) if f.init]
+        return dataclasses.replace(obj, **{name: map_tensors(getattr(obj, name), fn) for name in fields})
+    return obj
+
+
+def tensor_leaves(obj: Any, key: str = "") -> Iterator[tuple[str, Tensor]]:
+    """Every tensor inside ``obj`` (walked as :func:`map_tensors` walks it) with its dotted key path.
+
+    >>> out = {"logits": torch.zeros(2, 5), "hidden": (torch.zeros(2, 3),)}
+    >>> [(k, tuple(t.shape)) for k, t in tensor_leaves(out)]
+    [('logits', (2, 5)), ('hidden.0', (2, 3))]
+    """
+    join = (lambda k: f"{key}.{k}") if key else str
+    if isinstance(obj, Tensor):
+        yield key, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from tensor_leaves(v, join(k))
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            yield from tensor_leaves(v, join(i))
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from tensor_leaves(getattr(obj, f.name), join(f.name))
+
+
+def output_tensors(output: Any) -> list[Tensor]:
+    """Every tensor in a model's output, at any depth: a tensor, a dict (``ModelOutput``), a tuple
+    (namedtuple), a list, a dataclass."""
+    return [t for _, t in tensor_leaves(output)]
+
+
+def main_output(output: Any) -> Tensor | None:
+    """The prediction in a model's output: the tensor itself; ``logits`` / ``out`` of a dict or a
+    dataclass (transformers, torchvision segmentation); or the first element of a tuple (torchvision's
+    aux outputs). ``None`` when none of these is a tensor.
+
+    >>> @dataclasses.dataclass
+    ... class Out:
+    ...     logits: torch.Tensor
+    >>> main_output(Out(torch.zeros(2, 3))).shape
+    torch.Size([2, 3])
+    """
+    if isinstance(output, Tensor):
+        return output
+    fields = output if isinstance(output, Mapping) else (
+        {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+        if dataclasses.is_dataclass(output) and not isinstance(output, type) else None)
+    if fields is not None:
+        return next((fields[k] for k in ("logits", "out") if isinstance(fields.get(k), Tensor)), None)
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+# descriptions for messages
+
+
+def _describe_value(obj: Any) -> str:
+    if isinstance(obj, Tensor):
+        shape = str(tuple(obj.shape))
+        return shape if obj.dtype == torch.float32 else f"{shape} {str(obj.dtype).removeprefix('torch.')}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(_describe_value(v) for v in obj) + "]"
+    if isinstance(obj, Mapping):
+        return "{" + ", ".join(f"{reprlib.repr(k)}: {_describe_value(v)}" for k, v in obj.items()) + "}"
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return reprlib.repr(obj)
+    return type(obj).__name__
+
+
+def describe(call: Call) -> str:
+    """``(1, 3, 224, 224), mask=(1, 8) int64`` for messages: shapes, the dtype where it is not float32,
+    keyword arguments by name.
+
+    >>> describe(((torch.zeros(1, 3, 8, 8),), {"ids": torch.zeros(1, 8, dtype=torch.long)}))
+    '(1, 3, 8, 8), ids=(1, 8) int64'
+    """
+    args, kwargs = call
+    return ", ".join([_describe_value(a) for a in args] + [f"{k}={_describe_value(v)}" for k, v in kwargs.items()])
+
+
+# example inputs
+
+
+def as_call(example_inputs: ExampleInputs, *, error: type[TorchsmithError] = TorchsmithError) -> Call:
+    """``(args, kwargs)`` of ``example_inputs``: a tensor is one argument, a tuple or list positional
+    arguments, a dict keyword arguments."""
+    if isinstance(example_inputs, Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    raise error(
+        f"example_inputs must be a tensor (one argument), a tuple or list of positional arguments or a dict of "
+        f"keyword arguments; got {type(example_inputs).__name__}. Wrap a single non-tensor argument in a tuple: (x,)."
+    )
+
+
+def _sized(input_size: Any, dtype: Any, error: type[TorchsmithError]) -> tuple[Tensor, ...]:
+    """Meta tensors of ``input_size`` (one shape or a list of shapes) and ``dtype`` (one, or one per shape)."""
+    one = isinstance(input_size, (list, tuple, torch.Size)) and all(isinstance(d, int) for d in input_size)
+    sizes = [input_size] if one else list(input_size) if isinstance(input_size, (list, tuple)) else None
+    dtypes = list(dtype) if isinstance(dtype, (list, tuple)) else [dtype or torch.float32] * len(sizes or [])
+    if sizes is None or len(dtypes) != len(sizes) or not all(
+            isinstance(s, (list, tuple, torch.Size)) and all(isinstance(d, int) and d >= 0 for d in s) for s in sizes):
+        raise error(f"input_size must be a shape like (1, 3, 224, 224) or a list of shapes (one dtype each); got "
+                    f"{reprlib.repr(input_size)} with dtype {dtype!r}")
+    return tuple(torch.empty(*s, dtype=dt, device="meta") for s, dt in zip(sizes, dtypes))
+
+
+def example_input(model: nn.Module, *, error: type[TorchsmithError] = TorchsmithError) -> Tensor:
+    """One meta sample shaped (and typed) for the first input layer of ``model``.
+
+    ``(1, C, 224, 224)`` for a Conv2d, ``(1, C, 224)`` for a Conv1d, ``(1, F)`` for a Linear,
+    ``(1, 8)`` token ids (int64) for an Embedding.
+
+    >>> example_input(nn.Sequential(nn.Conv2d(3, 8, 3))).shape
+    torch.Size([1, 3, 224, 224])
+
+    Raises:
+        error: no Conv / Linear / Embedding layer to guess it from.
+    """
+    for module in model.modules():
+        if isinstance(module, CONV_TYPES):
+            dims = 1 + CONV_TYPES.index(next(t for t in CONV_TYPES if isinstance(module, t)))
+            return torch.empty(1, module.in_channels, *([_SPATIAL] * dims), dtype=module.weight.dtype, device="meta")
+        if isinstance(module, nn.Linear):
+            return torch.empty(1, module.in_features, dtype=module.weight.dtype, device="meta")
+        if isinstance(module, nn.Embedding):
+            return torch.zeros(1, _TOKENS, dtype=torch.long, device="meta")
+    raise error(
+        f"{type(model).__name__} has no Conv, Linear or Embedding layer to guess its input from; "
+        "pass example_inputs=... (or input_size=(B, C, ...))."
+    )
+
+
+def example_call(
+    model: nn.Module,
+    *,
+    input_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    example_inputs: ExampleInputs = None,
+    kwargs: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | Sequence[torch.dtype] | None = None,
+    guess: bool = True,
+    error: type[TorchsmithError] = TorchsmithError,
+) -> Call:
+    """``(args, kwargs)`` for one run: ``example_inputs`` (see :func:`as_call`), else meta tensors of
+    ``input_size`` and ``dtype``, else (with ``guess``) one sample for the first layer (see
+    :func:`example_input`); ``kwargs`` are added keyword arguments.
+
+    >>> args, kw = example_call(nn.Linear(4, 2), input_size=[(2, 4)], dtype=[torch.float16])
+    >>> args[0].shape, args[0].dtype, args[0].device.type
+    (torch.Size([2, 4]), torch.float16, 'meta')
+    """
+    if input_size is not None and example_inputs is not None:
+        raise error("pass input_size or example_inputs, not both.")
+    if example_inputs is not None:
+        args, kw = as_call(example_inputs, error=error)
+    elif input_size is not None:
+        args, kw = _sized(input_size, dtype, error), {}
+    elif guess:
+        args, kw = (example_input(model, error=error),), {}
+    else:
+        raise error("pass input_size=(1, 3, 224, 224) or example_inputs=<example tensors>.")
+    return args, {**kw, **(kwargs or {})}
+
+
+def renamed(new_value: Any, old_value: Any, *, new: str, old: str, error: type[TorchsmithError] = TorchsmithError,
+            stacklevel: int = 3) -> Any:
+    """The value of a keyword with a deprecated old name: ``new_value``, else ``old_value`` with a
+    ``DeprecationWarning`` (at the caller of the public function); both given is an error."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise error(f"pass {new}= only: {old}= is its deprecated old name, and both were given.")
+    warnings.warn(f"{old}= is deprecated; pass {new}= instead (the old keyword goes in the next release).",
+                  DeprecationWarning, stacklevel=stacklevel)
+    return old_value
+
+
+# the model as it was
+
+
+def refuse_uninitialised(model: nn.Module, *, error: type[TorchsmithError] = TorchsmithError, action: str = "run it") -> None:
+    """Raise ``error`` naming the lazy modules (``nn.LazyLinear`` ...) of ``model`` not initialised yet:
+    running them would materialise them and change their class, so nothing here runs such a model."""
+    lazy = [path or type(model).__name__ for path, m in model.named_modules()
+            if any(is_lazy(t) for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])]
+    if lazy:
+        raise error(
+            f"cannot {action}: {type(model).__name__} has lazy layers that are not initialised yet "
+            f"({', '.join(map(repr, lazy))}); "
+            "run one forward first (model(example_input)) to initialise its lazy layers."
+        )
 
 
 @contextmanager
@@ -52,24 +305,33 @@ def modes_kept(model: nn.Module, *, training: bool | None = None) -> Iterator[nn
 
 @contextmanager
 def untouched(model: nn.Module, *, values: bool = False) -> Iterator[nn.Module]:
-    """Put every module's attributes back on exit: plain attributes, parameter / buffer / submodule
-    slots, hook dicts, ``training``. With ``values=True`` buffer values are restored too (a real pass)."""
+    """Put every module back on exit: its class, plain attributes, parameter / buffer / submodule slots,
+    hook dicts (in place: handles keep pointing at them), ``training``, and lazy parameters a forward
+    materialised. With ``values=True`` buffer values are restored too (for code that runs the model's
+    own buffers, such as fx tracing)."""
     saved = []
     for module in model.modules():
         state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
-        saved.append((module, state))
-    buffers = [(b, b.clone()) for b in model.buffers()] if values else []
+        saved.append((module, type(module), state))
+    buffers = [(b, b.clone()) for b in model.buffers() if not is_lazy(b)] if values else []
+    lazy = [(t, type(t), t.data) for t in [*model.parameters(), *model.buffers()] if is_lazy(t)]
     try:
         yield model
     finally:
-        for module, state in saved:
+        for tensor, cls, data in lazy:  # materialised in place (UninitializedParameter -> Parameter)
+            if type(tensor) is not cls:
+                tensor.data = data
+                tensor.__class__ = cls
+        for module, cls, state in saved:
+            if type(module) is not cls:  # a lazy module materialised (LazyLinear -> Linear)
+                module.__class__ = cls
             current = module.__dict__
             for key in [k for k in current if k not in state]:
                 del current[key]
             for key, value in state.items():
                 now = current.get(key)
                 if isinstance(value, dict) and isinstance(now, dict) and type(now) is type(value):
-                    now.clear()  # in place: hook handles keep pointing at these dicts
+                    now.clear()
                     now.update(value)
                 else:
                     current[key] = value
@@ -79,81 +341,98 @@ def untouched(model: nn.Module, *, values: bool = False) -> Iterator[nn.Module]:
                     buffer.copy_(value)
 
 
-def as_call(example_inputs: ExampleInputs) -> Call:
-    """``example_inputs`` as ``(args, kwargs)``: a tuple is positional args, a dict keyword args, anything else one arg."""
-    if isinstance(example_inputs, tuple):
-        return example_inputs, {}
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    return (example_inputs,), {}
+# stand-ins and the run
 
 
-def describe(call: Call) -> str:
-    """``(1, 3, 224, 224) float32`` style text for error messages."""
+def _stand_ins(model: nn.Module, backend: str, fake_mode: Any = None) -> dict[str, Tensor]:
+    """name -> stand-in for every parameter and buffer of ``model`` (tied names share one stand-in):
+    meta tensors, ``fake_mode`` tensors, or (``"real"``) the parameters themselves and cloned buffers."""
+    made: dict[int, Tensor] = {}
 
-    def one(x: Any) -> str:
-        if isinstance(x, Tensor):
-            return f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
-        if isinstance(x, (list, tuple)):
-            return "[" + ", ".join(one(v) for v in x) + "]"
-        return type(x).__name__
+    def make(t: Tensor, is_param: bool) -> Tensor:
+        if backend == "real":  # parameters as they are, buffers cloned so running statistics stay untouched
+            return t if is_param else t.clone()
+        new = torch.empty_like(t, device="meta") if backend == "meta" else fake_mode.from_tensor(t.detach())
+        if is_param and (t.is_floating_point() or t.is_complex()):
+            new.requires_grad_(t.requires_grad)
+        return new
 
-    args, kwargs = call
-    return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
+    def one(t: Tensor, is_param: bool) -> Tensor:
+        if id(t) not in made:
+            made[id(t)] = make(t, is_param)
+        return made[id(t)]
+
+    state = {name: one(p, True) for name, p in model.named_parameters(remove_duplicate=False)}
+    state.update((name, one(b, False)) for name, b in model.named_buffers(remove_duplicate=False) if b is not None)
+    return state
 
 
-def example_input(
-    model: nn.Module, input_size: Sequence[int] | None = None, spatial: int = 224, *, error: type[TorchsmithError] = SurgeryError
-) -> Tensor:
-    """A meta input of ``input_size``, or one sample shaped (and typed) for the first input layer of ``model``.
+def _input_converter(model: nn.Module, backend: str, fake_mode: Any) -> Callable[[Tensor], Tensor]:
+    """Inputs for ``backend``: meta tensors on meta; on fake and real, inputs given by shape (meta)
+    become inputs on the model's device (zeros for a real run), others are kept (fake: wrapped)."""
+    if backend == "meta":
+        return lambda t: torch.empty_like(t, device="meta")
+    ref = next(iter([*model.parameters(), *model.buffers()]), None)
+    device = ref.device if ref is not None and not ref.is_meta else torch.device("cpu")
+    if backend == "real":
+        return lambda t: torch.zeros(t.shape, dtype=t.dtype, device=device) if t.is_meta else t
 
-    ``(1, C, 224, 224)`` for a Conv2d, ``(1, C, 224)`` for a Conv1d, ``(1, F)``
-    for a Linear, ``(1, 8)`` token ids (int64) for an Embedding.
+    def fake(t: Tensor) -> Tensor:
+        if not t.is_meta:
+            return fake_mode.from_tensor(t)
+        with fake_mode:
+            return torch.empty(t.shape, dtype=t.dtype, device=device)
 
-    Raises:
-        SurgeryError: no ``input_size`` and no Conv / Linear / Embedding layer to guess it from.
+    return fake
+
+
+@dataclass
+class StandIns:
+    """A model made ready to run on ``backend``: its stand-ins and the converted inputs. ``forward()``
+    runs it (inside ``fake_mode`` for ``"fake"``; callers that stack their own dispatch modes enter
+    ``fake_mode`` themselves, first, and call :meth:`call`)."""
+
+    model: nn.Module
+    backend: str
+    state: dict[str, Tensor]
+    args: tuple
+    kwargs: dict
+    fake_mode: Any = None
+
+    def call(self) -> Any:
+        return torch.func.functional_call(self.model, self.state, self.args, self.kwargs, strict=False)
+
+    def forward(self) -> Any:
+        with self.fake_mode if self.fake_mode is not None else nullcontext():
+            return self.call()
+
+
+@contextmanager
+def on_stand_ins(model: nn.Module, call: Call, *, backend: str, training: bool | None = None) -> Iterator[StandIns]:
+    """``model`` ready to run ``call`` on ``backend``, in ``training`` mode (``None``: its own flags);
+    on exit it is exactly as it was (:func:`untouched`), even when the forward raised."""
+    if backend not in BACKENDS:
+        raise TorchsmithError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    with untouched(model), modes_kept(model, training=training):
+        fake_mode = None
+        if backend == "fake":
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        convert = _input_converter(model, backend, fake_mode)
+        args, kwargs = map_tensors(call[0], convert), map_tensors(call[1], convert)
+        yield StandIns(model, backend, _stand_ins(model, backend, fake_mode), tuple(args), dict(kwargs), fake_mode)
+
+
+def backend_order(start: str = "meta", *, allow_real: bool = False, error: type[TorchsmithError] = TorchsmithError) -> list[str]:
+    """The backends to try, from ``start``: meta -> fake -> real; real only when allowed or asked for.
+
+    >>> backend_order(), backend_order("fake", allow_real=True), backend_order("real")
+    (['meta', 'fake'], ['fake', 'real'], ['real'])
     """
-    if input_size:
-        return torch.empty(*input_size, device="meta")
-    for module in model.modules():
-        if isinstance(module, CONV_TYPES):
-            dims = 1 + CONV_TYPES.index(next(t for t in CONV_TYPES if isinstance(module, t)))
-            return torch.empty(1, module.in_channels, *([spatial] * dims), dtype=module.weight.dtype, device="meta")
-        if isinstance(module, nn.Linear):
-            return torch.empty(1, module.in_features, dtype=module.weight.dtype, device="meta")
-        if isinstance(module, nn.Embedding):
-            return torch.zeros(1, _TOKENS, dtype=torch.long, device="meta")
-    raise error(
-        f"{type(model).__name__} has no Conv, Linear or Embedding layer to guess its input from; "
-        "pass example_inputs=... (or input_size=(B, C, ...))."
-    )
-
-
-def example_call(
-    model: nn.Module,
-    input_size: Sequence[int] | None = None,
-    example_inputs: ExampleInputs = None,
-    *,
-    error: type[TorchsmithError] = SurgeryError,
-) -> Call:
-    """``(args, kwargs)`` for one probe: ``example_inputs`` when given, else a guess (see :func:`example_input`)."""
-    if example_inputs is not None:
-        if input_size:
-            raise error("pass input_size or example_inputs, not both.")
-        return as_call(example_inputs)
-    return (example_input(model, input_size, error=error),), {}
-
-
-def _as_meta(model: nn.Module) -> dict[str, Tensor]:
-    state = {n: t for n, t in model.named_parameters(remove_duplicate=False)}
-    state.update(model.named_buffers(remove_duplicate=False))
-    return {n: torch.empty_like(t, device="meta") if t is not None else None for n, t in state.items()}
-
-
-def _to(call: Call, fn) -> Call:
-    args, kwargs = call
-    convert = lambda x: fn(x) if isinstance(x, Tensor) else x  # noqa: E731
-    return tree_map(convert, args), tree_map(convert, kwargs)
+    if start not in BACKENDS:
+        raise error(f"backend must be one of {', '.join(BACKENDS)}; got {start!r} (a real run uses the device the model is on)")
+    return [b for b in BACKENDS[BACKENDS.index(start):] if b != "real" or allow_real or start == "real"]
 
 
 def probe(
@@ -161,67 +440,30 @@ def probe(
     call: Call,
     *,
     training: bool = False,
-    meta_only: bool = False,
-    error: type[TorchsmithError] = SurgeryError,
+    allow_real: bool = True,
+    error: type[TorchsmithError] = TorchsmithError,
     purpose: str = "",
 ) -> Any:
-    """``model(*args, **kwargs)`` on shapes only, in ``training`` mode, leaving ``model`` untouched.
+    """``model(*args, **kwargs)`` on shapes only, in ``training`` mode, under ``no_grad``, leaving
+    ``model`` untouched; returns the output (meta or fake tensors, or real ones from a real run).
 
-    First on the meta device (no memory, no compute): parameters and buffers are
-    swapped for meta tensors with ``torch.func.functional_call``. A model that
-    cannot run on meta (``.item()``, tensors kept as plain attributes) runs for
-    real under ``no_grad`` (inputs given on meta become zeros; buffers are put
-    back afterwards). When both fail, ``error`` says what was tried and to pass
-    ``example_inputs=``.
+    Tries meta, then fake, then (with ``allow_real``) a real pass on the given inputs (zeros for
+    inputs given by shape). When all fail, ``error`` says what was tried and to pass ``example_inputs=``.
+    A model with uninitialised lazy layers is refused before anything runs.
     """
-    try:
-        with torch.no_grad(), untouched(model), modes_kept(model, training=training):
-            meta = _to(call, lambda x: torch.empty_like(x, device="meta"))
-            return torch.func.functional_call(model, _as_meta(model), meta[0], meta[1], strict=False)
-    except Exception as err:  # noqa: BLE001 - any failure on meta means "try for real"
-        logger.debug("meta probe of %s failed (%s); probing for real", type(model).__name__, err)
-        failure: Exception = err
-    if not meta_only:
-        ref = next(iter([*model.parameters(), *model.buffers()]), None)
-        device = ref.device if ref is not None else torch.device("cpu")
-        real = _to(call, lambda x: torch.zeros(x.shape, dtype=x.dtype, device=device) if x.is_meta else x)
+    refuse_uninitialised(model, error=error, action=purpose or "run it")
+    failure: Exception | None = None
+    for backend in backend_order(allow_real=allow_real):
         try:
-            with torch.no_grad(), untouched(model, values=True), modes_kept(model, training=training):
-                return model(*real[0], **real[1])
-        except Exception as err:  # noqa: BLE001 - reported below with what to do
+            with torch.no_grad(), on_stand_ins(model, call, backend=backend, training=training) as run:
+                return run.forward()
+        except Exception as err:  # noqa: BLE001 - any failure means "try the next backend"
+            logger.debug("%s probe of %s failed (%s)", backend, type(model).__name__, err)
             failure = err
+    text = str(failure).strip()
     raise error(
         f"cannot run {type(model).__name__} on ({describe(call)}){' to ' + purpose if purpose else ''}: "
-        f"{type(failure).__name__}: {str(failure).strip().splitlines()[0].rstrip('.!') if str(failure).strip() else ''}. "
+        f"{type(failure).__name__}: {text.splitlines()[0].rstrip('.!') if text else ''}. "
         "Pass example_inputs= with inputs its forward accepts (a tensor, a tuple of positional arguments "
         "or a dict of keyword arguments; token ids as integer tensors)."
     ) from failure
-
-
-# outputs
-
-
-def output_tensors(output: Any) -> list[Tensor]:
-    """Every tensor in a model's output: a tensor, a dict (``ModelOutput``), a tuple (namedtuple) or list of them."""
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, Mapping):
-        return [t for v in output.values() for t in output_tensors(v)]
-    if isinstance(output, (list, tuple)):
-        return [t for v in output for t in output_tensors(v)]
-    return []
-
-
-def main_output(output: Any) -> Tensor | None:
-    """The prediction in a model's output: the tensor itself, ``["logits"]`` / ``["out"]`` of a dict
-    (transformers, torchvision segmentation), or the first element of a tuple (torchvision's aux outputs)."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping):
-        for key in ("logits", "out"):
-            if isinstance(output.get(key), Tensor):
-                return output[key]
-        return None
-    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    return None

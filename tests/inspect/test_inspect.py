@@ -75,7 +75,7 @@ def test_trainable_yes_no_partial_and_dtypes():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).to(torch.bfloat16), nn.Linear(4, 2))
     model[0].requires_grad_(False)
     model[2].bias.requires_grad_(False)
-    s = ts.summary(model, inputs=torch.zeros(1, 4), device="meta")
+    s = ts.summary(model, example_inputs=torch.zeros(1, 4), backend="meta")
     assert [s[p].trainable for p in ("0", "1", "2")] == ["no", "yes", "partial"]
     assert s.trainable_params == 20 + 8
     assert s.totals.param_bytes == {"float32": 4 * (20 + 10), "bfloat16": 2 * 20}
@@ -114,18 +114,18 @@ def test_matmul_bmm_baddbmm_einsum_and_attention_flops():
     bmm = 2 * 4 * 8 * 16 * 8
     attention = 2 * (2 * 2 * 3 * 10 * 10 * 6)  # q @ k^T and p @ v
     assert s.total_flops == 3 * bmm + attention
-    real = ts.summary(Ops(), inputs=[torch.randn(*a) for a in args], device="real")  # the CPU flash kernel
+    real = ts.summary(Ops(), example_inputs=[torch.randn(*a) for a in args], backend="real")  # the CPU flash kernel
     assert real.total_flops == 3 * bmm + attention
 
 
-@pytest.mark.parametrize("device", ["meta", "real"])
+@pytest.mark.parametrize("backend", ["meta", "real"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_recurrent_flops_match_the_analytic_count(cell, device):
+def test_recurrent_flops_match_the_analytic_count(cell, backend):
     seq, batch, n_in, hidden, layers = 7, 3, 5, 6, 2
     gates = 4 if cell == "LSTM" else 3
     model = getattr(nn, cell)(n_in, hidden, num_layers=layers)
     x = torch.randn(seq, batch, n_in)
-    s = ts.summary(model, inputs=x, device=device)
+    s = ts.summary(model, example_inputs=x, backend=backend)
     analytic = sum(2 * seq * batch * gates * hidden * (i + hidden) for i in (n_in, hidden))
     assert s.total_flops == analytic
 
@@ -147,7 +147,7 @@ def test_saved_activation_bytes_equal_a_real_cpu_training_step(which):
     else:
         model, x = TinyLM().train(), torch.randint(0, 100, (2, 16))
     real = saved_bytes_real(model, x)
-    s = ts.summary(model, inputs=x, mode="train")
+    s = ts.summary(model, example_inputs=x, mode="train")
     assert abs(s.saved_bytes - real) <= 0.01 * real
     t = s.totals
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -246,8 +246,8 @@ def test_json_markdown_and_depth():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(input_size=None), dict(input_size=(1, 3), inputs=torch.zeros(1, 3)), dict(input_size=("a",)),
-    dict(input_size=(1, 4), mode="training"), dict(input_size=(1, 4), device="gpu"), dict(input_size=(1, 4), depth=-1),
+    dict(input_size=None), dict(input_size=(1, 3), example_inputs=torch.zeros(1, 3)), dict(input_size=("a",)),
+    dict(input_size=(1, 4), mode="training"), dict(input_size=(1, 4), backend="gpu"), dict(input_size=(1, 4), depth=-1),
 ])
 def test_bad_arguments_raise_inspect_error(bad):
     with pytest.raises(InspectError):

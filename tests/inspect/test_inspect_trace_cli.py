@@ -139,3 +139,14 @@ def test_cli_diagram_writes_one_self_contained_page(tmp_path, capsys):
     assert data["output"] == str(out) and out.stat().st_size == data["bytes"]
     text = out.read_text()
     assert "ELK" in text and '"items"' in text and "<script src" not in text
+
+
+@pytest.mark.parametrize("backend", ["fake", "real"])
+def test_cli_backend_flag_chooses_where_summary_and_diagram_run(backend, tmp_path, capsys):
+    assert main(["summary", "mlp", "--input", "2,784", "--backend", backend, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = ts.summary(ts.create_model("mlp"), (2, 784), backend=backend)
+    assert data["backend"] == backend and data["totals"]["total_flops"] == expected.total_flops == 2 * 2 * (784 * 256 + 256 * 10)
+    assert main(["diagram", "mlp", "--backend", backend, "-o", str(tmp_path / "m.html")]) == 0
+    assert (tmp_path / "m.html").is_file()
+    assert main(["summary", "mlp", "--backend", "gpu"]) == 1 and "backend must be one of" in capsys.readouterr().err

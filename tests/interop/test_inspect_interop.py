@@ -34,12 +34,12 @@ def test_summary_of_peer_model(peer):
     model.extra_attribute = "kept"
     before = probe_snapshot(model)
 
-    s = ts.summary(model, inputs=args, kwargs=kwargs)
+    s = ts.summary(model, example_inputs=args, kwargs=kwargs)
     assert probe_differences(before, probe_snapshot(model)) == []
     if not s.complete:  # meta and fake both failed: rows are marked, then a real run is allowed
         assert s.error and any(r.status in ("failed", "unfinished", "not reached") for r in s.records)
         assert "?" in str(s)
-        s = ts.summary(model, inputs=args, kwargs=kwargs, allow_real=True)
+        s = ts.summary(model, example_inputs=args, kwargs=kwargs, allow_real=True)
         assert s.backend == "real" and probe_differences(before, probe_snapshot(model)) == []
     assert s.complete
 
@@ -59,6 +59,6 @@ def test_train_mode_saved_bytes_match_a_real_step(peer):
     model = peer.build().train()
     args, kwargs = peer.example()
     torch.manual_seed(0)
-    s = ts.summary(model, inputs=args, kwargs=kwargs, mode="train", allow_real=True)
+    s = ts.summary(model, example_inputs=args, kwargs=kwargs, mode="train", allow_real=True)
     real = saved_bytes_real(model, *args, **kwargs)  # CPU's own attention kernel, as summary emulates on meta
     assert abs(s.saved_bytes - real) <= 0.01 * real, (s.backend, s.saved_bytes, real)

@@ -78,6 +78,10 @@ def state_dict_of(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -
             + (" (a bound method: call model.state_dict())" if callable(model_or_state_dict) else "")
             + "."
         )
+    lazy = [k for k, v in sd.items() if torch.nn.parameter.is_lazy(v)]
+    if lazy:  # their shapes are unknown until the first forward; nothing else can be asked of them
+        raise CheckpointError(f"Cannot save these weights: {lazy[:10]} belong to lazy layers that are not initialised yet; "
+                              "run one forward first (model(example_input)) to initialise its lazy layers.")
     problems = [f"{k!r} is a {type(v).__name__}" for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     problems += [f"{k!r} is on the meta device (no data)" for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_meta]
     problems += [f"key {k!r} is not a string" for k in sd if not isinstance(k, str)]

@@ -1,10 +1,9 @@
 """Collecting: run a model once under hooks and count what happens, leaving the model as it was.
 
-A run swaps the model's parameters and buffers for stand-ins (``torch.func.functional_call``), so
-nothing of the model is touched: on ``"meta"`` the stand-ins are meta tensors (no memory, no compute),
-on ``"fake"`` ``FakeTensorMode`` tensors (for ops without meta kernels, tensors kept as plain
-attributes), on ``"real"`` the real parameters and cloned buffers. Every module's attributes, hooks
-and train/eval flags are restored afterwards, even when the forward raises.
+The run itself (stand-ins for parameters and buffers on ``"meta"``, ``"fake"`` or ``"real"``, inputs
+converted, the model put back afterwards even when the forward raises) is :mod:`torchsmith.runner`'s;
+what is here is specific to counting: hooks that record each module call, the dispatch modes that
+count FLOPs (and make common ops cheap on meta), and the bytes autograd saves for backward.
 
 Per module call: output shapes of every output leaf, FLOPs (``flops.FORMULAS``, attributed to every
 module open at the time); per run: ops without a FLOP formula, and the bytes autograd saves for
@@ -15,8 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,45 +25,23 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..runner import modes_kept
+from ..runner import Call, describe, on_stand_ins
 from .flops import count_flops, counts_nothing
 from .records import LayerRecord, output_leaves
 
-__all__ = ["Run", "collect", "module_params", "map_tensors", "describe_failure", "untouched"]
+__all__ = ["Run", "collect", "module_params", "describe_failure"]
 
 logger = logging.getLogger("torchsmith")
-
-BACKENDS = ("meta", "fake", "real")
 
 
 # helpers
 
 
-def map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
-    """``obj`` with every tensor inside (nested tuple / list / dict) replaced by ``fn(tensor)``."""
-    if isinstance(obj, Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, map_tensors(v, fn)) for k, v in obj.items()) if type(obj) is not dict else \
-            {k: map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [map_tensors(v, fn) for v in obj]
-    if isinstance(obj, tuple):
-        items = [map_tensors(v, fn) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-    return obj
-
-
-def shapes_of(args: Any) -> str:
-    """The shapes of the tensors in ``args``, comma-separated: ``'(1, 128, 28, 28)'``."""
-    return ", ".join(str(tuple(leaf.shape)) for leaf in output_leaves(args)) or "no tensors"
-
-
-def describe_failure(path: str, module: nn.Module, args: Any, err: BaseException) -> str:
+def describe_failure(path: str, module: nn.Module, call: Call, err: BaseException) -> str:
     """``'layer3.0.conv1 (Conv2d) got (1, 128, 28, 28), expects 256 input channels'`` (plus torch's message)."""
-    got = shapes_of(args)
+    got = describe(call) or "nothing"
     expects = ""
-    first = next(iter(output_leaves(args)), None)
+    first = next(iter(output_leaves(call)), None)
     if isinstance(module, nn.modules.conv._ConvNd) and first is not None and len(first.shape) > len(module.kernel_size):
         channels = first.shape[-(len(module.kernel_size) + 1)]
         if channels != module.in_channels:
@@ -106,54 +83,6 @@ def module_params(model: nn.Module) -> dict[str, ParamInfo]:
             tied = tuple(sorted({o for group in shared for o in group if not inside(o)}))
         out[path] = ParamInfo(count, trainable, tied)
     return out
-
-
-# leaving the model as it was
-
-
-@contextmanager
-def untouched(model: nn.Module) -> Iterator[None]:
-    """Restore every module's attributes (including hook dicts and parameter / buffer slots) on exit."""
-    saved = []
-    for m in model.modules():
-        inner = {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, dict)}
-        saved.append((m, dict(m.__dict__), inner))
-    try:
-        yield
-    finally:
-        for m, attrs, inner in saved:
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
-            for k, content in inner.items():
-                d = attrs[k]
-                if d.keys() != content.keys() or any(d[key] is not v for key, v in content.items()):
-                    d.clear()
-                    d.update(content)
-
-
-def _stand_ins(model: nn.Module, backend: str, fake_mode: Any) -> dict[str, Tensor]:
-    """name -> stand-in tensor for every parameter and buffer (tied names share one stand-in)."""
-    made: dict[int, Tensor] = {}
-
-    def make(t: Tensor, is_param: bool) -> Tensor:
-        if backend == "real":  # parameters as they are, buffers cloned so running statistics stay untouched
-            return t if is_param else t.clone()
-        new = torch.empty_like(t, device="meta") if backend == "meta" else fake_mode.from_tensor(t.detach())
-        if is_param and (t.is_floating_point() or t.is_complex()):
-            new.requires_grad_(t.requires_grad)
-        return new
-
-    state = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in made:
-            made[id(p)] = make(p, True)
-        state[name] = made[id(p)]
-    for name, b in model.named_buffers(remove_duplicate=False):
-        if b is not None:
-            if id(b) not in made:
-                made[id(b)] = make(b, False)
-            state[name] = made[id(b)]
-    return state
 
 
 # the run
@@ -342,30 +271,9 @@ def collect(
             if flow is not None:
                 flow.exit(rec, output)
 
-    fake_mode = None
     with ExitStack() as es:
-        if backend == "fake":
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        es.enter_context(untouched(model))
-        es.enter_context(modes_kept(model, training=training))
-        state = _stand_ins(model, backend, fake_mode)
-        if backend == "meta":
-            convert = lambda t: torch.empty_like(t, device="meta")  # noqa: E731
-        else:  # inputs given by shape (meta) become inputs on the model's device
-            ref = next(iter([*model.parameters(), *model.buffers()]), None)
-            device = ref.device if ref is not None and not ref.is_meta else torch.device("cpu")
-            if backend == "fake":
-                def convert(t: Tensor) -> Tensor:
-                    if not t.is_meta:
-                        return fake_mode.from_tensor(t)
-                    with fake_mode:
-                        return torch.empty(t.shape, dtype=t.dtype, device=device)
-            else:
-                convert = lambda t: torch.zeros(t.shape, dtype=t.dtype, device=device) if t.is_meta else t  # noqa: E731
-        run_args, run_kwargs = map_tensors(args, convert), map_tensors(kwargs, convert)
-        excluded = {t.untyped_storage()._cdata for t in state.values()}
+        ready = es.enter_context(on_stand_ins(model, (args, kwargs), backend=backend, training=training))
+        excluded = {t.untyped_storage()._cdata for t in ready.state.values()}
         saved: dict[int, int] = {}
 
         def pack(t: Tensor) -> Tensor:
@@ -377,15 +285,15 @@ def collect(
         for module in paths:
             es.callback(module.register_forward_pre_hook(pre_hook, with_kwargs=True).remove)
             es.callback(module.register_forward_hook(post_hook, with_kwargs=True, always_call=False).remove)
-        if fake_mode is not None:
-            es.enter_context(fake_mode)
+        if ready.fake_mode is not None:  # before the counter: dispatch modes entered later see ops first
+            es.enter_context(ready.fake_mode)
         es.enter_context(torch.enable_grad())
         es.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
         counter = es.enter_context(_Counter(run, stack, flow))
         if backend == "meta":
             es.enter_context(_Functions(counter))
         try:
-            out = torch.func.functional_call(model, state, run_args, run_kwargs, strict=False)
+            out = ready.call()
             run.outputs = list(output_leaves(out))
             del out
         except Exception as err:  # noqa: BLE001 - recorded; the caller tries the next backend or marks rows

@@ -23,9 +23,9 @@ from torch import nn
 
 from ..checkpoint.atomic import atomic_write
 from ..errors import InspectError
-from .collect import BACKENDS, collect, module_params
+from ..runner import backend_order, describe, example_call, refuse_uninitialised, renamed
+from .collect import collect, module_params
 from .graph import FlowGraph
-from .summary import example_inputs
 from .totals import format_flops
 
 __all__ = ["diagram", "ELK_VERSION"]
@@ -42,18 +42,21 @@ def diagram(
     input_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
     *,
     path: str | os.PathLike = "model.html",
-    inputs: Any = None,
+    example_inputs: Any = None,
     kwargs: dict | None = None,
     dtype: torch.dtype | Sequence[torch.dtype] | None = None,
-    device: str = "meta",
+    backend: str | None = None,
     allow_real: bool = False,
     title: str | None = None,
+    inputs: Any = None,
+    device: str | None = None,
 ) -> Path:
     """Write an interactive architecture diagram of ``model`` to ``path`` (one HTML file) and return it.
 
-    Inputs as for :func:`~torchsmith.summary` (``input_size`` or example ``inputs``; ``dtype``,
-    ``device``, ``allow_real``). Nodes are modules without children and the ops between them (a
-    skip connection's ``add`` or ``cat``); groups are modules with children.
+    Inputs as for :func:`~torchsmith.summary` (``input_size`` or ``example_inputs``; ``dtype``,
+    ``backend``, ``allow_real``; ``inputs=`` and ``device=`` are their deprecated old names). Nodes are
+    modules without children and the ops between them (a skip connection's ``add`` or ``cat``);
+    groups are modules with children.
 
     Raises:
         InspectError: no backend could run the forward (the message names the module and shapes).
@@ -65,19 +68,22 @@ def diagram(
         >>> page.name, page.stat().st_size > 1_000_000   # the layout engine is inlined
         ('unet.html', True)
     """
-    if device not in BACKENDS:
-        raise InspectError(f"device must be one of {', '.join(BACKENDS)}; got {device!r}")
-    args, kw, desc = example_inputs(input_size, inputs, kwargs, dtype)
+    example_inputs = renamed(example_inputs, inputs, new="example_inputs", old="inputs", error=InspectError)
+    backend = renamed(backend, device, new="backend", old="device", error=InspectError) or "meta"
+    order = backend_order(backend, allow_real=allow_real, error=InspectError)
+    refuse_uninitialised(model, error=InspectError, action="draw it")
+    args, kw = example_call(model, input_size=input_size, example_inputs=example_inputs, kwargs=kwargs, dtype=dtype,
+                            guess=False, error=InspectError)
     params = module_params(model)
-    order = [b for b in BACKENDS[BACKENDS.index(device):] if b != "real" or allow_real or device == "real"]
     errors = []
-    for backend in order:
-        run = collect(model, args, kw, backend=backend, training=None, params=params, flow_factory=FlowGraph)
+    for name in order:
+        run = collect(model, args, kw, backend=name, training=None, params=params, flow_factory=FlowGraph)
         if run.error is None:
             break
-        errors.append(f"{backend}: {run.error}")
+        errors.append(f"{name}: {run.error}")
     else:
         raise InspectError("cannot draw the model: " + "; ".join(errors) + " (allow_real=True runs it for real)")
+    desc = describe((args, kw))
     graph = run.graph.to_dict()
     total = sum(p.numel() for p in model.parameters())
     name = title or type(model).__name__

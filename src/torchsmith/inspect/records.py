@@ -5,12 +5,13 @@ Nothing here runs a model; :mod:`.collect` fills these records and :mod:`.format
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..runner import tensor_leaves
 
 __all__ = ["OutputLeaf", "LayerRecord", "output_leaves", "format_shape"]
 
@@ -78,25 +79,16 @@ def _leaf(key: str, t: torch.Tensor) -> OutputLeaf:
     return OutputLeaf(key, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel() * t.element_size())
 
 
-def output_leaves(obj: Any, key: str = "") -> Iterator[OutputLeaf]:
-    """Every tensor in a (nested) tuple / list / dict / dataclass / ``ModelOutput``, with its key path.
+def output_leaves(obj: Any) -> Iterator[OutputLeaf]:
+    """Every tensor in a (nested) tuple / list / dict / dataclass / ``ModelOutput``, with its key path
+    (walked by :func:`torchsmith.runner.tensor_leaves`).
 
     >>> out = {"logits": torch.zeros(2, 8, 100), "hidden": (torch.zeros(2, 8, 32),)}
     >>> [(leaf.key, leaf.shape) for leaf in output_leaves(out)]
     [('logits', (2, 8, 100)), ('hidden.0', (2, 8, 32))]
     """
-    join = (lambda k: f"{key}.{k}") if key else str
-    if isinstance(obj, torch.Tensor):
-        yield _leaf(key, obj)
-    elif isinstance(obj, Mapping):  # dict, OrderedDict, transformers' ModelOutput (only fields that are set)
-        for k, v in obj.items():
-            yield from output_leaves(v, join(k))
-    elif isinstance(obj, (tuple, list)):
-        for i, v in enumerate(obj):
-            yield from output_leaves(v, join(i))
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from output_leaves(getattr(obj, f.name), join(f.name))
+    for key, t in tensor_leaves(obj):
+        yield _leaf(key, t)
 
 
 def format_shape(shape: tuple[int, ...]) -> str:

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from ..errors import InspectError
-from .collect import BACKENDS, collect, module_params
+from ..runner import backend_order, describe, example_call, refuse_uninitialised, renamed
+from .collect import collect, module_params
 from .format import render_markdown, render_text, rich_table
 from .records import LayerRecord, OutputLeaf
 from .totals import Totals, model_totals
 
-__all__ = ["Summary", "summary", "example_inputs"]
+__all__ = ["Summary", "summary"]
 
 MODES = ("same", "train", "eval")
 
@@ -111,60 +112,6 @@ class Summary:
         return render_markdown(self)
 
 
-# inputs
-
-
-def example_inputs(
-    input_size: Sequence[int] | Sequence[Sequence[int]] | None,
-    inputs: Any,
-    kwargs: dict | None,
-    dtype: torch.dtype | Sequence[torch.dtype] | None,
-) -> tuple[tuple, dict, str]:
-    """``(args, kwargs, description)`` from either ``input_size`` (meta tensors) or ``inputs``.
-
-    ``inputs``: a tensor (one argument), a tuple or list (positional arguments), or a dict (keyword
-    arguments). ``input_size``: one shape, or a list of shapes for several inputs.
-
-    >>> args, kw, desc = example_inputs((1, 3, 32, 32), None, None, None)
-    >>> args[0].shape, args[0].device.type, desc
-    (torch.Size([1, 3, 32, 32]), 'meta', '(1, 3, 32, 32)')
-    """
-    kwargs = dict(kwargs or {})
-    if (input_size is None) == (inputs is None):
-        raise InspectError("pass exactly one of input_size=(1, 3, 224, 224) or inputs=<example tensors>")
-    if input_size is not None:
-        sizes = [input_size] if all(isinstance(d, int) for d in input_size) else list(input_size)
-        dtypes = list(dtype) if isinstance(dtype, (list, tuple)) else [dtype or torch.float32] * len(sizes)
-        if len(dtypes) != len(sizes) or not all(isinstance(s, (list, tuple)) and all(isinstance(d, int) and d >= 0
-                                                                                       for d in s) for s in sizes):
-            raise InspectError(f"input_size must be a shape like (1, 3, 224, 224) or a list of shapes (one dtype each); got "
-                               f"{input_size!r} with dtype {dtype!r}")
-        args = tuple(torch.empty(*s, dtype=dt, device="meta") for s, dt in zip(sizes, dtypes))
-    elif isinstance(inputs, torch.Tensor):
-        args = (inputs,)
-    elif isinstance(inputs, dict):
-        args, kwargs = (), {**inputs, **kwargs}
-    elif isinstance(inputs, (tuple, list)):
-        args = tuple(inputs)
-    else:
-        raise InspectError(f"inputs must be a tensor, a tuple/list of arguments or a dict of keyword arguments; "
-                           f"got {type(inputs).__name__}")
-    desc = ", ".join(f"{(k + '=') if isinstance(k, str) else ''}{_describe(v)}"
-                     for k, v in [*enumerate(args), *kwargs.items()])
-    return args, kwargs, desc
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, torch.Tensor):
-        shape = str(tuple(obj.shape))
-        return shape if obj.dtype == torch.float32 else f"{shape} {str(obj.dtype).removeprefix('torch.')}"
-    if isinstance(obj, (list, tuple)):
-        return "[" + ", ".join(_describe(v) for v in obj) + "]"
-    if isinstance(obj, dict):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in obj.items()) + "}"
-    return repr(obj)
-
-
 # the function
 
 
@@ -172,31 +119,38 @@ def summary(
     model: nn.Module,
     input_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
     *,
-    inputs: Any = None,
+    example_inputs: Any = None,
     kwargs: dict | None = None,
     dtype: torch.dtype | Sequence[torch.dtype] | None = None,
     depth: int = 3,
-    device: str = "meta",
+    backend: str | None = None,
     mode: str = "same",
     allow_real: bool = False,
+    inputs: Any = None,
+    device: str | None = None,
 ) -> Summary:
     """Shapes, parameters, FLOPs and memory of ``model`` for one forward, without running it for real.
 
     Args:
-        model: any ``nn.Module``; left exactly as it was (device, dtype, mode, buffers, attributes, hooks).
+        model: any ``nn.Module``; left exactly as it was (class, device, dtype, mode, buffers,
+            attributes, hooks).
         input_size: the input shape, e.g. ``(1, 3, 224, 224)``, or a list of shapes for several inputs.
-        inputs: example inputs instead (any dtype; a tensor, a tuple/list of arguments, a dict of
-            keyword arguments; token ids for transformers, lists of images for detection models).
-            Only their shapes and dtypes are used unless the run falls back to ``"real"``.
+        example_inputs: example inputs instead (any dtype; a tensor, a tuple/list of positional
+            arguments, a dict of keyword arguments; token ids for transformers, ``([image],)`` for
+            detection models). Only their shapes and dtypes are used unless the run falls back to ``"real"``.
         kwargs: extra keyword arguments for the forward.
         dtype: dtype of the ``input_size`` tensors (``torch.long`` for token ids), one per shape.
         depth: deepest level printed by ``str()`` (every level is kept in ``records`` and ``to_json()``).
-        device: ``"meta"`` (default: no memory, no compute), ``"fake"`` (``FakeTensorMode``) or
+        backend: ``"meta"`` (the default: no memory, no compute), ``"fake"`` (``FakeTensorMode``) or
             ``"real"`` (a real forward with the model's parameters, buffers cloned).
         mode: ``"same"`` (the model's own train/eval flags), ``"train"`` or ``"eval"`` for the run;
             the activation bytes saved for backward are those of this mode (``"train"`` for a training step).
         allow_real: when meta and fake both fail (data-dependent shapes, ``.item()``), run for real on
             the given inputs (zeros for an ``input_size``) instead of marking the rows not computed.
+        inputs, device: the deprecated old names of ``example_inputs`` and ``backend`` (they warn).
+
+    Raises:
+        InspectError: bad arguments, or a model with uninitialised lazy layers.
 
     Example (a ResNet-18 at 224x224: 3.63 GFLOPs, ``FlopCounterMode``'s figure):
 
@@ -207,26 +161,25 @@ def summary(
         >>> s["layer3.0.conv1"].outputs[0].shape
         (1, 256, 14, 14)
     """
+    example_inputs = renamed(example_inputs, inputs, new="example_inputs", old="inputs", error=InspectError)
+    backend = renamed(backend, device, new="backend", old="device", error=InspectError) or "meta"
     if mode not in MODES:
         raise InspectError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if device not in BACKENDS:
-        raise InspectError(f"device must be one of {', '.join(BACKENDS)}; got {device!r} (a real run uses the "
-                           "device the model is on)")
+    order = backend_order(backend, allow_real=allow_real, error=InspectError)
     if not isinstance(depth, int) or depth < 0:
         raise InspectError(f"depth must be an integer >= 0; got {depth!r}")
-    args, kw, desc = example_inputs(input_size, inputs, kwargs, dtype)
+    refuse_uninitialised(model, error=InspectError, action="summarise it")
+    args, kw = example_call(model, input_size=input_size, example_inputs=example_inputs, kwargs=kwargs, dtype=dtype,
+                            guess=False, error=InspectError)
     training = {"same": None, "train": True, "eval": False}[mode]
     params = module_params(model)
-    order = list(BACKENDS[BACKENDS.index(device):])
-    if not allow_real and device != "real":
-        order.remove("real")
     attempts, best = [], None
-    for backend in order:
-        run = collect(model, args, kw, backend=backend, training=training, params=params)
+    for name in order:
+        run = collect(model, args, kw, backend=name, training=training, params=params)
         if run.error is None:
             best = run
             break
-        attempts.append(f"{backend}: {run.error}")
+        attempts.append(f"{name}: {run.error}")
         if best is None or run.finished > best.finished:
             best = run
     totals = model_totals(model)
@@ -235,7 +188,7 @@ def summary(
     records = _with_missing(model, best, params)
     run_mode = mode if mode != "same" else ("train" if model.training else "eval")
     return Summary(
-        model_type=type(model).__name__, input_desc=desc, records=records, totals=totals, depth=depth,
+        model_type=type(model).__name__, input_desc=describe((args, kw)), records=records, totals=totals, depth=depth,
         backend=best.backend, mode=run_mode, uncounted_ops=dict(best.uncounted), outputs=best.outputs,
         attempts=attempts, error=best.error,
     )

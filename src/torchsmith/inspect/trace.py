@@ -15,7 +15,8 @@ from rich.console import Console
 from torch import nn
 
 from ..errors import InspectError
-from .collect import describe_failure, shapes_of
+from ..runner import as_call, describe
+from .collect import describe_failure
 from .records import output_leaves
 
 __all__ = ["Trace", "TraceStep", "trace"]
@@ -47,8 +48,13 @@ class Trace:
         return "\n".join(str(s) for s in self.steps)
 
 
-def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", **kwargs: Any) -> Trace:
+def trace(
+    model: nn.Module, *inputs: Any, example_inputs: Any = None, file: TextIO | None | str = "stdout", **kwargs: Any
+) -> Trace:
     """Run ``model(*inputs, **kwargs)`` and print each module as it is called, with shapes in and out.
+
+    The inputs are given positionally (and ``**kwargs``), or as ``example_inputs=`` as everywhere
+    else (a tensor, a tuple / list of positional arguments, a dict of keyword arguments).
 
     Printed in call order, one line per call: indented name, type, input shapes -> output shapes
     (every tensor of tuple / dict / dataclass outputs), to ``file`` (``sys.stdout`` at the time of
@@ -70,6 +76,11 @@ def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", 
         >>> t.output.shape
         torch.Size([1, 64, 216, 216])
     """
+    if example_inputs is not None:
+        if inputs:
+            raise InspectError("pass the inputs positionally or as example_inputs=, not both.")
+        inputs, given = as_call(example_inputs, error=InspectError)
+        kwargs = {**given, **kwargs}
     paths = {m: name for name, m in model.named_modules()}
     result = Trace()
     open_steps: list[tuple[TraceStep, nn.Module, Any]] = []
@@ -78,7 +89,7 @@ def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", 
 
     def pre_hook(module: nn.Module, args: tuple, kw: dict) -> None:
         path = paths[module]
-        step = TraceStep(path, type(module).__name__, path.count(".") + 1 if path else 0, shapes_of((args, kw)))
+        step = TraceStep(path, type(module).__name__, path.count(".") + 1 if path else 0, describe((args, kw)) or "nothing")
         result.steps.append(step)
         open_steps.append((step, module, (args, kw)))
 
@@ -102,7 +113,7 @@ def trace(model: nn.Module, *inputs: Any, file: TextIO | None | str = "stdout", 
                 step, module, args = open_steps[-1]
                 message = describe_failure(step.path, module, args, err)
             else:
-                message = f"{type(model).__name__} got {shapes_of((inputs, kwargs))}: {type(err).__name__}: {err}"
+                message = f"{type(model).__name__} got {describe((inputs, kwargs)) or 'nothing'}: {type(err).__name__}: {err}"
             raise InspectError(message) from err
     if console is not None:
         console.print(str(result))

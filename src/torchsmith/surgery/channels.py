@@ -38,7 +38,7 @@ def _check_takes_the_input(model: nn.Module, path: str, call: Call) -> None:
         conv.register_forward_pre_hook(lambda m, args: received.append(args[0])),
     ]
     try:
-        probe(model, call, purpose=f"check that {path!r} reads its input")
+        probe(model, call, error=SurgeryError, purpose=f"check that {path!r} reads its input")
     finally:
         for handle in handles:
             handle.remove()
@@ -94,7 +94,8 @@ def adapt_input_channels(
     conv = get_module(model, path)
     if not isinstance(conv, CONV_TYPES) or conv.groups != 1:
         raise SurgeryError(f"{path!r} is {conv}; adapt_input_channels needs an ungrouped Conv1d/2d/3d.")
-    _check_takes_the_input(model, path, example_call(model, input_size, example_inputs))
+    call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
+    _check_takes_the_input(model, path, call)
     return adapt_channels(model, in_chans, path)
 
 

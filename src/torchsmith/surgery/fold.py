@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..runner import CONV_TYPES, logger
+from ..runner import CONV_TYPES
 from ..errors import SurgeryError
 from ..layers import FrozenBatchNorm2d
 from ..steps import record, recorded_op
@@ -19,6 +21,7 @@ from .modules import put
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
+logger = logging.getLogger("torchsmith")
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> None:

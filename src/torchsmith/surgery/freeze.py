@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import SurgeryError, did_you_mean
 from ..layers import FrozenBatchNorm2d
+from ..runner import refuse_uninitialised
 from ..steps import record, recorded_op
 from .modules import put
 
@@ -129,6 +130,7 @@ def freeze_report(model: nn.Module) -> FreezeReport:
         >>> report.trainable, report.frozen_params
         (['layer2', 'layer3', 'layer4'], 2274344)
     """
+    refuse_uninitialised(model, error=SurgeryError, action="report what is frozen")
     undos = model.__dict__.get(_UNDO_ATTR, [])
     frozen = _numel(p for p in model.parameters() if not p.requires_grad)
     total = _numel(model.parameters())
@@ -174,6 +176,7 @@ def freeze(
     """
     if bn not in ("eval", "frozen", "train"):
         raise SurgeryError(f"bn must be 'eval', 'frozen' or 'train', got {bn!r}.")
+    refuse_uninitialised(model, error=SurgeryError, action="freeze it")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     chosen = _matching(model, patterns, "freeze") - (_matching(model, exclude, "exclude") if exclude else set())
     ordered = [p for p, _ in model.named_modules() if p in chosen]

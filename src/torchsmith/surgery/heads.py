@@ -5,21 +5,23 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..runner import CONV_TYPES, Call, example_call, logger, main_output, output_tensors, probe
+from ..runner import CONV_TYPES, Call, example_call, main_output, output_tensors, probe, refuse_uninitialised
 from ..errors import HeadNotFoundError, SurgeryError, TorchsmithError
 from ..steps import record, recorded_op
 from .modules import find_path, get_module, put, update_attrs
 
 __all__ = ["replace_head"]
 
+logger = logging.getLogger("torchsmith")
 
 
 def is_head_layer(module: nn.Module) -> bool:
@@ -57,9 +59,9 @@ def find_head(model: nn.Module, call: Call | None) -> str:
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
         return find_path(model, get_classifier())
-    call = call if call is not None else example_call(model)
+    call = call if call is not None else example_call(model, error=SurgeryError)
     with recording(model, is_head_layer) as seen:
-        y = probe(model, call, purpose="find its classifier")
+        y = probe(model, call, error=SurgeryError, purpose="find its classifier")
     main = main_output(y)
     if main is None:
         raise SurgeryError(
@@ -81,13 +83,13 @@ def _aux_heads(model: nn.Module, call: Call | None, head: str) -> tuple[list[str
     """Classifier layers that only the train-mode forward returns (inception's ``AuxLogits.fc``, googlenet's
     ``aux1.fc2``) with as many outputs as ``head``; and the train-only outputs of that width no layer explains."""
     width = out_features(get_module(model, head))
-    args, kwargs = call if call is not None else example_call(model)
+    args, kwargs = call if call is not None else example_call(model, error=SurgeryError)
     twice = lambda x: torch.cat([x, x]) if isinstance(x, Tensor) and x.dim() else x  # noqa: E731 - train-mode BatchNorm needs 2 samples
     call = tuple(twice(a) for a in args), {k: twice(v) for k, v in kwargs.items()}
     try:
         with recording(model, is_head_layer) as seen:
-            y = probe(model, call, training=True, meta_only=True)
-    except TorchsmithError as err:  # no train-mode pass on meta: nothing to say about aux heads
+            y = probe(model, call, training=True, allow_real=False, error=SurgeryError)
+    except TorchsmithError as err:  # no train-mode pass on meta or fake: nothing to say about aux heads
         logger.debug("no train-mode probe of %s (%s)", type(model).__name__, err)
         return [], []
     heads, left = [], []
@@ -167,7 +169,10 @@ def replace_head(
     """
     if num_classes < 0:
         raise SurgeryError(f"num_classes must be >= 0, got {num_classes}.")
-    call = example_call(model, input_size, example_inputs) if input_size or example_inputs is not None else None
+    refuse_uninitialised(model, error=SurgeryError, action="replace its head")
+    call = None
+    if input_size or example_inputs is not None:
+        call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
     aux: list[str] = []
     if path is None:
         path = find_head(model, call)

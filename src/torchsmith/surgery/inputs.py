@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from ..runner import Call, example_call, logger, main_output, probe
+from ..runner import Call, example_call, main_output, probe
 from ..errors import HeadNotFoundError, SurgeryError
 from ..registry import model_config, set_config
 from ..steps import record, recorded_op
@@ -21,6 +22,7 @@ from .modules import first_tensor, get_module, put
 __all__ = ["add_inputs"]
 
 FUSES = ("features", "output")  # add_inputs(fuse=...): what goes into the head, or the model's output
+logger = logging.getLogger("torchsmith")
 
 
 
@@ -65,7 +67,7 @@ def _pooled(model: nn.Module, y: Any) -> Tensor:
 
 def _output(model: nn.Module, call: Call) -> Tensor:
     """The model's (B, F) output on ``call`` (its prediction, for a dict or tuple output)."""
-    return _pooled(model, main_output(probe(model, call, purpose="measure its output")))
+    return _pooled(model, main_output(probe(model, call, error=SurgeryError, purpose="measure its output")))
 
 
 def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor]:
@@ -80,7 +82,7 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
     put(model, head, nn.Identity())
     try:
         with recording(model, lambda m: m is get_module(model, head)) as seen:
-            y = main_output(probe(model, call, purpose="measure the features that go into its head"))
+            y = main_output(probe(model, call, error=SurgeryError, purpose="measure the features that go into its head"))
         if y is not None and seen and seen[-1][2] is y:
             features = _pooled(model, y)
             put(model, head, old)
@@ -88,7 +90,8 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
             return model, features
         put(model, head, old)  # something after the head: stop the forward at it instead
         backbone = _HeadInput(model, head)
-        return backbone, _pooled(model, probe(backbone, call, purpose="measure the features that go into its head"))
+        y = probe(backbone, call, error=SurgeryError, purpose="measure the features that go into its head")
+        return backbone, _pooled(model, y)
     except BaseException:
         put(model, head, old)
         raise
@@ -140,7 +143,7 @@ def add_inputs(
     if fuse not in FUSES:
         raise SurgeryError(f"fuse must be 'features' or 'output', got {fuse!r}.")
     check_fusion(extra_features=extra_features, num_classes=num_classes, fusion=fusion, dropout=dropout)
-    call = example_call(model, input_size, example_inputs)
+    call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
     backbone, y = _features_into_head(model, call) if fuse == "features" else (model, _output(model, call))
     step = {
         "op": "add_inputs",
