@@ -5,7 +5,7 @@ registered builder and its keywords, then one JSON step per change of
 structure torchsmith made (``replace_head``, ``adapt_input_channels``,
 ``add_inputs``, ``freeze`` / ``unfreeze``, ``fold_batchnorm``,
 ``optimize_for_inference``, ``replace_module`` with a module built by
-``create_model`` / ``create_layer``). :func:`build_from_config` replays them,
+``create_model`` / ``create_layer`` or described as plain data by the config codec). :func:`build_from_config` replays them,
 on the meta device by default (shapes only; ``load_model`` then assigns the
 weights).
 
@@ -28,11 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..codec import build_module
 from ..errors import ModelConfigError, did_you_mean
 from ..registry import create_model, update_config
 from ..surgery import freeze, replace_head, replace_module, unfreeze
 from ..surgery.channels import adapt_channels
 from ..surgery.fold import fold_pairs, inference_ready
+from ..surgery.heads import head_options
 from ..surgery.inputs import wrap_inputs
 
 __all__ = ["build_from_config", "replay_steps", "finish_loaded"]
@@ -44,15 +46,23 @@ def _optimized(model: nn.Module, step: Mapping[str, Any]) -> nn.Module:
     return model
 
 
+def replaced_module(step: Mapping[str, Any]) -> nn.Module:
+    """The module a ``replace_module`` step puts in: rebuilt from its config (``module``), or from its
+    plain-data description (``spec``, see ``torchsmith.codec.describe_module``)."""
+    if "spec" in step:
+        return build_module(step["spec"], path=str(step.get("path", "")))
+    return build_from_config(step["module"], device=None)
+
+
 _REPLAY: dict[str, Callable[[nn.Module, Mapping[str, Any]], nn.Module]] = {
-    "replace_head": lambda m, s: replace_head(m, s["num_classes"], path=s["path"]),
+    "replace_head": lambda m, s: replace_head(m, s["num_classes"], path=s["path"], **head_options(s)),
     "adapt_input_channels": lambda m, s: adapt_channels(m, s["in_chans"], s["path"]),
     "freeze": lambda m, s: freeze(m, s["patterns"], exclude=s["exclude"], bn=s["bn"]),
     "unfreeze": lambda m, s: unfreeze(m),
     "add_inputs": lambda m, s: wrap_inputs(m, dict(s)),
     "fold_batchnorm": lambda m, s: (fold_pairs(m, s["pairs"]), m)[1],
     "optimize_for_inference": _optimized,
-    "replace_module": lambda m, s: replace_module(m, s["path"], build_from_config(s["module"], device=None)),
+    "replace_module": lambda m, s: replace_module(m, s["path"], replaced_module(s)),
 }
 
 
