@@ -14,6 +14,9 @@ Everything that writes a model down as data, or reads it back, goes through here
   ``Sequential`` / ``ModuleList`` / ``ModuleDict`` as a spec layer (``{"Linear": {"in_features": 4,
   ...}}``), checked by rebuilding it; :func:`build_module` builds such a description.
 
+To allow another torch.nn layer, add its name to ``_NN_NAMES`` below and a case with non-default
+arguments to ``PLAIN`` in tests/test_codec.py (which proves each argument comes back).
+
 Nothing here changes its arguments; every function returns a new object.
 
     >>> problems = []
@@ -111,7 +114,11 @@ Embedding RNN LSTM GRU TransformerEncoderLayer TransformerDecoderLayer CosineSim
 NN_LAYERS: dict[str, type[nn.Module]] = {n: getattr(nn, n) for n in _NN_NAMES if isinstance(getattr(nn, n, None), type)}
 
 # the containers a description (and a spec) spells out; their values are layers, not arguments
-CONTAINERS: dict[str, type[nn.Module]] = {"Sequential": nn.Sequential, "ModuleList": nn.ModuleList, "ModuleDict": nn.ModuleDict}
+CONTAINERS: dict[str, type[nn.Module]] = {
+    "Sequential": nn.Sequential,
+    "ModuleList": nn.ModuleList,
+    "ModuleDict": nn.ModuleDict,
+}
 
 _SHORT: dict[Any, str] = {}  # class -> its first short name
 for _table in (ACT_LAYERS, NORM_LAYERS):
@@ -279,8 +286,8 @@ def describe_module(module: nn.Module, *, path: str = "") -> tuple[Any, list[str
     ``(None, problems)``, each problem naming its path.
 
     A leaf's arguments are read back from its attributes (those equal to the default are left out); the
-    description is then built on the meta device and must give the same ``repr`` and state-dict shapes,
-    so an argument that cannot be read back refuses rather than drift. The form is a spec layer:
+    description is then built on the meta device and must give the same ``repr``, state-dict shapes and
+    plain attributes, so an argument that cannot be read back refuses rather than drifts. The form is a spec layer:
     ``torchsmith.build({"model": description})`` reads it (its ModuleList / ModuleDict being the spec's
     runnable ones); :func:`build_module` builds exactly these classes.
     """
@@ -319,7 +326,7 @@ def _fingerprint(module: nn.Module) -> tuple[str, list[tuple[str, tuple[int, ...
     plain = [
         (name, {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training" and _plain(v) is not _UNPLAIN})
         for name, m in module.named_modules()
-    ]
+    ]  # fmt: skip
     return repr(module), shapes, plain
 
 
@@ -330,8 +337,8 @@ def _describe(module: nn.Module, path: str, problems: list[str]) -> Any:
         if cls is container:
             return _describe_children(kind, module, path, problems)
     if _NN_NAME.get(cls) is None:
-        allowed = "" if not issubclass(cls, tuple(NN_LAYERS.values())) else " (a subclass of an allowed one)"
-        problems.append(f"{where}: {cls.__module__}.{cls.__qualname__} is not a torch.nn layer on the allow-list{allowed}")
+        subclass = " (a subclass of an allowed one)" if issubclass(cls, tuple(NN_LAYERS.values())) else ""
+        problems.append(f"{where}: {cls.__module__}.{cls.__qualname__} is not a torch.nn layer on the allow-list{subclass}")
         return None
     args = _arguments(module, where, problems)
     name = _NN_NAME[cls]
@@ -422,10 +429,13 @@ def _build_container(kind: str, items: Any, path: str) -> nn.Module:
     elif isinstance(items, dict) and kind != "ModuleList":
         named = list(items.items())
     else:
-        raise ModelConfigError(f"{where}: expected {'a list' if kind == 'ModuleList' else 'a mapping'} of layers, got {items!r:.200}")
+        expected = "a list" if kind == "ModuleList" else "a mapping"
+        raise ModelConfigError(f"{where}: expected {expected} of layers, got {items!r:.200}")
     bad = [n for n, _ in named if not isinstance(n, str) or not _CHILD.match(n)]
-    if not named or bad:
-        raise ModelConfigError(f"{where}: {'no layers' if not named else f'child names {bad[:3]} are not letters, digits and _'}")
+    if not named:
+        raise ModelConfigError(f"{where}: no layers")
+    if bad:
+        raise ModelConfigError(f"{where}: child names {bad[:3]} are not letters, digits and _")
     children = OrderedDict((n, build_module(v, path=f"{path}.{n}" if path else n)) for n, v in named)
     if kind == "ModuleList":
         return nn.ModuleList(children.values())

@@ -96,8 +96,8 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
         raise UnsaveableModelError(
             f"save_model: model {cfg['name']!r} was built with arguments config.json cannot hold: "
             f"{'; '.join(problems)}. Pass plain values (numbers, strings, lists, dicts), torch dtypes, or layer "
-            f"names ({', '.join(layer_names())}, or torch.nn names on the allow-list) instead, or register a model class "
-            f"whose constructor takes JSON-able arguments and builds the objects itself."
+            f"names ({', '.join(layer_names())}, or torch.nn names on the allow-list) instead, or register a "
+            f"model class whose constructor takes JSON-able arguments and builds the objects itself."
         )
     return {"name": cfg["name"], "kwargs": kwargs, "steps": steps}
 

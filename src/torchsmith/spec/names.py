@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from .. import codec
+from ..codec import CONTAINERS as NN_CONTAINERS
 from ..codec import NN_LAYERS
 from ..errors import DuplicateModelError, SpecError
 
@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # container names a spec spells out; their values are layers, not arguments (the torch.nn layers a spec may
 # name are the codec's allow-list, NN_LAYERS)
-CONTAINERS = (*codec.CONTAINERS, "Graph")
+CONTAINERS = (*NN_CONTAINERS, "Graph")
 
 # arguments that may be "auto": the width is read from the incoming tensor (dim -1 for features, dim 1 otherwise)
 AUTO_PARAMS = {"in_features": -1, "in_channels": 1, "num_features": 1}

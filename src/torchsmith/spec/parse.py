@@ -250,12 +250,11 @@ class _Parser:
                 if k in kwargs:
                     self.add(f"{path}.{k}", f"{k} is not set in a spec; move the built model with .to()")
                     return None
-        else:  # a block's or model's arguments as the config codec writes them: {$dtype: float16}, {$layer: relu}
+        if kind in ("block", "model"):  # their arguments as the config codec writes them: {$dtype: ...}, {$layer: ...}
             found: list[str] = []
             args = decode(args, where=f"{path}.args", problems=found)
             kwargs = {k: decode(v, where=f"{path}.{k}", problems=found) for k, v in kwargs.items()}
-            for problem in found:
-                self.problems.append(problem)
+            self.problems.extend(found)
             if found:
                 return None
         sig = N.signature(target)
