@@ -66,14 +66,17 @@ demo-distributed: $(STAMP)
 	$(PY) -m torchsmith convert runs/fsdp/dcp/digits-resnet18 runs/fsdp/digits-consolidated.safetensors
 	$(PY) -m torchsmith diff runs/fsdp/digits-consolidated.safetensors runs/fsdp/digits-resnet18/model.safetensors
 
-# both suites: the main one on the pinned CPU torch, then the peer-model suite (tests/interop)
+# both suites: the main one on the pinned CPU torch, then the peer-model suite (tests/interop); each says
+# which stage is running, and pytest prints one line per test file as it goes
 test: test-main test-interop
 
 test-main: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q
+	@echo "== test-main: the main suite on the CPU torch ($(VENV))"
+	$(PY) -m pytest
 
 test-interop: $(ISTAMP)
-	PYTHONPATH=$(CURDIR)/src $(IPY) -m pytest -q tests/interop
+	@echo "== test-interop: peer models (torchvision, timm, transformers) in $(INTEROP)"
+	PYTHONPATH=$(CURDIR)/src $(IPY) -m pytest tests/interop
 
 # the reliability suite's long versions (docs/reliability.md): 64 MiB files, 100 kills, every truncation, the long fuzz
 faults: $(STAMP)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchsmith
+from torchsmith import steps as _steps
 from torchsmith.registry import _REGISTRY
 from torchsmith.spec import names as _spec_names
 
@@ -22,18 +23,20 @@ def namespace() -> dict:
     return {"torch": torch, "nn": nn, "ts": torchsmith, **{n: getattr(torchsmith, n) for n in torchsmith.__all__}}
 
 
-def run(test: doctest.DocTest, workdir: Path) -> str:
+def run(test: doctest.DocTest, workdir: Path, options: int = OPTIONS) -> str:
     """Run one DocTest in ``workdir``; the failure report, or "" when every example gives its output.
 
-    Models, spec blocks and graph ops an example registers are unregistered afterwards.
+    ``options``: doctest's flags (``doctest.ELLIPSIS`` alone compares printed tables space for space).
+
+    Models, spec blocks, graph ops and recorded operations an example registers are unregistered afterwards.
     """
     test.globs = {**namespace(), **test.globs}
-    runner = doctest.DocTestRunner(optionflags=OPTIONS)
+    runner = doctest.DocTestRunner(optionflags=options)
     out: list[str] = []
     cwd = os.getcwd()
     threads = torch.get_num_threads()
     registered = dict(_REGISTRY)
-    blocks, ops = dict(_spec_names._BLOCKS), dict(_spec_names._OPS)
+    blocks, ops, steps = dict(_spec_names._BLOCKS), dict(_spec_names._OPS), dict(_steps._OPS)
     torch.manual_seed(0)
     os.chdir(workdir)
     try:
@@ -43,7 +46,7 @@ def run(test: doctest.DocTest, workdir: Path) -> str:
         torch.set_num_threads(threads)
         _REGISTRY.clear()
         _REGISTRY.update(registered)
-        for table, saved in ((_spec_names._BLOCKS, blocks), (_spec_names._OPS, ops)):
+        for table, saved in ((_spec_names._BLOCKS, blocks), (_spec_names._OPS, ops), (_steps._OPS, steps)):
             table.clear()
             table.update(saved)
     return "".join(out) if runner.failures else ""

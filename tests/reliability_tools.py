@@ -334,7 +334,7 @@ def _only_torchsmith_errors(call, model=None) -> bool:
 def _header_strategies(valid: bytes):
     from hypothesis import strategies as st
 
-    from torchsmith.checkpoint.safetensors_format import DTYPES
+    from torchsmith.checkpoint.formats import DTYPES
 
     ints = st.one_of(st.integers(-3, 64), st.integers(-(2**64), 2**64), st.sampled_from([2**31, 2**32 - 1, 2**62, 2**63 - 1]))
     shape = st.one_of(st.lists(ints, max_size=3), st.text(max_size=3), st.none())

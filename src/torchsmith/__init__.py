@@ -30,6 +30,7 @@ from .errors import (
     CorruptCheckpointError,
     DuplicateModelError,
     FeatureExtractionError,
+    HeadNotFoundError,
     IncompatibleCheckpointError,
     InspectError,
     ModelConfigError,
@@ -43,7 +44,7 @@ from .errors import (
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
 from .inspect import Summary, Trace, diagram, summary, trace
-from .layers import FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+from .layers import FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ._version import __version__
 from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
 from .surgery import (
@@ -73,6 +74,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "HeadNotFoundError",
     "InspectError",
     "CheckpointError",
     "CorruptCheckpointError",
@@ -92,6 +94,7 @@ __all__ = [
     "update_config",
     # layers
     "FeatureInfo",
+    "FeatureInfoList",
     "FrozenBatchNorm2d",
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",

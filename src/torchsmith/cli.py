@@ -109,7 +109,8 @@ def inspect_cmd(
 ) -> None:
     """Show a checkpoint's keys, shapes, dtypes, totals, prefixes, layout, metadata and checksum status."""
     from .checkpoint import inspect_checkpoint
-    from ._units import format_bytes
+    from .checkpoint.formats import RESERVED_PREFIX
+    from .units import format_bytes
 
     info = inspect_checkpoint(path, verify=not no_verify, trusted=trusted, limits=_limits(limit))
     if as_json:
@@ -135,7 +136,7 @@ def inspect_cmd(
     if info.source_key:
         out.print(f"weights under {info.source_key!r}; other entries: {', '.join(info.other_keys) or 'none'}")
     for k, v in info.metadata.items():
-        if not k.startswith("torchsmith."):
+        if not k.startswith(RESERVED_PREFIX):
             out.print(f"metadata {k}: {v}")
 
 

@@ -37,15 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint.formats import DCP_MODEL_KEY, DCP_OPTIM_KEY  # the layout convert reads back
 from .errors import CheckpointError, IncompatibleCheckpointError
 
 # torch.distributed.checkpoint (and our reader over it, checkpoint/dcp.py) is imported inside the
 # functions: it would add about a third to `import torchsmith`.
 
 __all__ = ["save_distributed", "load_distributed"]
-
-MODEL_KEY = "model"  # the same as checkpoint.dcp.MODEL_KEY, which convert reads
-OPTIM_KEY = "optim"
 
 
 # helpers
@@ -55,7 +53,7 @@ def _plain_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
     """``state`` with every Stateful (a scheduler, a sampler) replaced by its ``state_dict()``."""
     out = {}
     for name, value in (state or {}).items():
-        if name in (MODEL_KEY, OPTIM_KEY):
+        if name in (DCP_MODEL_KEY, DCP_OPTIM_KEY):
             raise CheckpointError(f"state key {name!r} is reserved for the model or optimizer; choose another name.")
         if _stateful(value):
             out[name] = value.state_dict()
@@ -77,14 +75,14 @@ def _stateful(value: Any) -> bool:
 def _expected(wanted: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """DCP entry names with their global shapes (model tensors, optimizer state tensors), and the other top-level names."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for key, t in wanted.get(MODEL_KEY, {}).items():
+    for key, t in wanted.get(DCP_MODEL_KEY, {}).items():
         if isinstance(t, torch.Tensor):
-            shapes[f"{MODEL_KEY}.{key}"] = tuple(t.shape)
-    for fqn, per_param in wanted.get(OPTIM_KEY, {}).get("state", {}).items():
+            shapes[f"{DCP_MODEL_KEY}.{key}"] = tuple(t.shape)
+    for fqn, per_param in wanted.get(DCP_OPTIM_KEY, {}).get("state", {}).items():
         for name, t in per_param.items():
             if isinstance(t, torch.Tensor) and t.dim() > 0:  # 0-d entries (Adam's step) may be stored as values
-                shapes[f"{OPTIM_KEY}.state.{fqn}.{name}"] = tuple(t.shape)
-    others = [name for name in wanted if name != MODEL_KEY]
+                shapes[f"{DCP_OPTIM_KEY}.state.{fqn}.{name}"] = tuple(t.shape)
+    others = [name for name in wanted if name != DCP_MODEL_KEY]
     return shapes, others
 
 
@@ -101,7 +99,7 @@ def _check_against(metadata, wanted: Mapping[str, Any], directory: Path) -> None
         for k, shape in shapes.items()
         if isinstance(stored.get(k), TensorStorageMetadata) and tuple(stored[k].size) != shape
     ]
-    unexpected = [k for k in stored if MODEL_KEY in wanted and k.startswith(f"{MODEL_KEY}.") and k not in shapes]
+    unexpected = [k for k in stored if DCP_MODEL_KEY in wanted and k.startswith(f"{DCP_MODEL_KEY}.") and k not in shapes]
     if missing or bad or unexpected:
         parts = []
         if missing:
@@ -176,9 +174,9 @@ def save_distributed(
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     directory = Path(directory)
-    to_save: dict[str, Any] = {MODEL_KEY: get_model_state_dict(model)}
+    to_save: dict[str, Any] = {DCP_MODEL_KEY: get_model_state_dict(model)}
     if optimizer is not None:
-        to_save[OPTIM_KEY] = _optimizer_state(model, optimizer, "save_distributed")
+        to_save[DCP_OPTIM_KEY] = _optimizer_state(model, optimizer, "save_distributed")
     to_save.update(_plain_state(state))
     with _one_process_quietly():
         dcp.save(to_save, checkpoint_id=directory, no_dist=not _group())
@@ -230,12 +228,12 @@ def load_distributed(
     directory = Path(directory)
     reader = DCPReader(directory, trusted=trusted)
     metadata = reader.read_metadata()
-    wanted: dict[str, Any] = {MODEL_KEY: get_model_state_dict(model)}
+    wanted: dict[str, Any] = {DCP_MODEL_KEY: get_model_state_dict(model)}
     plain = _plain_state(state)
     _check_against(metadata, {**wanted, **plain}, directory)  # before the optimizer's state is initialised
     if optimizer is not None:
-        wanted[OPTIM_KEY] = _optimizer_state(model, optimizer, "load_distributed")
-        _check_against(metadata, {OPTIM_KEY: wanted[OPTIM_KEY]}, directory)
+        wanted[DCP_OPTIM_KEY] = _optimizer_state(model, optimizer, "load_distributed")
+        _check_against(metadata, {DCP_OPTIM_KEY: wanted[DCP_OPTIM_KEY]}, directory)
     # read into copies: the model, optimizer and state change only once everything has been read
     copies = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), wanted)
     copies.update(copy.deepcopy(plain))
@@ -243,9 +241,9 @@ def load_distributed(
         reader = DCPReader(directory, trusted=trusted)
         with _one_process_quietly():
             dcp.load(copies, storage_reader=reader, planner=SafeLoadPlanner(trusted=trusted), no_dist=not _group())
-    set_model_state_dict(model, copies[MODEL_KEY])
+    set_model_state_dict(model, copies[DCP_MODEL_KEY])
     if optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, copies[OPTIM_KEY])
+        set_optimizer_state_dict(model, optimizer, copies[DCP_OPTIM_KEY])
     for name, value in (state or {}).items():
         if _stateful(value):
             value.load_state_dict(copies[name])

@@ -17,6 +17,7 @@ __all__ = [
     "ModelConfigError",
     "FeatureExtractionError",
     "SurgeryError",
+    "HeadNotFoundError",
     "InspectError",
     "closest",
     "did_you_mean",
@@ -56,6 +57,10 @@ class FeatureExtractionError(TorchsmithError, ValueError):
 
 class SurgeryError(TorchsmithError, ValueError):
     """A model change that cannot be made as asked (no such module, no head found, bad widths)."""
+
+
+class HeadNotFoundError(SurgeryError):
+    """No single layer of the model can be named its classifier (none, or several, give its prediction); pass ``path=``."""
 
 
 class InspectError(TorchsmithError, RuntimeError):

@@ -45,7 +45,7 @@ from torch import Tensor, fx, nn
 
 from .runner import example_call, logger, modes_kept, probe, untouched
 from .errors import FeatureExtractionError, closest
-from .layers import ChildrenRunner, FeatureInfo
+from .layers import ChildrenRunner, FeatureInfo, FeatureInfoList
 
 __all__ = ["FeatureExtractor", "extract_features", "feature_nodes", "feature_info"]
 
@@ -621,7 +621,7 @@ def feature_info(
     return_nodes: ReturnNodes | None = None,
     *,
     example_inputs: Any = None,
-) -> list[FeatureInfo]:
+) -> FeatureInfoList:
     """Channels, stride and layout of each requested node, found on the meta device (no compute, no memory).
 
     ``return_nodes`` defaults to the modules the model declares in its
@@ -660,7 +660,7 @@ def feature_info(
         logger.info("%s does not run at a second input size (%s)", type(model).__name__, err)
         outputs2 = None
     x = next((v for v in [*call[0], *call[1].values()] if isinstance(v, Tensor)), None)
-    info = []
+    info = FeatureInfoList()
     for node, name in requested.items():
         y = outputs[name]
         if not isinstance(y, Tensor) or y.dim() < 2:

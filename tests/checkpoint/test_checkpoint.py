@@ -325,6 +325,27 @@ def test_save_keeps_permissions_and_cleans_stale_temporaries(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
 
+def test_a_saves_temporary_names_its_process_and_host_and_the_cleaner_keeps_to_its_target(tmp_path):
+    import re
+    import socket
+    import subprocess
+
+    from torchsmith.checkpoint.atomic import atomic_write, clean_stale_temporaries
+
+    with atomic_write(tmp_path / "w.safetensors") as f:
+        (name,) = [p.name for p in tmp_path.iterdir()]
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:32]  # as a file name may hold it
+    assert name.startswith(f".w.safetensors.tmp-{os.getpid()}-") and name.endswith(f"@{host}")
+    assert f.closed and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine, other = tmp_path / f".w.safetensors.tmp-{dead.pid}-0123abcd@h", tmp_path / f".x.pt.tmp-{dead.pid}-0123abcd"
+    for p in (mine, other):
+        p.write_bytes(b"partial")
+    assert clean_stale_temporaries(tmp_path, target="w.safetensors") == [mine] and other.exists()
+    assert clean_stale_temporaries(tmp_path) == [other]
+
+
 def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     src = filled(TinyNet(), seed=27)
     path = ts.save_weights(src, tmp_path / "w.safetensors")

@@ -102,6 +102,11 @@ CASES = {
     "adapt_input_channels_unet": (lambda: ts.adapt_input_channels(tiny_unet(), 5), [img(5, 8)]),
     "add_inputs": (lambda: ts.add_inputs(tiny_mlp(), extra_features=2, num_classes=5), [torch.randn(3, 12), torch.randn(3, 2)]),
     "add_inputs_resnet": (lambda: ts.add_inputs(r18(), extra_features=1, num_classes=3, fusion="add"), [img(), torch.randn(2)]),
+    "add_inputs_relu": (lambda: ts.add_inputs(tiny_mlp(), extra_features=2, num_classes=5, relu=True, dropout=0.5), [torch.randn(3, 12), torch.randn(3, 2)]),
+    "add_inputs_output": (  # the tutorial's model: the whole resnet's output, ReLU, Dropout, cat one scalar, Linear
+        lambda: ts.add_inputs(r18(), extra_features=1, num_classes=10, fuse="output", relu=True, dropout=0.5),
+        [img(), torch.randn(2)],
+    ),
     "freeze_eval": (lambda: ts.freeze(tiny_unet(), exclude=["decoder", "head"]), [img(3, 8)]),
     "freeze_frozen": (lambda: ts.freeze(r18(), ["layer1", "bn1"], bn="frozen"), [img()]),
     "freeze_unfreeze": (lambda: ts.unfreeze(ts.freeze(tiny_unet(), bn="frozen")), [img(3, 8)]),
@@ -174,13 +179,13 @@ def test_fresh_process_rebuilds_bitwise(round_trips, name):
 
 
 def test_the_cases_cover_every_recorded_operation():
-    from torchsmith.models_io.replay import _REPLAY
+    from torchsmith.steps import recorded_ops
 
     seen = set()
     for make, _ in CASES.values():
         torch.manual_seed(0)
         seen |= {step["op"] for step in ts.model_config(make())["steps"]}
-    assert seen == set(_REPLAY)
+    assert seen == set(recorded_ops())
 
 
 def test_a_frozen_batchnorm_pinned_in_eval_stays_pinned_after_load(tmp_path):

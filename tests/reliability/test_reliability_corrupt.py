@@ -20,8 +20,9 @@ import torch
 from reliability_tools import Timer, damage_source, forge, load_damaged, record, run_child, scale
 
 import torchsmith as ts
+from torchsmith.checkpoint.formats import META_DIGEST
 from torchsmith.checkpoint.limits import Limits
-from torchsmith.checkpoint.safetensors_format import META_DIGEST, SafetensorsFile, metadata_digest
+from torchsmith.checkpoint.safetensors_format import SafetensorsFile, metadata_digest
 
 HEADROOM = 64 * 2**20  # far below what the forged headers claim, far above the few-KiB files
 TRUNCATIONS = scale(200, None)  # None: every length

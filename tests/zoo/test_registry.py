@@ -41,7 +41,7 @@ def test_unknown_model_names_the_closest():
 
 
 def test_duplicate_registration_is_refused_and_named(scratch_registry):
-    with pytest.raises(DuplicateModelError, match="'resnet50' is already registered.*torchsmith.zoo.resnet"):
+    with pytest.raises(DuplicateModelError, match="'resnet50' is already registered.*torchsmith.zoo.resnets"):
         @register_model(name="resnet50")
         def my_resnet50():
             return nn.Linear(1, 1)
@@ -86,6 +86,37 @@ def test_every_zoo_model_reports_feature_info_and_builds_on_meta():
             continue  # FPN levels are output keys, checked in test_fpn
         for info in model.feature_info:
             assert info.module in names, (name, info)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "unet", "unet_resnet18", "resnet18_fpn", "mlp"])
+def test_feature_info_speaks_timms_names_and_they_match_the_maps(name):
+    """timm's meaning, measured on a real forward: ``channels()`` / ``num_chs`` are each level's channels,
+    ``reduction()`` / ``reduction`` its input size / map size (0 for a map without a grid), ``module_name()``
+    the module (an FPN: the output key) giving it."""
+    from torchsmith import FeatureInfoList
+
+    model = create_model(name).eval()
+    info = model.feature_info
+    x = torch.randn(1, 784) if name == "mlp" else torch.randn(1, 3, 64, 64)
+    maps: dict[str, torch.Tensor] = {}
+    hooks = [] if name.endswith("_fpn") else [
+        model.get_submodule(m).register_forward_hook(lambda mod, i, o, m=m: maps.setdefault(m, o)) for m in info.module_name()
+    ]  # fmt: skip
+    with torch.no_grad():
+        out = model(x)
+    for h in hooks:
+        h.remove()
+    maps = dict(out) if name.endswith("_fpn") else maps
+    levels = [maps[m] for m in info.module_name()]
+    assert isinstance(info, FeatureInfoList) and len(info) == len(levels)
+    assert info.channels() == [y.shape[1] for y in levels] == [f.num_chs for f in info] == [f.channels for f in info]
+    measured = [x.shape[-1] // y.shape[-1] if y.dim() == 4 else 0 for y in levels]
+    assert info.reduction() == measured == [f.reduction for f in info] == [f.stride for f in info]
+    last = len(info) - 1
+    assert (info.channels(-1), info.reduction(last), info.module_name([last, 0])) == (
+        levels[-1].shape[1], measured[-1], [info[-1].module, info[0].module])
+    assert info.get_dicts(idx=0) == {"num_chs": levels[0].shape[1], "reduction": measured[0], "module": info[0].module}
+    assert isinstance(info[1:], FeatureInfoList) and info[1:].channels() == info.channels()[1:]
 
 
 def test_wrong_keyword_names_what_the_builder_accepts():
@@ -133,13 +164,27 @@ def test_zoo_entry_points_are_plain_defs_and_public_names_are_in_each_files_all(
     source = "\n".join(p.read_text() for p in zoo_dir.glob("*.py"))
     for name in ZOO:
         assert re.search(rf"^def {name}\(", source, re.M), f"no `def {name}(` in torchsmith/zoo"
-    for module in (zoo._resnet, zoo._fpn, zoo._unet, zoo._mlp):
+    for module in (zoo.resnets, zoo.fpns, zoo.unets, zoo.mlps):
         public = {
             n for n, obj in vars(module).items()
             if not n.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__
         }  # fmt: skip
         assert public <= set(module.__all__), (module.__name__, public - set(module.__all__))
     assert set(zoo.__all__) >= ZOO
+
+
+def test_zoo_builders_never_shadow_the_zoo_modules():
+    """``torchsmith.zoo.unet`` is the builder; the module that defines it must stay reachable by its own name."""
+    import importlib
+    import pkgutil
+
+    from torchsmith import zoo
+
+    modules = [info.name for info in pkgutil.iter_modules(zoo.__path__)]
+    assert {"resnets", "fpns", "unets", "mlps", "multi_input"} <= set(modules)
+    for name in modules:
+        assert getattr(zoo, name) is importlib.import_module(f"torchsmith.zoo.{name}"), name
+    assert not ZOO & set(modules), ZOO & set(modules)
 
 
 def test_update_config_checks_keywords_against_the_builder():

@@ -50,7 +50,7 @@ def test_any_size_in_is_the_same_size_out(h, w, depth):
 
 
 def test_padding_leaves_divisible_inputs_alone_and_crops_others():
-    from torchsmith.zoo.unet import _pad_to_multiple
+    from torchsmith.zoo.unets import _pad_to_multiple
 
     x = torch.rand(1, 3, 20, 12)
     assert _pad_to_multiple(x, 4)[0] is x  # divisible: untouched, no copy

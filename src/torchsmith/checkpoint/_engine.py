@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptCheckpointError
-from ._hash import checksum_error, tensor_hasher
+from .checksums import checksum_error, tensor_hasher
 
 __all__ = ["Span", "verify", "read", "threads"]
 

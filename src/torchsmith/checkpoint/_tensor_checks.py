@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
+from .formats import DTYPE_NAMES
 from .limits import current, how_to_raise
-from .safetensors_format import DTYPE_NAMES
 
 __all__ = ["check_tensors", "SLACK_BYTES"]
 

@@ -1,9 +1,10 @@
 """Atomic file writes: readers see the old file or the new one, never a mix.
 
-The data goes to a temporary file in the target's directory; it is flushed and
-fsynced, renamed over the target with ``os.replace`` and the directory is
-fsynced. The old file's permission bits are kept. Temporaries left by dead
-processes are removed. Because the target is replaced (a new inode), tensors
+The data goes to a temporary file in the target's directory (``.NAME.tmp-PID-RANDOM@HOST``,
+named by :func:`temporary_name`); it is flushed and fsynced, renamed over the target with
+``os.replace`` and the directory is fsynced. The old file's permission bits are kept.
+Temporaries left by dead processes are removed by the one cleaner,
+:func:`clean_stale_temporaries` (a save: its target's; a load: its directory's). Because the target is replaced (a new inode), tensors
 memory-mapped from the old file stay valid while the new one is written: saving
 a model onto the file it was mapped from works.
 
@@ -18,6 +19,7 @@ import errno
 import os
 import re
 import secrets
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +27,40 @@ from typing import BinaryIO
 
 from ..errors import CheckpointError
 
-__all__ = ["atomic_write", "atomic_write_all", "clean_stale_temporaries", "clean_stale_temporaries_in"]
+__all__ = ["atomic_write", "atomic_write_all", "temporary_name", "temporary_owner", "clean_stale_temporaries"]
+
+# temporaries: the one naming and the one cleaner (saves call it for their target, loads for the directory)
 
 _TMP_TAG = ".tmp-"
+_TMP_NAME = re.compile(r"\.(?P<target>.+)" + re.escape(_TMP_TAG) + r"(?P<pid>\d+)-[0-9a-f]+(?:@(?P<host>[A-Za-z0-9._-]+))?")
 
 
-def _temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+def _host() -> str:
+    """This machine's name as it may appear in a file name (letters, digits, ``.``, ``_``, ``-``; at most 32)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:32] or "host"
+
+
+def temporary_name(target: str | os.PathLike) -> Path:
+    """A fresh temporary for ``target``, hidden in its directory: ``.NAME.tmp-PID-RANDOM@HOST``.
+
+        >>> temporary_name("runs/model.safetensors").name
+        '.model.safetensors.tmp-...-...@...'
+    """
+    target = Path(target)
+    return target.with_name(f".{target.name}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}@{_host()}")
+
+
+def temporary_owner(name: str) -> tuple[str, int, str | None] | None:
+    """``(target name, pid, host)`` of a temporary's file name (host None in names written before it was
+    recorded), or None when ``name`` is not a temporary's.
+
+        >>> temporary_owner(".model.safetensors.tmp-4242-0a1b2c3d@node-7")
+        ('model.safetensors', 4242, 'node-7')
+        >>> temporary_owner("model.safetensors") is None
+        True
+    """
+    m = _TMP_NAME.fullmatch(name)
+    return (m["target"], int(m["pid"]), m["host"]) if m else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -44,33 +73,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(target: str | os.PathLike) -> list[Path]:
-    """Remove temporaries of ``target`` left by processes that no longer run; returns them."""
-    target = Path(target)
-    removed = []
-    prefix = f".{target.name}{_TMP_TAG}"
-    try:
-        entries = list(target.parent.iterdir())
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-                removed.append(entry)
-    return removed
+def clean_stale_temporaries(directory: str | os.PathLike, *, target: str | None = None) -> list[Path]:
+    """Remove the temporaries in ``directory`` (only ``target``'s, when given) whose writing process no
+    longer runs; returns them. Saves call it for their target, loads for the whole directory.
 
-
-_ANY_TMP = re.compile(r"\..+" + re.escape(_TMP_TAG) + r"(\d+)-[0-9a-f]{8}")
-
-
-def clean_stale_temporaries_in(directory: str | os.PathLike) -> list[Path]:
-    """Remove every temporary in ``directory`` left by a process that no longer runs (loads call this too).
-
-    Never raises: a read-only directory is left as it is.
+    Never raises: a missing or read-only directory is left as it is.
     """
     removed = []
     try:
@@ -78,11 +85,12 @@ def clean_stale_temporaries_in(directory: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        m = _ANY_TMP.fullmatch(entry.name)
-        if m and not _pid_alive(int(m.group(1))):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+        owner = temporary_owner(entry.name)
+        if owner is None or (target is not None and owner[0] != target) or _pid_alive(owner[1]):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
 
 
@@ -114,15 +122,18 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True, commit: bool = 
         raise CheckpointError(
             f"Cannot write {str(target)!r}: directory {str(target.parent)!r} does not exist; create it first."
         )
-    clean_stale_temporaries(target)
+    clean_stale_temporaries(target.parent, target=target.name)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    tmp = _temp_name(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = temporary_name(target)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise CheckpointError(f"Writing {str(target)!r} failed ({exc}); the previous file, if any, is unchanged.") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.tmp_path, f.target = tmp, target  # for atomic_write_all, which renames itself (commit=False)

@@ -43,11 +43,9 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from ..errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
+from .formats import DCP_METADATA_NAME, DCP_MODEL_KEY
 
-__all__ = ["METADATA_NAME", "MODEL_KEY", "is_dcp", "DCPReader", "SafeLoadPlanner", "dcp_errors", "read_dcp_metadata", "read_dcp"]
-
-METADATA_NAME = ".metadata"
-MODEL_KEY = "model"  # save_distributed stores the model under this key, the optimizer under "optim"
+__all__ = ["is_dcp", "DCPReader", "SafeLoadPlanner", "dcp_errors", "read_dcp"]
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
@@ -70,7 +68,7 @@ _ALLOWED = {
 
 def is_dcp(path: str | os.PathLike) -> bool:
     """True when ``path`` is a directory written by ``torch.distributed.checkpoint`` (it holds ``.metadata``)."""
-    return Path(path).is_dir() and (Path(path) / METADATA_NAME).is_file()
+    return Path(path).is_dir() and (Path(path) / DCP_METADATA_NAME).is_file()
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -97,7 +95,7 @@ class DCPReader(FileSystemReader):
     def __init__(self, path: str | os.PathLike, *, trusted: bool = False):
         path = Path(path)
         if not is_dcp(path):
-            where = "does not exist" if not path.exists() else f"has no {METADATA_NAME} file"
+            where = "does not exist" if not path.exists() else f"has no {DCP_METADATA_NAME} file"
             raise CheckpointError(
                 f"{str(path)!r} is not a distributed checkpoint: it {where}. Pass the directory that "
                 f"save_distributed() / torch.distributed.checkpoint.save() wrote."
@@ -108,7 +106,7 @@ class DCPReader(FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         if self.trusted:
             return super().read_metadata(*args, **kwargs)
-        path = Path(self.path) / METADATA_NAME
+        path = Path(self.path) / DCP_METADATA_NAME
         try:
             with open(path, "rb") as f:
                 metadata = _MetadataUnpickler(f, repr(str(path))).load()
@@ -168,12 +166,7 @@ def dcp_errors(path: str | os.PathLike) -> Iterator[None]:
         raise CorruptCheckpointError(f"reading the distributed checkpoint {str(path)!r} failed ({summary}).") from e
 
 
-def read_dcp_metadata(path: str | os.PathLike, *, trusted: bool = False) -> Metadata:
-    """The ``Metadata`` of a DCP directory (keys, global shapes and dtypes), read safely."""
-    return DCPReader(path, trusted=trusted).read_metadata()
-
-
-def read_dcp(path: str | os.PathLike, *, key: str | None = MODEL_KEY, trusted: bool = False) -> dict[str, torch.Tensor]:
+def read_dcp(path: str | os.PathLike, *, key: str | None = DCP_MODEL_KEY, trusted: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a DCP checkpoint, each whole (shards from every rank joined), on the CPU.
 
     With ``key="model"`` (save_distributed's layout) only the entries under ``model.`` are read and the

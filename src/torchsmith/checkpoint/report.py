@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .._units import format_bytes
+from ..units import format_bytes
 
 
 @dataclass(frozen=True)

@@ -22,23 +22,16 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptCheckpointError
-from . import _json
-from . import _engine
+from . import _engine, safe_json
 from ._gc import gc_paused
+from .checksums import HASH_NAME, PLACEHOLDER, bytes_digest, is_digest, tensor_hasher
+from .files import open_regular
+from .formats import DTYPE_NAMES, DTYPES, META_ALIASES, META_CHECKSUMS, META_DIGEST, META_HASH, SAFETENSORS_METADATA_KEY
 from .limits import current, enforce
-from ._files import open_regular
-from ._hash import HASH_NAME, PLACEHOLDER, bytes_digest, is_digest, tensor_hasher
-from .formats import DTYPE_NAMES, DTYPES
 
-__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES", "DTYPE_NAMES"]
+__all__ = ["SafetensorsFile", "write_safetensors", "metadata_digest", "byte_view"]
 
 MAX_DIMS = 64  # torch's own limit on dimensions
-
-# metadata keys torchsmith writes
-META_HASH = "torchsmith.hash"
-META_CHECKSUMS = "torchsmith.checksums"
-META_ALIASES = "torchsmith.aliases"
-META_DIGEST = "torchsmith.metadata_xxh3-64"  # covers every other metadata entry (aliases, checksum table, user's)
 
 _ITEMSIZE = {k: v.itemsize for k, v in DTYPES.items()}
 _FIELDS = {"dtype", "shape", "data_offsets"}
@@ -150,7 +143,7 @@ class SafetensorsFile:
 
     def _parse(self, raw: bytes, where: str) -> tuple[dict[str, Entry], dict[str, str]]:
         try:
-            header = _json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            header = safe_json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except UnicodeDecodeError as e:
             raise CorruptCheckpointError(f"{where}: the header is not UTF-8 ({e}).") from e
         except ValueError as e:
@@ -158,11 +151,11 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise CorruptCheckpointError(f"{where}: the header is a JSON {type(header).__name__}, expected an object.")
         problems: list[str] = []
-        metadata = header.pop("__metadata__", None) or {}
+        metadata = header.pop(SAFETENSORS_METADATA_KEY, None) or {}
         # names spelt with JSON escapes escape the count before parsing
         enforce("max_tensors", len(header), f"{where}: it lists {len(header):,} tensors")
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-            problems.append("__metadata__ must map strings to strings")
+            problems.append(f"{SAFETENSORS_METADATA_KEY} must map strings to strings")
             metadata = {}
         data_len, start, check = self.size - self.data_start, self.data_start, self._check_entry
         entries: dict[str, Entry] = {}
@@ -232,8 +225,8 @@ class SafetensorsFile:
         checksums = aliases = None
         try:
             if META_CHECKSUMS in self.metadata:
-                checksums = _json.loads(self.metadata[META_CHECKSUMS])
-            aliases = _json.loads(self.metadata.get(META_ALIASES, "{}"))
+                checksums = safe_json.loads(self.metadata[META_CHECKSUMS])
+            aliases = safe_json.loads(self.metadata.get(META_ALIASES, "{}"))
         except ValueError as e:
             raise CorruptCheckpointError(f"{where}: torchsmith metadata is not valid JSON ({e}).") from e
         if META_CHECKSUMS in self.metadata or META_HASH in self.metadata:  # one without the other: a damaged key
@@ -250,7 +243,7 @@ class SafetensorsFile:
             isinstance(a, str) and isinstance(t, str) and t in self.entries and a not in self.entries
             for a, t in aliases.items()
         ):
-            problems.append("torchsmith.aliases must map new names to tensors in the file")
+            problems.append(f"{META_ALIASES} must map new names to tensors in the file")
         if problems:
             raise CorruptCheckpointError(f"{where}: {_problems_text(problems)}.")
         return checksums, aliases
@@ -299,15 +292,6 @@ class SafetensorsFile:
         self.read_into(name, t, verify=verify)
         return t
 
-    def read_all(self, *, verify: bool = True) -> dict[str, torch.Tensor]:
-        """Every tensor as a new CPU tensor, aliases included (sharing their target's tensor)."""
-        out = {name: torch.empty(en.shape, dtype=en.torch_dtype) for name, en in self.entries.items()}
-        spans = self.spans
-        _engine.read([(spans[name], t) for name, t in out.items()], verify=verify)
-        for alias, target in self.aliases.items():
-            out[alias] = out[target]
-        return out
-
 
 # writing
 
@@ -327,7 +311,7 @@ def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], ch
             meta[META_HASH] = HASH_NAME
             meta[META_CHECKSUMS] = json.dumps(checksums, sort_keys=True, separators=(",", ":"))
             meta[META_DIGEST] = metadata_digest(meta)
-        header["__metadata__"] = meta
+        header[SAFETENSORS_METADATA_KEY] = meta
     order = []
     pos = 0
     for name, t in tensors.items():

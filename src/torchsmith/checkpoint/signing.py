@@ -27,16 +27,15 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError, SignatureError
+from .formats import SIGNATURE_NAME, SIGNATURE_SUFFIX
 
 __all__ = ["sign_checkpoint", "verify_checkpoint", "signature_path"]
-
-SIGNATURE_NAME = "model.sig"
 
 
 def signature_path(path: str | os.PathLike) -> Path:
     """Where the signature of ``path`` lives: ``DIR/model.sig`` for a directory, ``FILE.sig`` for a file."""
     path = Path(path)
-    return path / SIGNATURE_NAME if path.is_dir() else path.with_name(path.name + ".sig")
+    return path / SIGNATURE_NAME if path.is_dir() else path.with_name(path.name + SIGNATURE_SUFFIX)
 
 
 def _library():

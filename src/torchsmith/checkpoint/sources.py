@@ -16,21 +16,20 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, CorruptCheckpointError
-from . import _engine, _json
-from ._files import open_regular, read_json_bytes
-from ._hash import HASH_NAME, bytes_digest, checksum_error, is_digest
+from . import _engine, safe_json
 from ._tensor_checks import check_tensors
-from .limits import enforce
-from .atomic import clean_stale_temporaries_in
-from .formats import DTYPES, INDEX_SUFFIX, format_for
+from .atomic import clean_stale_temporaries
+from .checksums import HASH_NAME, bytes_digest, checksum_error, is_digest
+from .files import open_regular, read_json_bytes
+from .formats import (
+    DIRECTORY_CANDIDATES, DTYPES, INDEX_SUFFIX, META_ALIASES, META_INDEX_DIGEST, SAFETENSORS_SUFFIX, TORCHSMITH_KEY, format_for,
+)
 from .keys import STATE_DICT_KEYS, find_state_dict
-from .safetensors_format import META_ALIASES, SafetensorsFile
-from .torch_format import TORCHSMITH_KEY, read_torch_file, tensor_digest
+from .limits import enforce
+from .safetensors_format import SafetensorsFile
+from .torch_format import read_torch_file, tensor_digest
 
-__all__ = ["open_source", "Source", "tensor_identity", "index_digest", "META_INDEX_DIGEST"]
-
-META_INDEX_DIGEST = "torchsmith.index_xxh3-64"
-_DIR_CANDIDATES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+__all__ = ["open_source", "Source", "tensor_identity", "index_digest"]
 
 
 def tensor_identity(t: torch.Tensor) -> tuple:
@@ -185,16 +184,16 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
     if not path.exists():
         raise CheckpointError(f"No checkpoint at {str(path)!r}: the path does not exist (working directory {os.getcwd()!r}). Check the path, or pass the directory save_model wrote.")
     if path.is_dir():
-        for name in _DIR_CANDIDATES:
+        for name in DIRECTORY_CANDIDATES:
             if (path / name).is_file():
                 return path / name, path
-        singles = sorted(path.glob("*.safetensors"))
+        singles = sorted(path.glob(f"*{SAFETENSORS_SUFFIX}"))
         if len(singles) == 1:
             return singles[0], path
         found = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
-            f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(_DIR_CANDIDATES)} "
-            f"or a single *.safetensors; found {found}. Pass the file itself."
+            f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(DIRECTORY_CANDIDATES)} "
+            f"or a single *{SAFETENSORS_SUFFIX}; found {found}. Pass the file itself."
         )
     return path, None
 
@@ -202,7 +201,7 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
 def _open_index(path: Path, inside: Path | None) -> SafetensorsSource:
     where = f"Sharded checkpoint index {str(path)!r}"
     try:
-        index = _json.loads(read_json_bytes(path, inside=inside).decode("utf-8"))
+        index = safe_json.loads(read_json_bytes(path, inside=inside).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
     wmap = index.get("weight_map") if isinstance(index, dict) else None
@@ -235,7 +234,7 @@ def _open_index(path: Path, inside: Path | None) -> SafetensorsSource:
     aliases = meta.get(META_ALIASES, {})
     if isinstance(aliases, str):
         try:
-            aliases = _json.loads(aliases)
+            aliases = safe_json.loads(aliases)
         except ValueError as e:
             raise CorruptCheckpointError(f"{where}: torchsmith.aliases is not valid JSON ({e}).") from e
     if not isinstance(aliases, dict) or not all(
@@ -269,7 +268,7 @@ def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
         metadata = info.get("metadata")
         if isinstance(checksums, str):  # write_torch_file stores JSON; a dict is read too
             try:
-                checksums = _json.loads(checksums)
+                checksums = safe_json.loads(checksums)
             except ValueError as e:
                 raise CorruptCheckpointError(f"{str(path)!r}: the torchsmith checksum table is not valid JSON ({e}).") from e
         if (
@@ -299,7 +298,7 @@ def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
     if isinstance(path, Source):  # already open (load_model hands over the file it checked)
         return path
     path, inside = _resolve(Path(path))
-    clean_stale_temporaries_in(path.parent)  # a save killed with -9 left one; any load may tidy it
+    clean_stale_temporaries(path.parent)  # a save killed with -9 left one; any load may tidy it
     if path.name.endswith(INDEX_SUFFIX):
         return _open_index(path, inside)
     try:

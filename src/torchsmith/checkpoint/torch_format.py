@@ -26,14 +26,13 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
-from ._files import open_regular
-from ._hash import HASH_NAME, tensor_hasher
-from .formats import DTYPE_NAMES
+from .checksums import HASH_NAME, tensor_hasher
+from .files import open_regular
+from .formats import DTYPE_NAMES, SAFETENSORS_SUFFIX, TORCHSMITH_KEY
 from .safetensors_format import byte_view
 
 __all__ = ["read_torch_file", "write_torch_file", "pickle_globals", "tensor_digest"]
 
-TORCHSMITH_KEY = "torchsmith"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
@@ -140,7 +139,7 @@ def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointEr
     return UnsafeCheckpointError(
         f"Refused to load {str(path)!r}: it is a pickle that {wanted}, and torchsmith never runs code from a "
         f"checkpoint by default. Nothing was executed. If you trust this file (you made it, or trust its source), "
-        f"convert it once: `torchsmith convert {path} {path.with_suffix('.safetensors').name} --trusted` "
+        f"convert it once: `torchsmith convert {path} {path.with_suffix(SAFETENSORS_SUFFIX).name} --trusted` "
         f"(in Python: pass trusted=True to load_weights / load_model / read_weights, then save_weights); "
         f"the converted file loads without pickle."
     )

@@ -26,17 +26,17 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, IncompatibleCheckpointError
-from . import _json
+from . import safe_json
 from ._gc import gc_paused
 from ._interrupts import deferred_interrupts
 from .atomic import atomic_write
+from .formats import DTYPE_NAMES, META_ALIASES, META_INDEX_DIGEST, RESERVED_PREFIX, dtype_name, format_for, index_path, is_shard_of, shard_names
 from .keys import match_keys
+from .limits import Limits, takes_limits
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
-from .formats import DTYPE_NAMES, INDEX_SUFFIX, SAFETENSORS_SUFFIX, dtype_name, format_for
-from .limits import Limits, takes_limits
-from .safetensors_format import META_ALIASES, write_safetensors
-from .sources import META_INDEX_DIGEST, Source, TensorSource, index_digest, open_source, tensor_identity
+from .safetensors_format import write_safetensors
+from .sources import Source, TensorSource, index_digest, open_source, tensor_identity
 from .torch_format import write_torch_file
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
@@ -112,32 +112,26 @@ def dedupe(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[s
 def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     metadata = dict(metadata or {})
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
-    reserved = [k for k in metadata if isinstance(k, str) and k.startswith("torchsmith.")]
+    reserved = [k for k in metadata if isinstance(k, str) and k.startswith(RESERVED_PREFIX)]
     if bad or reserved:
         raise CheckpointError(
-            f"metadata must map strings to strings, without 'torchsmith.' keys (reserved); "
+            f"metadata must map strings to strings, without {RESERVED_PREFIX!r} keys (reserved); "
             f"offending keys: {sorted(map(str, bad + reserved))}. Convert values with str() or json.dumps()."
         )
     return metadata
 
 
-def _shard_names(path: Path, n: int) -> list[str]:
-    stem = path.name.removesuffix(SAFETENSORS_SUFFIX)
-    return [f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
-
-
 def _old_shards(index: Path) -> set[str]:
     try:
-        return set(_json.loads(index.read_text())["weight_map"].values())
+        return set(safe_json.loads(index.read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 
 
 def _remove_shards(index: Path, names: set[str]) -> None:
     """Delete shard files of an older save that the current one no longer uses."""
-    pattern = re.compile(re.escape(index.name.removesuffix(SAFETENSORS_SUFFIX + INDEX_SUFFIX)) + r"-\d{5}-of-\d{5}\.safetensors")
     for name in names:
-        if pattern.fullmatch(name):
+        if is_shard_of(name, index):
             with contextlib.suppress(FileNotFoundError):
                 (index.parent / name).unlink()
 
@@ -152,7 +146,7 @@ def _save_sharded(path: Path, stored, aliases, metadata, limit: int, progress) -
             size = 0
         shards[-1].append(name)
         size += n
-    index = path.with_name(path.name + INDEX_SUFFIX)
+    index = index_path(path)
     if len(shards) == 1:
         with atomic_write(path) as f:
             write_safetensors(f, stored, metadata=metadata, aliases=aliases, progress=progress)
@@ -160,7 +154,7 @@ def _save_sharded(path: Path, stored, aliases, metadata, limit: int, progress) -
             _remove_shards(index, _old_shards(index))
             index.unlink()
         return path
-    names = _shard_names(path, len(shards))
+    names = shard_names(path, len(shards))
     weight_map = {}
     for shard_name, keys in zip(names, shards):
         with atomic_write(path.parent / shard_name) as f:

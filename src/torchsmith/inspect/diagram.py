@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.atomic import atomic_write
 from ..errors import InspectError
 from .collect import BACKENDS, collect, module_params
 from .graph import FlowGraph
@@ -89,7 +90,6 @@ def diagram(
             .replace("__ELK__", _asset("vendor/elk.bundled.js")))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_write(out) as f:  # a reader (a browser reloading) sees the old page or the new one
+        f.write(page.encode("utf-8"))
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .._units import format_bytes
+from ..units import format_bytes
 
 __all__ = ["Totals", "model_totals", "format_bytes", "format_flops"]
 

@@ -3,7 +3,7 @@
 from .children import ChildrenRunner
 from .blocks import BasicBlock, Bottleneck, conv1x1, conv3x3
 from .fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
-from .info import FeatureInfo
+from .info import FeatureInfo, FeatureInfoList
 from .norm import FrozenBatchNorm2d
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "LastLevelP6P7",
     "ChildrenRunner",
     "FeatureInfo",
+    "FeatureInfoList",
     "FrozenBatchNorm2d",
 ]

@@ -32,11 +32,11 @@ from torch import nn
 
 from .._version import __version__
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
-from ..checkpoint import _json
-from ..checkpoint._files import open_regular, read_capped
-from ..checkpoint._hash import bytes_digest
-from ..checkpoint.atomic import atomic_write_all, clean_stale_temporaries_in
-from ..checkpoint.formats import dtype_name
+from ..checkpoint import safe_json
+from ..checkpoint.atomic import atomic_write_all, clean_stale_temporaries
+from ..checkpoint.checksums import bytes_digest
+from ..checkpoint.files import open_regular, read_capped
+from ..checkpoint.formats import CONFIG_NAME, WEIGHTS_NAME, dtype_name
 from ..checkpoint.limits import Limits, current, how_to_raise, takes_limits
 from ..checkpoint.safetensors_format import SafetensorsFile, write_safetensors
 from ..checkpoint.signing import verify_checkpoint
@@ -45,12 +45,11 @@ from ..checkpoint.torch_format import read_torch_file
 from ..checkpoint.weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
 from ..codec import decode, describe_module, encode, layer_names
 from ..registry import model_config
+from ..surgery.freeze import pinned_eval
 from .replay import build_from_config, finish_loaded
 
-__all__ = ["save_model", "load_model", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["save_model", "load_model"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT = "torchsmith.model"
 FORMAT_VERSION = 1
 
@@ -118,7 +117,7 @@ def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
     want, have = dict(expected.named_modules()), dict(found.named_modules())
 
     def kind(m: nn.Module) -> str:
-        return type(m).__name__ + (" (kept in eval mode)" if "train" in m.__dict__ else "")
+        return type(m).__name__ + (" (kept in eval mode)" if pinned_eval(m) else "")
 
     for path in dict.fromkeys([*have, *want]):
         where = path or "<model>"
@@ -245,7 +244,7 @@ def _read_config(directory: Path, verify: bool = True, opened=None) -> dict[str,
     try:
         with opened or _open_config(directory) as f:
             raw = read_capped(f, path, "max_config_bytes")
-        doc = _json.loads(raw.decode("utf-8"))
+        doc = safe_json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{where} is not readable JSON ({e}).") from e
     problems = []
@@ -361,7 +360,7 @@ def load_model(
     """
     directory = Path(directory)
     if directory.is_dir():
-        clean_stale_temporaries_in(directory)  # a save killed with -9 left one (it would also fail a signature)
+        clean_stale_temporaries(directory)  # a save killed with -9 left one (it would also fail a signature)
     if verify_signature is not None:
         verify_checkpoint(directory, public_key=verify_signature)
     if directory.is_file():

@@ -12,8 +12,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..codec import get_act_layer, get_norm_layer
-from ..zoo.unet import DoubleConv as _DoubleConv
-from ..zoo.unet import DownSample as _DownSample
+from ..zoo.unets import DoubleConv as _DoubleConv
+from ..zoo.unets import DownSample as _DownSample
 from .names import register_block
 
 __all__ = ["DoubleConv", "DownSample"]

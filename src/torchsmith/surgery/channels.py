@@ -13,7 +13,8 @@ from torch import nn
 
 from ..runner import CONV_TYPES, Call, example_call, probe
 from ..errors import SurgeryError
-from .modules import get_module, record, update_attrs
+from ..steps import record, recorded_op
+from .modules import get_module, update_attrs
 
 __all__ = ["adapt_input_channels"]
 
@@ -52,6 +53,7 @@ def _check_takes_the_input(model: nn.Module, path: str, call: Call) -> None:
         )
 
 
+@recorded_op("adapt_input_channels", replay=lambda model, step: adapt_channels(model, step["in_chans"], step["path"]))
 def adapt_input_channels(
     model: nn.Module,
     in_chans: int,

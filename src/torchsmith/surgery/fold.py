@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -15,7 +13,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..runner import CONV_TYPES, logger
 from ..errors import SurgeryError
 from ..layers import FrozenBatchNorm2d
-from .modules import put, record
+from ..steps import record, recorded_op
+from .freeze import pinned_eval
+from .modules import put
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
@@ -77,6 +77,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+@recorded_op("fold_batchnorm", replay=lambda model, step: fold_pairs(model, step["pairs"]))
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a conv into that conv; returns ``model``.
 
@@ -101,7 +102,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if isinstance(conv, CONV_TYPES) and isinstance(bn, (_BatchNorm, FrozenBatchNorm2d)) and bn.num_features == conv.out_channels:
             pairs.append((conv_path, bn_path))
     training = [b for _, b in pairs if isinstance(model.get_submodule(b), _BatchNorm) and model.get_submodule(b).training]
-    training = [b for b in training if not isinstance(model.get_submodule(b).__dict__.get("train"), functools.partial)]
+    training = [b for b in training if not pinned_eval(model.get_submodule(b))]
     if training:
         raise SurgeryError(
             f"fold_batchnorm needs eval mode: {len(training)} BatchNorm layers after a conv are in train mode "
@@ -112,15 +113,30 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def fold_pairs(model: nn.Module, pairs: list[list[str]]) -> None:
-    """Fold each ``[conv, bn]`` pair (already checked, or replayed from a recorded step) and record the step."""
+def fold_pairs(model: nn.Module, pairs: list[list[str]]) -> nn.Module:
+    """Fold each ``[conv, bn]`` pair (already checked, or replayed from a recorded step), record the step;
+    returns ``model``."""
     for conv_path, bn_path in pairs:
         _fold(model.get_submodule(conv_path), model.get_submodule(bn_path))
         put(model, bn_path, nn.Identity())
     if pairs:
         record(model, "fold_batchnorm", pairs=[list(p) for p in pairs])
+    return model
 
 
+def _replay_optimized(model: nn.Module, step) -> nn.Module:
+    """The structure of :func:`optimize_for_inference` after its folds (replayed as their own steps): no grad.
+    Eval mode and channels-last come once the weights are in (:func:`_after_load_optimized`)."""
+    model.requires_grad_(False)
+    record(model, **step)
+    return model
+
+
+def _after_load_optimized(model: nn.Module, step) -> None:
+    inference_ready(model, channels_last=bool(step.get("channels_last")))
+
+
+@recorded_op("optimize_for_inference", replay=_replay_optimized, after_load=_after_load_optimized)
 def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
     """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
 

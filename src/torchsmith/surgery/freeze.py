@@ -18,9 +18,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import SurgeryError, did_you_mean
 from ..layers import FrozenBatchNorm2d
-from .modules import put, record
+from ..steps import record, recorded_op
+from .modules import put
 
-__all__ = ["FreezeReport", "freeze", "freeze_report", "unfreeze"]
+__all__ = ["FreezeReport", "freeze", "freeze_report", "unfreeze", "pinned_eval"]
 
 BnPolicy = Literal["eval", "frozen", "train"]
 _UNDO_ATTR = "_torchsmith_freeze_undo"
@@ -53,6 +54,28 @@ def _covering(model: nn.Module, keep) -> list[str]:
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
     """``train()`` for a frozen BatchNorm: always eval, so running statistics never move."""
     return nn.Module.train(module, False)
+
+
+def _pin_eval(module: nn.Module) -> None:
+    module.train = functools.partial(_stay_in_eval, module)  # an instance attribute; unfreeze deletes it
+    module.training = False
+
+
+def _unpin(module: nn.Module) -> None:
+    module.__dict__.pop("train", None)
+
+
+def pinned_eval(module: nn.Module) -> bool:
+    """Whether :func:`freeze` pinned ``module`` to eval mode (``module.train()`` keeps it in eval).
+
+    Example::
+
+        >>> model = freeze(create_model("resnet18"), ["layer1"])
+        >>> pinned_eval(model.layer1[0].bn1), pinned_eval(model.bn1)
+        (True, False)
+    """
+    train = module.__dict__.get("train")
+    return isinstance(train, functools.partial) and train.func is _stay_in_eval
 
 
 def _numel(params: Iterable[nn.Parameter]) -> int:
@@ -116,12 +139,13 @@ def freeze_report(model: nn.Module) -> FreezeReport:
         trainable_params=total - frozen,
         total_params=total,
         bn=undos[-1]["bn"] if undos else "",
-        bn_eval=[p for p, m in model.named_modules() if isinstance(m, _BatchNorm) and "train" in m.__dict__],
+        bn_eval=[p for p, m in model.named_modules() if isinstance(m, _BatchNorm) and pinned_eval(m)],
         bn_replaced=[p for undo in undos for p in undo["bn_replaced"]],
         bn_not_replaced=[p for undo in undos for p in undo.get("bn_not_replaced", [])],
     )
 
 
+@recorded_op("freeze", replay=lambda model, step: freeze(model, step["patterns"], exclude=step["exclude"], bn=step["bn"]))
 def freeze(
     model: nn.Module, patterns: str | Sequence[str] = ("*",), *, exclude: Sequence[str] = (), bn: BnPolicy = "eval"
 ) -> nn.Module:
@@ -176,14 +200,13 @@ def freeze(
                 undo["bn_not_replaced"].append(path)
             modes[path] = module.training
             undo["bn_eval"].append(path)
-            module.train = functools.partial(_stay_in_eval, module)  # an instance attribute; unfreeze deletes it
-            module.training = False
+            _pin_eval(module)
     except BaseException:  # leave the model exactly as it was
         for path, module in originals.items():
             put(model, path, module)
         for path, training in modes.items():
             module = model.get_submodule(path)
-            module.__dict__.pop("train", None)
+            _unpin(module)
             module.training = training
         for name in undo["requires_grad"]:
             model.get_parameter(name).requires_grad_(True)
@@ -252,6 +275,7 @@ def _unfrozen_bn(frozen: FrozenBatchNorm2d, spec: dict) -> nn.BatchNorm2d:
     return bn
 
 
+@recorded_op("unfreeze", replay=lambda model, step: unfreeze(model))
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undo every :func:`freeze` on ``model``, last first: ``requires_grad``, BatchNorm modules and modes; returns ``model``.
 
@@ -271,7 +295,7 @@ def unfreeze(model: nn.Module) -> nn.Module:
             model.get_submodule(path).train(model.get_submodule(path.rpartition(".")[0]).training)
         for path in undo["bn_eval"]:
             module = model.get_submodule(path)
-            module.__dict__.pop("train", None)
+            _unpin(module)
             module.train(model.get_submodule(path.rpartition(".")[0]).training)
         for name in undo["requires_grad"]:
             model.get_parameter(name).requires_grad_(True)

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..runner import CONV_TYPES, Call, example_call, logger, main_output, output_tensors, probe
 from ..codec import nn_layer
-from ..errors import SurgeryError, TorchsmithError
-from .modules import find_path, get_module, put, record, update_attrs
+from ..runner import CONV_TYPES, Call, example_call, logger, main_output, output_tensors, probe
+from ..errors import HeadNotFoundError, SurgeryError, TorchsmithError
+from ..steps import record, recorded_op
+from .modules import find_path, get_module, put, update_attrs
 
-__all__ = ["replace_head", "head_options"]
+__all__ = ["replace_head"]
 
 HEAD_OPTIONS = ("hidden", "dropout", "names", "output")  # what a replace_head step records beside num_classes, path
 
@@ -53,7 +54,12 @@ def _producer(seen: list[tuple[str, Any, Any]], target: Tensor) -> list[str]:
 
 def find_head(model: nn.Module, call: Call | None) -> str:
     """Our models and timm's name it (``get_classifier``); otherwise a probe finds the last Linear / 1x1 conv
-    whose output is the model's prediction (its output, or ``logits`` / ``out`` / the first of a tuple)."""
+    whose output is the model's prediction (its output, or ``logits`` / ``out`` / the first of a tuple).
+
+    Raises:
+        HeadNotFoundError: no such layer, or several (listing them).
+        SurgeryError: the probe cannot run, or the output holds no prediction.
+    """
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
         return find_path(model, get_classifier())
@@ -69,7 +75,7 @@ def find_head(model: nn.Module, call: Call | None) -> str:
     candidates = _producer(seen, main)
     if len(candidates) != 1:
         found = ", ".join(f"{p} -> {tuple(o.shape)}" for p, _, o in seen if isinstance(o, Tensor)) or "none"
-        raise SurgeryError(
+        raise HeadNotFoundError(
             f"cannot tell the classifier of {type(model).__name__} (output {tuple(main.shape)}): "
             f"{'candidates ' + ', '.join(candidates) if candidates else 'no Linear / 1x1 conv gives that shape'}; "
             f"layers seen: {found}. Pass path='...'."
@@ -203,11 +209,13 @@ def _output_layer(name: str) -> nn.Module:
         raise SurgeryError(f"output={name!r}: {name} needs arguments ({e}); name a layer such as 'LogSoftmax' or 'Sigmoid'.") from None
 
 
-def head_options(step: Mapping[str, Any]) -> dict[str, Any]:
+def _head_options(step: Mapping[str, Any]) -> dict[str, Any]:
     """The options of a recorded ``replace_head`` step (none in a step written before they existed)."""
     return {k: step[k] for k in HEAD_OPTIONS if k in step}
 
 
+@recorded_op("replace_head", replay=lambda model, step: replace_head(
+    model, step["num_classes"], path=step["path"], **_head_options(step)))  # fmt: skip
 def replace_head(
     model: nn.Module,
     num_classes: int,

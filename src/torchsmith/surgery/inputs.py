@@ -1,4 +1,4 @@
-"""Extra inputs: the tutorial's two-input model, a backbone's features fused with an extra vector.
+"""Extra inputs: the tutorial's two-input model, a backbone's features (or its output) fused with an extra vector.
 
 ``add_inputs`` returns a new wrapper around the model (whose head it changes in place).
 """
@@ -11,13 +11,16 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from ..runner import Call, example_call, logger, main_output, probe
-from ..errors import SurgeryError
+from ..errors import HeadNotFoundError, SurgeryError
 from ..registry import model_config, set_config
-from ..zoo.multi_input import MultiInputModel
+from ..steps import record, recorded_op
+from ..zoo.multi_input import MultiInputModel, check_fusion
 from .heads import find_head, recording, replace_head
-from .modules import first_tensor, get_module, put, record
+from .modules import first_tensor, get_module, put
 
 __all__ = ["add_inputs"]
+
+FUSES = ("features", "output")  # add_inputs(fuse=...): what goes into the head, or the model's output
 
 
 
@@ -60,16 +63,19 @@ def _pooled(model: nn.Module, y: Any) -> Tensor:
     return y
 
 
+def _output(model: nn.Module, call: Call) -> Tensor:
+    """The model's (B, F) output on ``call`` (its prediction, for a dict or tuple output)."""
+    return _pooled(model, main_output(probe(model, call, purpose="measure its output")))
+
+
 def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor]:
     """``(backbone, its (B, F) output on call)``: the model with its head made ``nn.Identity`` (in place), or
     wrapped to stop at the head when it does more after it; the model itself when it has no head."""
     try:
         head = find_head(model, call)
-    except SurgeryError as err:
-        if "cannot tell the classifier" not in str(err):
-            raise
+    except HeadNotFoundError as err:
         logger.info("add_inputs: %s; fusing the model's output", err)
-        return model, _pooled(model, main_output(probe(model, call, purpose="measure its output")))
+        return model, _output(model, call)
     old = get_module(model, head)
     put(model, head, nn.Identity())
     try:
@@ -88,43 +94,62 @@ def _features_into_head(model: nn.Module, call: Call) -> tuple[nn.Module, Tensor
         raise
 
 
+@recorded_op("add_inputs", replay=lambda model, step: wrap_inputs(model, dict(step)))
 def add_inputs(
     model: nn.Module,
     *,
     extra_features: int,
     num_classes: int,
     fusion: Literal["concat", "add"] = "concat",
+    fuse: Literal["features", "output"] = "features",
+    relu: bool = False,
     dropout: float = 0.0,
     input_size: Sequence[int] | None = None,
     example_inputs: Any = None,
 ) -> MultiInputModel:
     """Wrap ``model`` into ``forward(image, extra) -> (B, num_classes)`` (the tutorial's two-input model).
 
-    The head is found as :func:`replace_head` finds it (``get_classifier()``,
-    else a probe on ``input_size`` / ``example_inputs``) and the features that
-    go into it are fused: the head becomes ``nn.Identity`` (in place; the model
-    itself, not a copy, becomes ``.backbone``). A model that does more after its head (a softmax)
-    keeps it and is run up to the head instead. A model with no head its
-    output is used as is; a dict output (``ModelOutput``) gives its
-    ``logits``. A wrong extra width raises :class:`SurgeryError` naming both
-    widths. The result exports with ``torch.export`` (the first two cases).
-    A failure leaves ``model`` as it was.
+    ``fuse="features"`` (default): the head is found as :func:`replace_head`
+    finds it (``get_classifier()``, else a probe on ``input_size`` /
+    ``example_inputs``) and the features that go into it are fused: the head
+    becomes ``nn.Identity`` (in place; the model itself, not a copy, becomes
+    ``.backbone``). A model that does more after its head (a softmax) keeps it
+    and is run up to the head instead. A model with no head its output is used
+    as is. ``fuse="output"``: the whole model, head kept, is the backbone and
+    its ``(B, num_outputs)`` output is fused (the tutorial's resnet50: 1000 + 1
+    -> 10). A dict output (``ModelOutput``) gives its ``logits``.
+
+    What is fused goes through ``nn.ReLU`` when ``relu=True``, then
+    ``nn.Dropout(dropout)``, then is concatenated with (``fusion="concat"``)
+    or added to a projection of (``"add"``) the extra input, then a Linear
+    gives ``num_classes`` logits. A wrong extra width raises
+    :class:`SurgeryError` naming both widths. The result exports with
+    ``torch.export`` (all but the run-up-to-the-head case). A failure leaves
+    ``model`` as it was.
 
     Example::
 
         >>> both = add_inputs(create_model("resnet50"), extra_features=1, num_classes=10)
         >>> both(torch.randn(2, 3, 224, 224), torch.randn(2)).shape      # (B, 10)
         torch.Size([2, 10])
+        >>> tutorial = add_inputs(create_model("resnet50"), extra_features=1, num_classes=10,
+        ...                       fuse="output", relu=True, dropout=0.5)
+        >>> tutorial.head, tutorial.act, tutorial.backbone.fc.out_features     # ReLU, Dropout, cat: 1000 + 1 -> 10
+        (Linear(in_features=1001, out_features=10, bias=True), ReLU(), 1000)
     """
+    if fuse not in FUSES:
+        raise SurgeryError(f"fuse must be 'features' or 'output', got {fuse!r}.")
+    check_fusion(extra_features=extra_features, num_classes=num_classes, fusion=fusion, dropout=dropout)
     call = example_call(model, input_size, example_inputs)
-    backbone, y = _features_into_head(model, call)
+    backbone, y = _features_into_head(model, call) if fuse == "features" else (model, _output(model, call))
     step = {
         "op": "add_inputs",
         "num_features": int(y.shape[1]),
         "extra_features": extra_features,
         "num_classes": num_classes,
         "fusion": fusion,
-        "relu": False,
+        "fuse": fuse,
+        "relu": bool(relu),
         "dropout": dropout,
     }
     if isinstance(backbone, _HeadInput):
@@ -133,7 +158,13 @@ def add_inputs(
 
 
 def wrap_inputs(model: nn.Module, step: dict) -> MultiInputModel:
-    """The :func:`add_inputs` wrapper from its recorded step; it inherits ``model``'s config plus the step."""
+    """The :func:`add_inputs` wrapper from its recorded step; it inherits ``model``'s config plus the step.
+
+    A step recorded before ``fuse`` existed has no ``"fuse"``: it fused features (``"features"``).
+    """
+    fuse = step.get("fuse", "features")
+    if fuse not in FUSES or (fuse == "output" and step.get("head_input")):
+        raise SurgeryError(f"add_inputs step {step!r}: 'fuse' must be 'features' or 'output' (without 'head_input').")
     backbone = _HeadInput(model, step["head_input"]) if step.get("head_input") else model
     both = MultiInputModel(
         backbone,

@@ -1,5 +1,6 @@
 """Finding and replacing submodules, and what every surgery operation shares: paths, the reference tensor
-a new layer follows, the attributes (``num_classes``, ``in_chans``) kept true, and recording a step.
+a new layer follows, and the attributes (``num_classes``, ``in_chans``) kept true. Steps are recorded through
+:mod:`torchsmith.steps`, where each operation registers its replay.
 
 ``replace_module`` changes the model in place and returns it; the helpers change nothing but ``put``.
 """
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..codec import describe_module
+from ..codec import build_module, describe_module
 from ..errors import SurgeryError, did_you_mean
-from ..registry import model_config, update_config
+from ..registry import model_config
+from ..steps import build_from_config, record, recorded_op
 
 __all__ = ["get_module", "replace_module"]
 
@@ -44,11 +46,6 @@ def update_attrs(model: nn.Module, **kwargs: int) -> None:
             setattr(model, key, value)
 
 
-def record(model: nn.Module, op: str, **args) -> None:
-    """Append the step ``{"op": op, **args}`` to a registry-built model's config (replayed by ``load_model``)."""
-    update_config(model, step={"op": op, **args})
-
-
 # find and replace
 
 
@@ -66,6 +63,14 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
         raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, module_paths(model))}") from err
 
 
+def _replay_replace_module(model: nn.Module, step) -> nn.Module:
+    """The module of a step rebuilt from its config (``module``) or its plain-data description (``spec``)."""
+    if "spec" in step:
+        return replace_module(model, step["path"], build_module(step["spec"], path=str(step["path"])))
+    return replace_module(model, step["path"], build_from_config(step["module"], device=None))
+
+
+@recorded_op("replace_module", replay=_replay_replace_module)
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``path``, moved to the device (and floating dtype) of what it replaces; returns ``model``.
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ..registry import update_config
+from ..steps import record
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,4 +39,4 @@ def set_classifier(model: nn.Module, attr: str, new: nn.Module, num_classes: int
         new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
     setattr(model, attr, new)
     model.num_classes = num_classes
-    update_config(model, step={"op": "replace_head", "num_classes": num_classes, "path": attr})
+    record(model, "replace_head", num_classes=num_classes, path=attr)

@@ -16,12 +16,24 @@ from ..errors import SurgeryError
 __all__ = ["MultiInputModel"]
 
 
+def check_fusion(*, extra_features: int, num_classes: int, fusion: str, dropout: float) -> None:
+    """Refuse what :class:`MultiInputModel` cannot build, with :class:`SurgeryError` (``add_inputs`` asks
+    before it changes the model)."""
+    if fusion not in ("concat", "add"):
+        raise SurgeryError(f"fusion must be 'concat' or 'add', got {fusion!r}.")
+    if extra_features < 1 or num_classes < 1:
+        raise SurgeryError(f"extra_features and num_classes must be >= 1, got {extra_features} and {num_classes}.")
+    if not 0.0 <= dropout <= 1.0:
+        raise SurgeryError(f"dropout must be a probability in [0, 1], got {dropout}.")
+
+
 class MultiInputModel(nn.Module):
     """``forward(image, extra)``: a backbone's features fused with an extra vector, then a linear head.
 
-    ``fusion="concat"``: ``head(cat([features, extra]))``; ``"add"``:
-    ``head(features + project(extra))``. Returns logits (no softmax: losses
-    such as ``cross_entropy`` take logits).
+    ``features = drop(act(backbone(image)))`` (``act_layer`` and ``dropout``,
+    default none), then ``fusion="concat"``: ``head(cat([features, extra]))``;
+    ``"add"``: ``head(features + project(extra))``. Returns logits (no softmax:
+    losses such as ``cross_entropy`` take logits).
     """
 
     def __init__(
@@ -36,10 +48,7 @@ class MultiInputModel(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if fusion not in ("concat", "add"):
-            raise SurgeryError(f"fusion must be 'concat' or 'add', got {fusion!r}.")
-        if extra_features < 1 or num_classes < 1:
-            raise SurgeryError(f"extra_features and num_classes must be >= 1, got {extra_features} and {num_classes}.")
+        check_fusion(extra_features=extra_features, num_classes=num_classes, fusion=fusion, dropout=dropout)
         self.num_features = num_features
         self.extra_features = extra_features
         self.num_classes = num_classes

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..codec import get_norm_layer
 from ..errors import ModelConfigError
-from ..layers import BasicBlock, Bottleneck, FeatureInfo, conv1x1
+from ..layers import BasicBlock, Bottleneck, FeatureInfo, FeatureInfoList, conv1x1
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
 
@@ -91,7 +91,7 @@ class ResNet(nn.Module):
         self.bn1 = norm(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.feature_info: list[FeatureInfo] = [FeatureInfo(64, 2, "relu")]
+        self.feature_info = FeatureInfoList([FeatureInfo(64, 2, "relu")])
 
         stride = 4
         for i, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512), layers)):

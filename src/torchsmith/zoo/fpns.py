@@ -23,10 +23,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
-from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ..registry import register_model
 from ._factory import keywords_of
-from .resnet import build_resnet
+from .resnets import build_resnet
 
 __all__ = [
     "LayerGetter",
@@ -91,7 +91,7 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=extra_blocks, norm_layer=norm_layer)
         self.out_channels = out_channels
         strides = {f.module: f.stride for f in getattr(backbone, "feature_info", [])}
-        self.feature_info = [FeatureInfo(out_channels, strides.get(layer, 0), key) for layer, key in return_layers.items()]
+        self.feature_info = FeatureInfoList(FeatureInfo(out_channels, strides.get(layer, 0), key) for layer, key in return_layers.items())
         if isinstance(extra_blocks, LastLevelMaxPool):
             self.feature_info.append(FeatureInfo(out_channels, self.feature_info[-1].stride * 2, "pool"))
         elif isinstance(extra_blocks, LastLevelP6P7):

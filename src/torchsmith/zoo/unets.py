@@ -32,11 +32,11 @@ from torch import Tensor, nn
 
 from ..codec import get_act_layer, get_norm_layer
 from ..errors import ModelConfigError
-from ..layers import FeatureInfo
+from ..layers import FeatureInfo, FeatureInfoList
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
-from .fpn import LayerGetter
-from .resnet import build_resnet
+from .fpns import LayerGetter
+from .resnets import build_resnet
 
 __all__ = [
     "UNet",
@@ -166,9 +166,8 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(DoubleConv(2 * a, a, **block) for a in reversed(widths[:-1]))
         self.head = nn.Conv2d(widths[0], num_classes, 3, padding=1)
         self.final_activation = _final_activation(final_activation)
-        self.feature_info = [FeatureInfo(widths[0], 1, "stem")] + [
-            FeatureInfo(w, 2 ** (i + 1), f"encoder.{i}") for i, w in enumerate(widths[1:])
-        ]
+        self.feature_info = FeatureInfoList([FeatureInfo(widths[0], 1, "stem")])
+        self.feature_info += [FeatureInfo(w, 2 ** (i + 1), f"encoder.{i}") for i, w in enumerate(widths[1:])]
 
     def get_classifier(self) -> nn.Module:
         """The output conv (``head``)."""
@@ -245,7 +244,7 @@ class EncoderUNet(nn.Module):
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(in_ch, num_classes, 3, padding=1)
         self.final_activation = _final_activation(final_activation)
-        self.feature_info = [FeatureInfo(f.channels, f.stride, f"encoder.{f.module}") for f in info]
+        self.feature_info = FeatureInfoList(FeatureInfo(f.channels, f.stride, f"encoder.{f.module}") for f in info)
 
     def get_classifier(self) -> nn.Module:
         return self.head

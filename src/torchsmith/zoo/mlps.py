@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..codec import get_act_layer
 from ..errors import ModelConfigError
-from ..layers import FeatureInfo
+from ..layers import FeatureInfo, FeatureInfoList
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
 
@@ -62,7 +62,7 @@ class MLP(nn.Module):
         self.in_features = in_features
         self.num_features = sizes[-1]
         self.num_classes = num_classes
-        self.feature_info = [FeatureInfo(sizes[-1], 0, "features")]  # (B, C): no spatial dimension, stride 0
+        self.feature_info = FeatureInfoList([FeatureInfo(sizes[-1], 0, "features")])  # (B, C): no spatial dimension, stride 0
 
     def get_classifier(self) -> nn.Module:
         return self.head

@@ -2,6 +2,12 @@
 
 The descriptor (dtype and shape) is hashed first, so a header whose dtype or
 shape was damaged but still parses fails the check of that very tensor.
+``bytes_digest`` is the same hash over raw bytes (headers, ``config.json``, a shard index).
+
+    >>> h = tensor_hasher("F32", [2]); h.update(bytes(8)); is_digest(h.hexdigest())
+    True
+    >>> bytes_digest(b"{}")
+    '1349cde127705c16'
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from collections.abc import Sequence
 import xxhash
 
 from ..errors import ChecksumError
+
+__all__ = ["HASH_NAME", "DIGEST_LEN", "PLACEHOLDER", "tensor_hasher", "is_digest", "bytes_digest", "checksum_error"]
 
 HASH_NAME = "xxh3-64"
 DIGEST_LEN = 16  # hex characters
@@ -29,10 +37,12 @@ _DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_LEN}}}")
 
 
 def is_digest(value: object) -> bool:
+    """Whether ``value`` is written as a digest (16 lowercase hex characters)."""
     return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def bytes_digest(data: bytes) -> str:
+    """The xxh3-64 hex digest of ``data``."""
     return xxhash.xxh3_64_hexdigest(data)
 
 
