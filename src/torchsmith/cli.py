@@ -474,8 +474,7 @@ def build_cmd(
     if report is not None:
         out.print(report, highlight=False)
     out.print(f"parameters: {row['params']:,}", highlight=False)
-    shown = row["output"] if row["output"] is not None else "unknown (pass --input)"
-    out.print(f"input: {row['input']}   output: {shown}", highlight=False)
+    out.print(f"input: {row['input']}   output: {row['output'] or 'unknown (pass --input)'}", highlight=False)
     if save:
         out.print(f"saved to {row['saved']}", highlight=False)
 
