@@ -1,4 +1,4 @@
-"""The house's layering, read from the imports: errors < checkpoint file I/O / layers < registry / runner <
+"""The house's layering, read from the imports: errors < checkpoint file I/O / layers < codec < registry / runner <
 steps < zoo / features / inspect < surgery / spec < models_io (whole models) < distributed / cli. No module imports one of a
 higher layer, nor a sibling area of its own layer."""
 
@@ -14,6 +14,7 @@ SRC = ROOT / "src" / "torchsmith"
 RANKS = {
     "errors": 0, "_version": 0, "units": 0,
     "checkpoint": 1, "layers": 1,
+    "codec": 1.5,  # layer names and config values as data: above layers and the dtype table, below the registry
     "registry": 2, "runner": 2,
     "steps": 2.5,  # the recorded-operation table: appends through the registry, imported by zoo and surgery
     "zoo": 3, "features": 3, "surgery": 4, "inspect": 3, "spec": 4,

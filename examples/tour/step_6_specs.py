@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import torchsmith as ts
-from torchsmith.spec import census, output_shapes
+from torchsmith.spec import output_shapes
 
 console = Console()
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -30,7 +30,6 @@ def main() -> None:
     table = Table(title="the tutorial's compositions as specs (examples/specs/*.yaml)")
     for col in ("spec", "model", "children", "parameters", "output", "FLOPs"):
         table.add_column(col, justify="right" if col in ("parameters", "FLOPs") else "left")
-    layers = {}
     for name in ("conv_stack", "conv_stack_positional", "mlp", "mlp_list", "mlp_dict", "unet"):
         path = SPECS / f"{name}.yaml"
         model = ts.build(path)
@@ -43,11 +42,8 @@ def main() -> None:
             "x".join(map(str, output_shapes(path))),
             f"{ts.summary(model, input_size=yaml.safe_load(path.read_text())['input']).total_flops / 1e6:,.1f} M",
         )
-        layers[name] = ", ".join(f"{k} x{v}" for k, v in census(model).items())
         ts.save_model(model, OUT / name)
     console.print(table)
-    for name, text in layers.items():
-        console.print(f"  {name}: {text}", highlight=False)
     console.print(f"saved each to {OUT}/<name> (config.json holds the spec)")
     console.print(ts.summary(ts.build(SPECS / "conv_stack.yaml"), input_size=(1, 3, 224, 224)))  # the tutorial's stack
 

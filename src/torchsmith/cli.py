@@ -438,52 +438,41 @@ def build_cmd(
     save: Optional[str] = typer.Option(None, "--save", help="Save the built model here (config.json + model.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Validate and build a model spec; print its summary, layer census, parameter count and output shape (and save it)."""
+    """Validate and build a model spec; print its summary, parameter count and output shape (and save it)."""
     from pathlib import Path
 
-    import torch
-
-    from .spec import build, census, output_shapes
+    from .spec import build
     from .spec.source import read_spec
 
     doc = read_spec(Path(spec))
     input_size = _parse_inputs(inputs) if inputs else None
-    with torch.device("meta"):  # the table needs no memory and no init
-        meta = build(doc, input_size=input_size)
-    shape = output_shapes(doc, input_size=input_size) if (input_size is not None or "input" in doc) else None
+    model = build(doc, input_size=input_size, device=None if save else "meta")  # once; meta: no memory, no init
     report = None
-    if shape is not None:  # the summary of the built model (meta: no memory, no compute)
+    if input_size is not None or "input" in doc:  # the summary of the built model (meta: no memory, no compute)
         from .inspect import summary
 
-        size = inputs or _spec_input(spec)
-        report = summary(meta, **_example(meta, size, "float32"), depth=1)
+        report = summary(model, **_example(model, inputs or _spec_input(spec), "float32"), depth=1)
+    leaves = report.outputs if report is not None else []  # the output as the summary found it: a shape, or by key
     row = {
         "spec": spec,
         "name": doc.get("name"),
         "input": input_size if input_size is not None else doc.get("input"),
-        "output": shape,
-        "params": sum(p.numel() for p in meta.parameters()),
-        "layers": census(meta),
+        "output": leaves[0].shape if len(leaves) == 1 and not leaves[0].key else {o.key: o.shape for o in leaves} or None,
+        "params": sum(p.numel() for p in model.parameters()),
         "summary": json.loads(report.to_json()) if report is not None else None,
     }
     if save:
         from .models_io import save_model
 
-        row["saved"] = str(save_model(build(doc, input_size=input_size), save))
+        row["saved"] = str(save_model(model, save))
     if as_json:
         typer.echo(json.dumps(row, indent=2))
         return
-    table = Table(title=f"{row['name'] or spec}")
-    table.add_column("layer")
-    table.add_column("count", justify="right")
-    for layer, count in row["layers"].items():
-        table.add_row(layer, str(count))
     out = Console()
     if report is not None:
         out.print(report, highlight=False)
-    out.print(table)
     out.print(f"parameters: {row['params']:,}", highlight=False)
-    out.print(f"input: {row['input']}   output: {row['output'] if shape is not None else 'unknown (pass --input)'}", highlight=False)
+    out.print(f"input: {row['input']}   output: {row['output'] or 'unknown (pass --input)'}", highlight=False)
     if save:
         out.print(f"saved to {row['saved']}", highlight=False)
 

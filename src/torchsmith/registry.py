@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from .codec import nn_layer
 from .errors import DuplicateModelError, ModelConfigError, UnknownModelError, did_you_mean
 
 __all__ = [
@@ -139,24 +140,15 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
 # lookup
 
 
-def _nn_layer(name: str) -> type[nn.Module]:
-    """The ``torch.nn`` module class ``name`` (``"GELU"``): only classes defined by torch.nn, never an import."""
-    cls = getattr(nn, name, None)
-    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith("torch.nn."):
-        return cls
-    layers = [n for n, c in vars(nn).items() if isinstance(c, type) and issubclass(c, nn.Module)]
-    raise UnknownModelError(f"torch.nn has no layer class {name!r}.{did_you_mean(name, layers)}")
-
-
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
-    """The builder registered under ``name`` (``"torch.nn.<Layer>"``: that torch.nn layer, as :func:`create_layer`).
+    """The builder registered under ``name`` (``"torch.nn.<Layer>"``: that allow-listed torch.nn layer, as
+    :func:`create_layer`).
 
     Raises:
-        UnknownModelError: naming the closest registered names.
+        UnknownModelError: naming the closest registered names (or allowed torch.nn layers).
     """
     if name.startswith(TORCH_NN):
-        layer = name.removeprefix(TORCH_NN)
-        return functools.partial(create_layer, _nn_layer(layer).__name__)
+        return functools.partial(create_layer, name.removeprefix(TORCH_NN))
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -181,17 +173,29 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 def create_layer(name: str, **kwargs: Any) -> nn.Module:
     """Build the ``torch.nn`` layer ``name`` with keyword arguments, recording how (so it can be saved).
 
-    A layer made this way can be put into a model with ``replace_module`` and
+    Only layers on the allow-list (``torchsmith.codec.NN_LAYERS``: leaf layers whose arguments are plain
+    values) are built. A layer made this way can be put into a model with ``replace_module`` and
     still be rebuilt by ``load_model``: its config is
     ``{"name": "torch.nn.<name>", "kwargs": ...}``.
+
+    Raises:
+        UnknownModelError: ``name`` is not on the allow-list (naming it, the closest allowed names and what
+            to do instead).
 
     Example::
 
         >>> act = create_layer("GELU", approximate="tanh")
         >>> act, model_config(act)
         (GELU(approximate='tanh'), {'name': 'torch.nn.GELU', 'kwargs': {'approximate': 'tanh'}, 'steps': []})
+        >>> create_layer("MultiheadAttention", embed_dim=8, num_heads=2)
+        Traceback (most recent call last):
+        ...
+        torchsmith.errors.UnknownModelError: create_layer: torch.nn.MultiheadAttention is not on torchsmith's allow-list ...
     """
-    cls = _nn_layer(name)
+    try:
+        cls = nn_layer(name)
+    except UnknownModelError as e:
+        raise UnknownModelError(f"create_layer: {e}") from None
     key = TORCH_NN + cls.__name__
     recorded = _bound_kwargs(cls, (), kwargs, name=key)
     layer = cls(**kwargs)

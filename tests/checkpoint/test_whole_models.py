@@ -8,6 +8,7 @@ import copy
 import json
 import subprocess
 import sys
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -74,6 +75,17 @@ def tiny_mlp() -> nn.Module:
     return ts.create_model("mlp", in_features=12, hidden=(8,), num_classes=3)
 
 
+GRAPH = {"input": [1, 4], "graph": {"nodes": {"blocks.a": {"Linear": [4, 4]}, "blocks.b": {"Linear": [4, 2]}}}}
+
+
+def tutorial_head(in_features: int = 2048) -> nn.Sequential:
+    """The tutorial's named classifier, built by hand from torch.nn."""
+    return nn.Sequential(OrderedDict(
+        fc1=nn.Linear(in_features, 128), relu1=nn.ReLU(), dropout1=nn.Dropout(0.5), fc2=nn.Linear(128, 10),
+        output=nn.LogSoftmax(dim=1),
+    ))  # fmt: skip
+
+
 def chain(model: nn.Module, trainable: list[str]) -> nn.Module:
     """The issue's chain: 1 input channel, a new head, frozen BatchNorm (but in ``trainable``), then folded."""
     model = ts.adapt_input_channels(model, 1)
@@ -105,6 +117,19 @@ CASES = {
         lambda: ts.replace_module(r18(), "fc", ts.replace_head(ts.create_model("mlp", in_features=512, hidden=(16,)), 6)),
         [img()],
     ),
+    "replace_module_plain": (lambda: ts.replace_module(randomise_bn_(ts.create_model("resnet50")), "fc", tutorial_head()), [img()]),
+    "replace_module_plain_list": (  # the U-Net's decoder, a ModuleList its forward walks
+        lambda: ts.replace_module(tiny_unet(), "decoder", nn.ModuleList([nn.Sequential(
+            nn.Conv2d(8, 4, 3, padding=1, bias=False, padding_mode="reflect"), nn.BatchNorm2d(4, momentum=0.3),
+            nn.LeakyReLU(0.2))])),
+        [img(3, 8)],
+    ),  # fmt: skip
+    "replace_module_plain_dict": (  # a spec graph's nodes live in ModuleDicts
+        lambda: ts.replace_module(ts.build(GRAPH), "blocks", nn.ModuleDict(dict(
+            a=nn.Sequential(nn.Linear(4, 6), nn.GELU("tanh"), nn.Linear(6, 4)), b=nn.Linear(4, 2, bias=False)))),
+        [torch.randn(3, 4)],
+    ),  # fmt: skip
+    "replace_head_layered": (lambda: ts.replace_head(r18(), 10, hidden=[32, 16], dropout=0.25, output="LogSoftmax"), [img()]),
     "chain_resnet": (lambda: chain(r18(), ["layer4", "fc"]), [img(1)]),
     "chain_unet": (lambda: chain(tiny_unet(), ["decoder", "head"]), [img(1, 8)]),
     "chain_fpn": (lambda: ts.fold_batchnorm(ts.adapt_input_channels(ts.create_model("resnet18_fpn", out_channels=8), 2).eval()), [img(2)]),
@@ -183,18 +208,59 @@ def test_unfreeze_after_load_gives_batchnorm_with_the_loaded_values(tmp_path):
 # save_model never writes what load_model cannot rebuild
 
 
-def test_replace_module_with_an_unregistered_module_is_refused_at_save(tmp_path):
-    model = ts.replace_module(r18(), "layer1.0.relu", nn.GELU())
+class Swish(nn.Module):  # a layer of the user's own: not data
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class MyReLU(nn.ReLU):  # a subclass of an allowed layer: its forward may differ, so it is not data either
+    pass
+
+
+@pytest.mark.parametrize("module, why", [
+    (Swish(), "layer1.0.relu: test_whole_models.Swish is not a torch.nn layer on the allow-list"),
+    (MyReLU(), "layer1.0.relu: test_whole_models.MyReLU is not a torch.nn layer on the allow-list (a subclass of an allowed one)"),
+    (nn.Sequential(nn.ReLU(), nn.CrossMapLRN2d(3)),  # torch.nn, but not on the allow-list
+     "layer1.0.relu.1: torch.nn.modules.normalization.CrossMapLRN2d is not a torch.nn layer on the allow-list"),
+])  # fmt: skip
+def test_replace_module_with_a_module_that_is_not_plain_data_is_refused_at_save(tmp_path, module, why):
+    model = ts.replace_module(r18(), "layer1.0.relu", module)
+    assert model(img()).shape == (2, 4)  # it runs; it just cannot be written down
     with pytest.raises(ts.UnsaveableModelError) as info:
         ts.save_model(model, tmp_path / "m")
     msg = str(info.value)
-    assert "layer1.0.relu: expected ReLU, found GELU" in msg
+    assert f"layer1.0.relu: expected ReLU, found {type(module).__name__}" in msg
+    assert "'layer1.0.relu' is not plain data, so it could not be recorded: " + why in msg
     assert "create_layer" in msg and "register_model" in msg and "save_weights" in msg
     assert not (tmp_path / "m").exists()
-    # described through torchsmith, the same change saves and comes back
+
+
+def test_replace_module_with_torch_nn_layers_saves_and_loads(tmp_path):
+    """What was refused before the config codec described plain modules: nn.GELU() put in by replace_module."""
+    model = ts.replace_module(r18(), "layer1.0.relu", nn.GELU())
+    assert ts.model_config(model)["steps"] == [{"op": "replace_module", "path": "layer1.0.relu", "spec": "GELU"}]
+    ts.save_model(model, tmp_path / "m")
+    assert type(ts.load_model(tmp_path / "m").layer1[0].relu) is nn.GELU
+    # described through create_layer, the same change saves and comes back as before
     model = ts.replace_module(r18(), "layer1.0.relu", ts.create_layer("GELU"))
     ts.save_model(model, tmp_path / "m")
     assert type(ts.load_model(tmp_path / "m").layer1[0].relu) is nn.GELU
+
+
+def test_a_plain_module_assigned_by_hand_is_refused_with_the_way_to_record_it(tmp_path):
+    model = r18()
+    model.fc = nn.Sequential(nn.Linear(512, 8), nn.ReLU(), nn.Linear(8, 4))  # not through replace_module
+    with pytest.raises(ts.UnsaveableModelError, match=r"'fc' is plain data: put it in with replace_module\(model, 'fc', module\)"):
+        ts.save_model(model, tmp_path / "m")
+
+
+def test_a_module_sharing_weights_with_the_model_is_not_recorded(tmp_path):
+    model = r18()
+    shared = nn.Sequential(model.layer1[0].conv1, nn.ReLU())  # a description would rebuild it untied
+    ts.replace_module(model, "layer1.0.conv2", shared)
+    assert ts.model_config(model)["steps"] == []
+    with pytest.raises(ts.UnsaveableModelError, match="layer1.0.conv2: expected Conv2d, found Sequential"):
+        ts.save_model(model, tmp_path / "m")
 
 
 def test_hand_edited_attributes_are_refused_at_save_naming_the_differences(tmp_path):
@@ -224,6 +290,22 @@ def test_a_failed_save_leaves_the_old_directory(tmp_path):
     with pytest.raises(ts.UnsaveableModelError):
         ts.save_model(bad, tmp_path / "m")
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+
+
+@pytest.mark.parametrize("edit, error", [
+    ({"Sequential": [{"Transformer": {}}]}, r"torch.nn.Transformer is not on torchsmith's allow-list"),
+    ({"Sequential": [{"builtins.eval": {"source": "1"}}]}, r"torch.nn has no layer 'builtins.eval' on torchsmith's allow-list"),
+    ({"Sequential": {"a.b": "ReLU"}}, r"fc.Sequential: child names \['a.b'\] are not letters, digits and _"),
+    ({"Linear": {"in_features": 512, "out_features": 4, "device": "cuda"}}, r"fc.Linear: expected \{argument: value\} \(no device or dtype\)"),
+])  # fmt: skip
+def test_a_hand_edited_module_description_is_refused_at_load(tmp_path, edit, error):
+    ts.save_model(ts.replace_module(r18(), "fc", nn.Sequential(nn.Linear(512, 4))), tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    doc = json.loads(path.read_text())
+    doc["steps"][0]["spec"] = edit
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ts.TorchsmithError, match=error):
+        ts.load_model(tmp_path / "m", verify=False)
 
 
 def test_a_hand_edited_config_with_an_unknown_step_is_refused_at_load(tmp_path):

@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import jsonschema
@@ -72,7 +73,8 @@ def test_cli_build_json(capsys):
     row = json.loads(capsys.readouterr().out)
     assert row["output"] == [2, 64, 64 - 8, 64 - 8]
     assert row["params"] == (3 * 25 * 20 + 20) + (20 * 25 * 64 + 64)
-    assert row["layers"] == {"Conv2d": 2, "ReLU": 2}
+    rows = [(r["type"], r["depth"]) for r in row["summary"]["layers"]]  # the summary's rows say what the census did
+    assert Counter(t for t, depth in rows if depth == 1) == {"Conv2d": 2, "ReLU": 2} and "layers" not in row
     totals = row["summary"]["totals"]  # the summary of the built model comes with it
     assert totals["total_params"] == row["params"]
     conv_flops = 2 * 2 * (20 * 60 * 60 * 3 * 25 + 64 * 56 * 56 * 20 * 25)  # 2 x MACs of both convs, batch 2
@@ -91,6 +93,20 @@ def test_cli_build_saves_a_loadable_model(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["saved"] == str(tmp_path / "out")
     loaded = ts.load_model(tmp_path / "out")
     assert list(loaded.keys()) == ["linear", "act", "output"]
+
+
+def test_cli_build_builds_the_spec_once(monkeypatch, tmp_path, capsys):
+    from torchsmith.spec import api
+
+    calls = []
+    real = api.construct
+    monkeypatch.setattr(api, "construct", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["build", str(SPECS / "unet.yaml"), "--input", "1,3,64,64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == [1, 3, 64, 64] and len(calls) == 1
+    calls.clear()
+    assert main(["build", str(SPECS / "mlp.yaml"), "--save", str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == [1, 10]
+    assert len(calls) == 2  # the model saved, and save_model's own rebuild on meta that checks load_model's
 
 
 def test_cli_build_errors_exit_1_and_bad_input_exits_2(tmp_path, capsys):

@@ -205,3 +205,16 @@ def test_create_layer_records_a_torch_nn_layer_and_refuses_other_names():
         torchsmith.create_layer("LeakyRelu")
     with pytest.raises(UnknownModelError):
         create_model("torch.nn.functional")  # only torch.nn module classes, never an import
+
+
+def test_create_layer_builds_only_the_allow_list_and_says_what_to_do():
+    with pytest.raises(UnknownModelError) as info:  # a torch.nn layer, but one no config can name
+        torchsmith.create_layer("MultiheadAttention", embed_dim=8, num_heads=2)
+    msg = str(info.value)
+    assert msg.startswith("create_layer: torch.nn.MultiheadAttention is not on torchsmith's allow-list of torch.nn layers.")
+    assert "torchsmith.codec.NN_LAYERS" in msg and "replace_module" in msg and "@register_model" in msg
+    with pytest.raises(UnknownModelError, match=r"create_layer: torch.nn has no layer 'Conv2D' on torchsmith's allow-list\. Did you mean 'Conv2d'"):
+        torchsmith.create_layer("Conv2D", in_channels=3, out_channels=4, kernel_size=3)
+    with pytest.raises(UnknownModelError, match="not on torchsmith's allow-list"):
+        create_model("torch.nn.Sequential")  # a container is not a layer: the config name is refused too
+    assert type(create_model("torch.nn.Hardswish")) is nn.Hardswish  # what save_model wrote before still builds

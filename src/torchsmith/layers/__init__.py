@@ -1,6 +1,5 @@
-"""Reusable building blocks. Never imports the zoo."""
+"""Reusable building blocks. Never imports the zoo. (Layer names: ``torchsmith.codec``.)"""
 
-from .create import ACT_LAYERS, NORM_LAYERS, get_act_layer, get_norm_layer
 from .children import ChildrenRunner
 from .blocks import BasicBlock, Bottleneck, conv1x1, conv3x3
 from .fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
@@ -8,10 +7,6 @@ from .info import FeatureInfo, FeatureInfoList
 from .norm import FrozenBatchNorm2d
 
 __all__ = [
-    "get_act_layer",
-    "get_norm_layer",
-    "ACT_LAYERS",
-    "NORM_LAYERS",
     "BasicBlock",
     "Bottleneck",
     "conv1x1",

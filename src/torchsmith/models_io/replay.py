@@ -5,9 +5,9 @@ registered builder and its keywords, then one JSON step per change of
 structure torchsmith made (``replace_head``, ``adapt_input_channels``,
 ``add_inputs``, ``freeze`` / ``unfreeze``, ``fold_batchnorm``,
 ``optimize_for_inference``, ``replace_module`` with a module built by
-``create_model`` / ``create_layer``). :func:`build_from_config` replays them,
-on the meta device by default (shapes only; ``load_model`` then assigns the
-weights).
+``create_model`` / ``create_layer`` or described as plain data by the config
+codec). :func:`build_from_config` replays them, on the meta device by default
+(shapes only; ``load_model`` then assigns the weights).
 
 The replay of each operation is registered beside the operation itself (``torchsmith.steps``, the one table);
 this module imports surgery, so every operation is registered before a step is replayed.

@@ -10,16 +10,17 @@ The configuration comes from the registry (``model.torchsmith_config``): the
 builder's name and keywords, and the surgery steps recorded since, replayed by
 ``load_model`` on the meta device before the weights are read. ``save_model``
 first rebuilds the model that way and compares it with yours, so it never
-writes a directory ``load_model`` would rebuild differently. Values must be JSON; layer classes from ``torchsmith.layers`` name tables
-(``norm_layer=FrozenBatchNorm2d``) are written as their names and torch dtypes
-as strings. Loading never imports anything a config names: only registered
-models and the name tables are looked up.
+writes a directory ``load_model`` would rebuild differently. Values are
+written by the one config codec (``torchsmith.codec``): JSON values as they are,
+layer classes (``norm_layer=FrozenBatchNorm2d``) as their names and torch
+dtypes as strings. Loading never imports anything a config names: only
+registered models, the layer name tables and the torch.nn allow-list are
+looked up.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -31,18 +32,18 @@ from torch import nn
 
 from .._version import __version__
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
-from ..layers.create import ACT_LAYERS, NORM_LAYERS
 from ..checkpoint import safe_json
 from ..checkpoint.atomic import atomic_write_all, clean_stale_temporaries
 from ..checkpoint.checksums import bytes_digest
 from ..checkpoint.files import open_regular, read_capped
-from ..checkpoint.formats import CONFIG_NAME, TORCH_DTYPES, WEIGHTS_NAME, dtype_name
+from ..checkpoint.formats import CONFIG_NAME, WEIGHTS_NAME, dtype_name
 from ..checkpoint.limits import Limits, current, how_to_raise, takes_limits
 from ..checkpoint.safetensors_format import SafetensorsFile, write_safetensors
 from ..checkpoint.signing import verify_checkpoint
 from ..checkpoint.sources import SafetensorsSource
 from ..checkpoint.torch_format import read_torch_file
 from ..checkpoint.weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
+from ..codec import decode, describe_module, encode, layer_names
 from ..registry import model_config
 from ..surgery.freeze import pinned_eval
 from .replay import build_from_config, finish_loaded
@@ -52,41 +53,10 @@ __all__ = ["save_model", "load_model"]
 FORMAT = "torchsmith.model"
 FORMAT_VERSION = 1
 
-_LAYER_NAMES: dict[Any, str] = {}
-for _table in (ACT_LAYERS, NORM_LAYERS):
-    for _name, _cls in _table.items():
-        _LAYER_NAMES.setdefault(_cls, _name)
 PAIR_TRIES = 16  # reads of config.json + weights while a concurrent save is between its two renames
 
 
-# config encoding
-
-
-def _encode(value: Any, where: str, problems: list[str]) -> Any:
-    """A JSON value for ``value``; unencodable ones are added to ``problems``."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        problems.append(f"{where}={value!r} (not finite)")
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_encode(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            problems.append(f"{where} has non-string keys {bad[:3]}")
-        return {str(k): _encode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
-    if isinstance(value, torch.dtype) and dtype_name(value) in TORCH_DTYPES:
-        return {"$dtype": dtype_name(value)}
-    try:
-        if value in _LAYER_NAMES:
-            return {"$layer": _LAYER_NAMES[value]}
-    except TypeError:  # unhashable
-        pass
-    problems.append(f"{where}={value!r} ({type(value).__name__})")
-    return None
+# config
 
 
 def _config_size(value: Any, max_values: int, max_depth: int, depth: int = 0) -> tuple[int, int]:
@@ -104,24 +74,6 @@ def _config_size(value: Any, max_values: int, max_depth: int, depth: int = 0) ->
     return 1, depth
 
 
-def _decode(value: Any, where: str, problems: list[str]) -> Any:
-    if isinstance(value, list):
-        return [_decode(v, where, problems) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {"$layer"}:
-            name = value["$layer"]
-            cls = ACT_LAYERS.get(name) or NORM_LAYERS.get(name) if isinstance(name, str) else None
-            if cls is None:
-                problems.append(f"{where}: unknown layer name {name!r}")
-            return cls
-        if set(value) == {"$dtype"}:
-            if value["$dtype"] not in TORCH_DTYPES:
-                problems.append(f"{where}: unknown dtype {value['$dtype']!r}")
-            return TORCH_DTYPES.get(value["$dtype"])
-        return {k: _decode(v, f"{where}[{k!r}]", problems) for k, v in value.items()}
-    return value
-
-
 def model_to_config(model: nn.Module) -> dict[str, Any]:
     """The JSON configuration of a registry-built model.
 
@@ -137,22 +89,22 @@ def model_to_config(model: nn.Module) -> dict[str, Any]:
             f"@torchsmith.register_model and build it through that, or save only its weights with save_weights()."
         )
     problems: list[str] = []
-    kwargs = {k: _encode(v, k, problems) for k, v in cfg["kwargs"].items()}
-    steps = _encode(cfg["steps"], "steps", problems)
+    kwargs = {k: encode(v, where=k, problems=problems) for k, v in cfg["kwargs"].items()}
+    steps = encode(cfg["steps"], where="steps", problems=problems)
     if problems:
         raise UnsaveableModelError(
             f"save_model: model {cfg['name']!r} was built with arguments config.json cannot hold: "
             f"{'; '.join(problems)}. Pass plain values (numbers, strings, lists, dicts), torch dtypes, or layer "
-            f"names ({', '.join(sorted(set(NORM_LAYERS) | set(ACT_LAYERS)))}) instead, or register a model class "
-            f"whose constructor takes JSON-able arguments and builds the objects itself."
+            f"names ({', '.join(layer_names())}, or torch.nn names on the allow-list) instead, or register a "
+            f"model class whose constructor takes JSON-able arguments and builds the objects itself."
         )
     return {"name": cfg["name"], "kwargs": kwargs, "steps": steps}
 
 
 def _decode_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
     problems: list[str] = []
-    kwargs = _decode(doc["kwargs"], "kwargs", problems)
-    steps = _decode(doc.get("steps", []), "steps", problems)
+    kwargs = decode(doc["kwargs"], where="kwargs", problems=problems)
+    steps = decode(doc.get("steps", []), where="steps", problems=problems)
     if problems:
         raise CorruptCheckpointError(f"{where}: {'; '.join(problems)}.")
     return {"name": doc["name"], "kwargs": kwargs, "steps": steps}
@@ -208,11 +160,24 @@ def check_rebuildable(model: nn.Module, config: dict[str, Any]) -> None:
         raise UnsaveableModelError(
             f"save_model: load_model would not rebuild this model. Built from {name!r} with its recorded keywords "
             f"and {steps} recorded step{'s' if steps != 1 else ''}, it differs from yours in {len(diffs)} "
-            f"place{'s' if len(diffs) != 1 else ''}: {shown}. Change models with torchsmith's recorded operations "
-            f"(replace_module with a module from create_model or create_layer, replace_head, freeze, ...), or "
+            f"place{'s' if len(diffs) != 1 else ''}: {shown}.{_why_unrecorded(rebuilt, model)} Change models with "
+            f"torchsmith's recorded operations (replace_module with a module built from allow-listed torch.nn layers, "
+            f"or from create_model or create_layer; replace_head, freeze, ...), or "
             f"register the class with @register_model and build it through create_model; or save only the "
             f"weights with save_weights(). Nothing was written."
         )
+
+
+def _why_unrecorded(expected: nn.Module, found: nn.Module) -> str:
+    """Why the first module of ``found`` that ``expected`` lacks was not recorded (the config codec's reasons)."""
+    want = dict(expected.named_modules())
+    for path, module in found.named_modules():
+        if path and (path not in want or type(want[path]) is not type(module)):
+            _, problems = describe_module(module, path=path)
+            if problems:
+                return f" {path!r} is not plain data, so it could not be recorded: {'; '.join(problems[:3])}."
+            return f" {path!r} is plain data: put it in with replace_module(model, {path!r}, module) to record it."
+    return ""
 
 
 # whole models

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import get_act_layer, get_norm_layer
+from ..codec import get_act_layer, get_norm_layer
 from ..zoo.unets import DoubleConv as _DoubleConv
 from ..zoo.unets import DownSample as _DownSample
 from .names import register_block

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..codec import make_layer
 from ..errors import SpecError, TorchsmithError
 from ..registry import create_model
 from . import names as N
@@ -27,15 +28,6 @@ from .modules import GraphModel, GraphNode, LayerDict, LayerList
 from .parse import Call, Container, Graph, Node, Repeat
 
 __all__ = ["construct", "shapes_of"]
-
-def _tuples(value: Any) -> Any:
-    """torch.nn takes tuples where a spec has lists (kernel sizes, shapes)."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
 
 def shapes_of(value: Any) -> Any:
     """Shapes of a (nested) output: a tuple for a tensor, a dict / list of them otherwise."""
@@ -168,7 +160,7 @@ class _Builder:
                 args, kwargs = self.resolved[key]
         try:
             if node.kind == "nn":
-                module = N.NN_LAYERS[node.name](*_tuples(args), **_tuples(kwargs))
+                module = make_layer(node.name, *args, **kwargs)
             elif node.kind == "block":
                 module = N.blocks()[node.name](*args, **kwargs)
             else:

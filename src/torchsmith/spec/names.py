@@ -14,34 +14,17 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from ..codec import CONTAINERS as NN_CONTAINERS
+from ..codec import NN_LAYERS
 from ..errors import DuplicateModelError, SpecError
 
 __all__ = ["register_block", "register_op", "NN_LAYERS", "CONTAINERS", "AUTO_PARAMS", "Op"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# torch.nn layers a spec may name: leaf layers whose arguments are plain values. No containers
-# (they are spelled Sequential / ModuleList / ModuleDict below), nothing taking a module, no lazy layers.
-_NN_NAMES = """
-Identity Linear Bilinear
-Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d Fold Unfold
-ReLU ReLU6 LeakyReLU PReLU RReLU ELU SELU CELU GELU SiLU Mish Hardswish Hardsigmoid Hardtanh Hardshrink
-Softshrink Tanhshrink Sigmoid LogSigmoid Tanh Softplus Softsign Softmax Softmin LogSoftmax Softmax2d Threshold GLU
-BatchNorm1d BatchNorm2d BatchNorm3d GroupNorm LayerNorm RMSNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d
-LocalResponseNorm
-Dropout Dropout1d Dropout2d Dropout3d AlphaDropout FeatureAlphaDropout
-MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d LPPool1d LPPool2d
-AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d
-ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d ReflectionPad1d ReflectionPad2d
-ReflectionPad3d ReplicationPad1d ReplicationPad2d ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d
-Flatten Unflatten Upsample UpsamplingNearest2d UpsamplingBilinear2d PixelShuffle PixelUnshuffle ChannelShuffle
-Embedding RNN LSTM GRU TransformerEncoderLayer TransformerDecoderLayer CosineSimilarity PairwiseDistance
-""".split()
-
-NN_LAYERS: dict[str, type[nn.Module]] = {n: getattr(nn, n) for n in _NN_NAMES if isinstance(getattr(nn, n, None), type)}
-
-# container names a spec spells out; their values are layers, not arguments
-CONTAINERS = ("Sequential", "ModuleList", "ModuleDict", "Graph")
+# container names a spec spells out; their values are layers, not arguments (the torch.nn layers a spec may
+# name are the codec's allow-list, NN_LAYERS)
+CONTAINERS = (*NN_CONTAINERS, "Graph")
 
 # arguments that may be "auto": the width is read from the incoming tensor (dim -1 for features, dim 1 otherwise)
 AUTO_PARAMS = {"in_features": -1, "in_channels": 1, "num_features": 1}

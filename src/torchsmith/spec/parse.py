@@ -33,10 +33,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from torch import nn
+
+from ..codec import decode
 from ..errors import SpecError, closest, did_you_mean
 from ..registry import get_model_builder, list_models
 from . import names as N
-from torch import nn
 
 from .modules import RESERVED_NAMES, GraphModel, LayerDict, LayerList
 
@@ -248,6 +250,13 @@ class _Parser:
                 if k in kwargs:
                     self.add(f"{path}.{k}", f"{k} is not set in a spec; move the built model with .to()")
                     return None
+        if kind in ("block", "model"):  # their arguments as the config codec writes them: {$dtype: ...}, {$layer: ...}
+            found: list[str] = []
+            args = decode(args, where=f"{path}.args", problems=found)
+            kwargs = {k: decode(v, where=f"{path}.{k}", problems=found) for k, v in kwargs.items()}
+            self.problems.extend(found)
+            if found:
+                return None
         sig = N.signature(target)
         call = Call(path, kind, name, args, kwargs)
         if sig is None:

@@ -5,15 +5,19 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..codec import nn_layer
 from ..runner import CONV_TYPES, Call, example_call, main_output, output_tensors, probe, refuse_uninitialised
 from ..errors import HeadNotFoundError, SurgeryError, TorchsmithError
 from ..steps import record, recorded_op
@@ -22,6 +26,8 @@ from .modules import find_path, get_module, put, update_attrs
 __all__ = ["replace_head"]
 
 logger = logging.getLogger("torchsmith")
+HEAD_OPTIONS = ("hidden", "dropout", "names", "output")  # what a replace_head step records beside num_classes, path
+
 
 
 def is_head_layer(module: nn.Module) -> bool:
@@ -115,8 +121,11 @@ def out_features(layer: nn.Module) -> int | None:
     return None
 
 
-def _new_head(model: nn.Module, path: str, old: nn.Module, num_classes: int) -> nn.Module:
-    """A fresh layer like ``old`` (every constructor setting) with ``num_classes`` outputs."""
+def _new_head(model: nn.Module, path: str, old: nn.Module, num_classes: int, **options: Any) -> nn.Module:
+    """A fresh layer like ``old`` (every constructor setting) with ``num_classes`` outputs; with ``options``
+    (hidden layers, dropout, names, an output activation) a named ``nn.Sequential`` of torch.nn layers."""
+    if options:
+        return _layered_head(model, path, old, num_classes, **options)
     if num_classes == 0:
         return nn.Identity()
     if isinstance(old, nn.Linear):
@@ -131,17 +140,93 @@ def _new_head(model: nn.Module, path: str, old: nn.Module, num_classes: int) -> 
             old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
             dilation=old.dilation, groups=old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
         )  # fmt: skip
-    if isinstance(old, nn.Identity) and isinstance(getattr(model, "num_features", None), int):
-        return nn.Linear(model.num_features, num_classes)
+    if _in_width(model, old) is not None:  # an Identity head, or a Sequential one replace_head made
+        return nn.Linear(_in_width(model, old), num_classes)
     raise SurgeryError(f"the head {path!r} is a {type(old).__name__}; replace_head handles Linear, conv and Identity heads.")
 
 
-@recorded_op("replace_head", replay=lambda model, step: replace_head(model, step["num_classes"], path=step["path"]))
+def _in_width(model: nn.Module, old: nn.Module) -> int | None:
+    """The features a head reads: a Linear's, ``model.num_features`` for an Identity, or the first Linear's of a
+    Sequential (after dropout only: the heads replace_head builds)."""
+    if isinstance(old, nn.Linear):
+        return old.in_features
+    if isinstance(old, nn.Identity) and isinstance(getattr(model, "num_features", None), int):
+        return model.num_features
+    if type(old) is nn.Sequential:
+        first = next((m for m in old if not isinstance(m, nn.Dropout)), None)
+        return first.in_features if isinstance(first, nn.Linear) else None
+    return None
+
+
+def _layered_head(
+    model: nn.Module, path: str, old: nn.Module, num_classes: int, *,
+    hidden: Sequence[int] = (), dropout: float = 0.0, names: Sequence[str] | None = None, output: str | None = None,
+) -> nn.Sequential:  # fmt: skip
+    """Linear(in, h1) -> ReLU -> Dropout -> ... -> Linear(h_last, num_classes) [-> output], named ``names``
+    (default fc1, relu1, dropout1, ..., fc<n>, output); every layer is on the config codec's allow-list."""
+    width = _in_width(model, old)
+    if width is None:
+        raise SurgeryError(
+            f"the head {path!r} is a {type(old).__name__}; hidden layers, dropout, names and an output layer are "
+            f"for a Linear head (an Identity one on a model with num_features, or one replace_head built). "
+            f"Replace it with replace_module."
+        )
+    if num_classes == 0:
+        raise SurgeryError("num_classes=0 leaves no classifier to put hidden layers, names or an output layer around.")
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+        raise SurgeryError(f"hidden takes positive layer widths, e.g. hidden=[128]; got {list(hidden)!r}.")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise SurgeryError(f"dropout is a probability from 0 to below 1, got {dropout!r}.")
+    layers: list[tuple[str, nn.Module]] = []
+    for i, h in enumerate(hidden, 1):
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"relu{i}", nn.ReLU())]
+        layers += [(f"dropout{i}", nn.Dropout(dropout))] if dropout else []
+        width = h
+    if dropout and not hidden:
+        layers.append(("dropout1", nn.Dropout(dropout)))
+    layers.append((f"fc{len(hidden) + 1}", nn.Linear(width, num_classes)))
+    if output is not None:
+        layers.append(("output", _output_layer(output)))
+    if names is not None:
+        default = [n for n, _ in layers]
+        bad = [n for n in names if not isinstance(n, str) or not re.fullmatch(r"[A-Za-z0-9_]+", n)]
+        if len(names) != len(layers) or bad or len(set(names)) != len(names):
+            raise SurgeryError(
+                f"names: {len(layers)} distinct names (letters, digits, _) for the layers {default}, got {names!r}."
+            )
+        layers = [(n, m) for n, (_, m) in zip(names, layers)]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _output_layer(name: str) -> nn.Module:
+    """The allow-listed torch.nn layer ``name`` put after the classifier, over the class dimension (``dim=1``)."""
+    try:
+        cls = nn_layer(name)
+    except TorchsmithError as e:
+        raise SurgeryError(f"output={name!r}: {e}") from None
+    takes_dim = "dim" in inspect.signature(cls).parameters
+    try:
+        return cls(dim=1) if takes_dim else cls()
+    except TypeError as e:
+        raise SurgeryError(f"output={name!r}: {name} needs arguments ({e}); name a layer such as 'LogSoftmax' or 'Sigmoid'.") from None
+
+
+def _head_options(step: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a recorded ``replace_head`` step (none in a step written before they existed)."""
+    return {k: step[k] for k in HEAD_OPTIONS if k in step}
+
+
+@recorded_op("replace_head", replay=lambda model, step: replace_head(
+    model, step["num_classes"], path=step["path"], **_head_options(step)))  # fmt: skip
 def replace_head(
     model: nn.Module,
     num_classes: int,
     *,
     path: str | None = None,
+    hidden: Sequence[int] = (),
+    dropout: float = 0.0,
+    names: Sequence[str] | None = None,
+    output: str | None = None,
     input_size: Sequence[int] | None = None,
     example_inputs: Any = None,
 ) -> nn.Module:
@@ -161,11 +246,30 @@ def replace_head(
     and dtype; ``num_classes=0`` puts an ``nn.Identity`` (pooled features).
     ``model.num_classes`` follows.
 
+    A head of several layers, in one recorded step: ``hidden`` widths give
+    ``Linear -> ReLU`` pairs (each followed by ``Dropout(dropout)`` when
+    ``dropout > 0``; with no hidden layers the dropout comes before the
+    classifier), then the classifier ``Linear``, then ``output``: an
+    allow-listed torch.nn layer name (``"LogSoftmax"``, ``"Softmax"``: over
+    ``dim=1``; ``"Sigmoid"``). The layers are named ``fc1, relu1, dropout1,
+    ..., fc<n>, output`` or by ``names``, one per layer in that order. A
+    Linear head takes these options, as do an Identity one on a model with
+    ``num_features`` and a head built this way (replaced again, it becomes a
+    Linear without them).
+
     Example::
 
         >>> model = replace_head(create_model("resnet50"), 20)
         >>> model.fc, model.num_classes
         (Linear(in_features=2048, out_features=20, bias=True), 20)
+        >>> replace_head(model, 10, hidden=[128], dropout=0.5, output="LogSoftmax").fc   # the tutorial's head
+        Sequential(
+          (fc1): Linear(in_features=2048, out_features=128, bias=True)
+          (relu1): ReLU()
+          (dropout1): Dropout(p=0.5, inplace=False)
+          (fc2): Linear(in_features=128, out_features=10, bias=True)
+          (output): LogSoftmax(dim=1)
+        )
     """
     if num_classes < 0:
         raise SurgeryError(f"num_classes must be >= 0, got {num_classes}.")
@@ -184,10 +288,13 @@ def replace_head(
                     f"outputs {left} keep the old width and come from no Linear / 1x1 conv; change them with replace_module.",
                     stacklevel=2,
                 )
-    new = {p: _new_head(model, p, get_module(model, p), num_classes) for p in [path, *aux]}
+    listed = lambda v: [v] if isinstance(v, (int, str)) else list(v or ())  # noqa: E731 - hidden=128, names="fc"
+    options = {"hidden": listed(hidden), "dropout": dropout, "names": listed(names), "output": output}
+    options = {k: v for k, v in options.items() if v}  # the defaults are left out of the step
+    new = {p: _new_head(model, p, get_module(model, p), num_classes, **options) for p in [path, *aux]}
     for p, layer in new.items():
         put(model, p, layer)
     update_attrs(model, num_classes=num_classes)
     for p in new:
-        record(model, "replace_head", num_classes=num_classes, path=p)
+        record(model, "replace_head", num_classes=num_classes, path=p, **options)
     return model

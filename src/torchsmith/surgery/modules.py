@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..codec import build_module, describe_module
 from ..errors import SurgeryError, did_you_mean
 from ..registry import model_config
 from ..steps import build_from_config, record, recorded_op
@@ -63,6 +64,9 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def _replay_replace_module(model: nn.Module, step) -> nn.Module:
+    """The module of a step rebuilt from its config (``module``) or its plain-data description (``spec``)."""
+    if "spec" in step:
+        return replace_module(model, step["path"], build_module(step["spec"], path=str(step["path"])))
     return replace_module(model, step["path"], build_from_config(step["module"], device=None))
 
 
@@ -71,21 +75,38 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``path``, moved to the device (and floating dtype) of what it replaces; returns ``model``.
 
     ``new`` is recorded for ``save_model`` when torchsmith can describe it
-    without pickle: built with ``create_model`` or ``create_layer``. Any other
+    without pickle: built with ``create_model`` or ``create_layer`` (recorded
+    as ``module``, its config), or made only of torch.nn layers on the
+    allow-list inside ``Sequential`` / ``ModuleList`` / ``ModuleDict``
+    (recorded as ``spec``, its description by the config codec). Any other
     module works the same in memory, and ``save_model`` refuses the model,
-    naming the path.
+    naming the path and why.
 
     Example::
 
         >>> model = replace_module(create_model("resnet18"), "layer1.0.relu", nn.GELU())
-        >>> type(model.layer1[0].relu).__name__
-        'GELU'
+        >>> type(model.layer1[0].relu).__name__, model_config(model)["steps"]
+        ('GELU', [{'op': 'replace_module', 'path': 'layer1.0.relu', 'spec': 'GELU'}])
     """
     put(model, path, new)
+    if model_config(model) is None:
+        return model  # nothing records: no need to describe
     described = model_config(new)
     if described is not None:
         record(model, "replace_module", path=path, module=described)
+    elif not _shares_tensors(model, path):
+        spec, _ = describe_module(get_module(model, path), path=path)
+        if spec is not None:
+            record(model, "replace_module", path=path, spec=spec)
     return model
+
+
+def _shares_tensors(model: nn.Module, path: str) -> bool:
+    """Whether the module at ``path`` holds a parameter or buffer the rest of ``model`` uses too (a description
+    would rebuild it untied)."""
+    inside = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    mine = {id(t) for name, t in inside if name.startswith(path + ".")}
+    return any(id(t) in mine for name, t in inside if not name.startswith(path + "."))
 
 
 def put(model: nn.Module, path: str, new: nn.Module) -> None:

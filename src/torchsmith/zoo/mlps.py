@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..codec import get_act_layer
 from ..errors import ModelConfigError
-from ..layers import FeatureInfo, FeatureInfoList, get_act_layer
+from ..layers import FeatureInfo, FeatureInfoList
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
 

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..codec import get_norm_layer
 from ..errors import ModelConfigError
-from ..layers import BasicBlock, Bottleneck, FeatureInfo, FeatureInfoList, conv1x1, get_norm_layer
+from ..layers import BasicBlock, Bottleneck, FeatureInfo, FeatureInfoList, conv1x1
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
 

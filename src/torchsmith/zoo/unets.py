@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..codec import get_act_layer, get_norm_layer
 from ..errors import ModelConfigError
-from ..layers import FeatureInfo, FeatureInfoList, get_act_layer, get_norm_layer
+from ..layers import FeatureInfo, FeatureInfoList
 from ..registry import register_model
 from ._factory import keywords_of, set_classifier
 from .fpns import LayerGetter
