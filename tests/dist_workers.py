@@ -93,5 +93,6 @@ def train_worker(rank: int, world: int, store: str, strategy: str, out: str, sta
         if rank == 0:
             ts.save_weights(references, Path(out) / "final-reference.safetensors")
         (Path(out) / f"losses-rank{rank}.json").write_text(json.dumps(losses))
+        dist.barrier()  # no rank tears its gloo connections down while the other still uses them (SIGABRT seen)
     finally:
         dist.destroy_process_group()

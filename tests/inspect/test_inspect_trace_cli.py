@@ -15,7 +15,8 @@ from torch import nn
 
 import torchsmith as ts
 from torchsmith import InspectError
-from torchsmith.cli import _parse_inputs, main
+from torchsmith.cli import main
+from torchsmith.cli.inputs import parse_inputs
 
 # trace
 
@@ -77,8 +78,8 @@ def test_trace_error_in_a_linear_layer():
 
 @given(st.lists(st.integers(1, 10**6), min_size=1, max_size=6), st.sampled_from([",", "x"]))
 def test_input_shapes_parse_as_the_spec_commands_do(shape, sep):
-    assert _parse_inputs([sep.join(map(str, shape))]) == shape
-    assert _parse_inputs([f"x={sep.join(map(str, shape))}", "y=2,3"]) == {"x": shape, "y": [2, 3]}
+    assert parse_inputs([sep.join(map(str, shape))]) == shape
+    assert parse_inputs([f"x={sep.join(map(str, shape))}", "y=2,3"]) == {"x": shape, "y": [2, 3]}
 
 
 @pytest.mark.parametrize("bad", [[""], ["1,3,a"], ["-1,3"], ["1.5,3"], ["0,3"], ["1,3", "2,3"]])
@@ -86,7 +87,7 @@ def test_input_shapes_rejected(bad):
     import typer
 
     with pytest.raises(typer.BadParameter):
-        _parse_inputs(bad)
+        parse_inputs(bad)
 
 
 def test_cli_named_inputs_become_keyword_arguments(capsys):

@@ -1,0 +1,98 @@
+"""What the model commands share: loading MODEL (a registered name, a save_model directory or a spec file),
+and turning ``--input`` / ``--dtype`` into example inputs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def parse_dtype(name: str):
+    import torch
+
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise typer.BadParameter(f"{name!r} is not a torch dtype (float32, float16, bfloat16, long, int32, bool, ...)")
+    return dtype
+
+
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_model_arg(model: str, *, meta: bool):
+    """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory."""
+    import contextlib
+    import os
+
+    import torch
+
+    from ..registry import create_model
+
+    if os.path.isdir(model):
+        from ..models_io import load_model
+
+        return load_model(model)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        if model.lower().endswith(SPEC_SUFFIXES) and os.path.isfile(model):
+            from pathlib import Path
+
+            from ..spec import build
+
+            return build(Path(model))
+        return create_model(model)
+
+
+def spec_input(model: str) -> Optional[list[str]]:
+    """The ``input`` a spec file declares, in ``--input`` form (None for anything else)."""
+    import os
+
+    if not (model.lower().endswith(SPEC_SUFFIXES) and os.path.isfile(model)):
+        return None
+    from pathlib import Path
+
+    from ..spec.source import read_spec
+
+    declared = read_spec(Path(model)).get("input")
+    if isinstance(declared, dict):
+        return [f"{name}={','.join(map(str, shape))}" for name, shape in declared.items()]
+    return [",".join(map(str, declared))] if declared else None
+
+
+def example_for(model, values: Optional[list[str]], dtype: str, make=None) -> dict:
+    """``{"example_inputs": ...}`` for ``summary`` / ``diagram`` / ``trace`` from ``--input`` (the spec
+    commands' format, ``parse_inputs``): one shape -> one tensor; ``name=shape`` (repeatable) -> keyword
+    inputs; none -> guessed from the first layer. ``make(shape, dtype)`` builds the tensors (meta by default)."""
+    import torch
+
+    from ..runner import example_input
+
+    dt = parse_dtype(dtype)
+    make = make or (lambda shape, dt: torch.empty(*shape, dtype=dt, device="meta"))
+    parsed = parse_inputs(values) if values else list(example_input(model).shape)
+    if isinstance(parsed, dict):
+        return {"example_inputs": {name: make(shape, dt) for name, shape in parsed.items()}}
+    return {"example_inputs": make(parsed, dt)}
+
+
+def parse_inputs(values: list[str]) -> object:
+    """``1,3,224,224`` -> a shape; ``image=1,3,64,64`` (repeatable) -> {name: shape}."""
+
+    def shape(text: str) -> list[int]:
+        try:
+            dims = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            dims = []
+        if not dims or any(d < 1 for d in dims):
+            raise typer.BadParameter(f"{text!r} is not a shape; write it as 1,3,224,224", param_hint="--input")
+        return dims
+
+    if len(values) == 1 and "=" not in values[0]:
+        return shape(values[0])
+    named = {}
+    for v in values:
+        name, sep, dims = v.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"with several inputs, name each: --input image=1,3,64,64 (got {v!r})", param_hint="--input")
+        named[name.strip()] = shape(dims)
+    return named
