@@ -22,7 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..codec import module_arguments
 from ..runner import tensor_leaves
 from .flops import counts_nothing
-from .records import LayerRecord, output_leaves
+from .records import LayerRecord, format_shape, output_leaves
 
 __all__ = ["FlowGraph"]
 
@@ -45,7 +45,7 @@ def _tensors(obj: Any) -> list[Tensor]:
 
 
 def _shape(t: Tensor) -> str:
-    return str(tuple(t.shape))
+    return format_shape(t.shape)
 
 
 def _inputs(args: tuple, kwargs: dict) -> list[str]:
@@ -53,7 +53,7 @@ def _inputs(args: tuple, kwargs: dict) -> list[str]:
     return [_shape(t) for t in _tensors(args)] + [f"{k}: {_shape(t)}" for k, t in tensor_leaves(kwargs)]
 
 
-def _arguments(module: nn.Module) -> dict[str, Any]:
+def _details(module: nn.Module) -> dict[str, Any]:
     """``{"args": [[name, value], ...]}`` read back from the attributes, else ``{"repr": extra_repr}``, else ``{}``."""
     args = [[k, str(tuple(v)) if isinstance(v, list) else repr(v)] for k, v in module_arguments(module).items()]
     if args:
@@ -105,7 +105,7 @@ class FlowGraph:
         module = self.by_path[rec.path]
         leaf = module in self.leaves
         label = rec.name + (f" ({rec.call})" if rec.call > 1 else "")
-        info = {"inputs": _inputs(args, kwargs), **_arguments(module)}
+        info = {"inputs": _inputs(args, kwargs), **_details(module)}
         if leaf:
             node = self._add(kind="module", label=label, path=rec.path, type=rec.type, **info)
             self._link((args, kwargs), node)
