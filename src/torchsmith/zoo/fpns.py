@@ -23,8 +23,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
-from ..pretrained import load_pretrained
 from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+from ..pretrained import load_pretrained
 from ..registry import register_model
 from ._factory import keywords_of, with_backbone_cfg
 from .resnets import build_resnet
