@@ -199,3 +199,15 @@ def test_output_keys_are_names_like_node_and_input_names():
     assert len(got) == 1 and got[0].startswith("graph.outputs") and "1" in got[0]
     model = ts.build({"graph": {"inputs": ["__DATA__"], "nodes": {"a": "ReLU"}, "outputs": {"__ELK__": "a"}}})
     assert list(model(__DATA__=torch.zeros(2))) == ["__ELK__"]  # placeholders are plain names: the page escapes them
+
+
+def test_a_trailing_newline_is_not_part_of_a_name():
+    # "$" in a pattern matches before a final "\n": "x\n" passed as an input, a node and an output name
+    got = problems({"graph": {"inputs": ["x\n"], "nodes": {"a": {"ReLU": None, "from": "x\n"}}, "outputs": ["a"]}})
+    assert got and got[0].startswith("graph.inputs: expected a list of input names")
+    got = problems({"graph": {"inputs": ["x"], "nodes": {"a\n": {"ReLU": None, "from": "x"}}}})
+    assert got and got[0] == f"graph.nodes.a\n: {'a' + chr(10)!r} cannot name a node: use letters, digits, _ and dots between parts, and no module attribute name"
+    got = problems({"graph": {"inputs": ["x"], "nodes": {"a": {"ReLU": None, "from": "x"}}, "outputs": {"o\n": "a"}}})
+    assert got == [f"graph.outputs[{'o' + chr(10)!r}]: {'o' + chr(10)!r} cannot name an output: use letters, digits and _"]
+    got = problems({"layers": {"a\n": "ReLU"}})
+    assert len(got) == 1 and "cannot name a child module" in got[0]

@@ -48,7 +48,7 @@ TOP_KEYS = ("name", "description", "input", "layers", "graph", "model")
 BODY_KEYS = ("layers", "graph", "model")
 GRAPH_KEYS = ("inputs", "nodes", "outputs")
 MAX_REPEAT = 1024
-_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")  # \Z: "$" would let a trailing newline through
 _MODULE_ATTRS = frozenset(vars(nn.Module()))  # training, _parameters, ...: set on every instance
 
 
