@@ -128,7 +128,7 @@ for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _SHORT.setdefault(_cls, _name)
 _NN_NAME = {cls: name for name, cls in NN_LAYERS.items()}
-_CHILD = re.compile(r"^[A-Za-z0-9_]+$")  # what a spec accepts as a child's name
+_CHILD = re.compile(r"^[A-Za-z0-9_]+\Z")  # what a spec accepts as a child's name (\Z: "$" passes a final newline)
 
 
 def layer_names() -> list[str]:
