@@ -272,3 +272,39 @@ def test_export_as_svg_holds_every_shown_node_and_as_png_decodes_at_twice_its_si
     (tmp_path / "export.png").write_bytes(png)
     assert opened.requests == [opened.file] and opened.errors == []  # exports stay in the page: no request
     opened.close()
+
+
+def test_boxes_never_overlap_and_every_label_fits_its_box(browser, resnet, tmp_path):
+    """At every level of expansion: two boxes are apart, or one lies inside the other and that one is an open
+    group (the layout nests children in it); each node's text lies inside its own box; and the screenshot
+    shows each closed node's own fill across its box (nothing drawn over it)."""
+    opened = Opened(browser, resnet, width=1100, height=700)
+    page = opened.page
+    for level in range(4):
+        page.click("#fit")
+        drawn = list(nodes(page).values())
+        for i, a in enumerate(drawn):
+            for b in drawn[i + 1:]:
+                if overlap(a, b) > 0:
+                    outer = a if inside(b, a) else b if inside(a, b) else None
+                    assert outer is not None and outer["open"], (level, a, b)
+        texts = page.eval_on_selector_all("g.node", """els => els.map(g => {
+            const r = g.querySelector('rect').getBoundingClientRect();
+            return [g.dataset.path, {x: r.x, y: r.y, width: r.width, height: r.height},
+                    [...g.querySelectorAll('text')].map(t => { const b = t.getBoundingClientRect();
+                        return {x: b.x, y: b.y, width: b.width, height: b.height}; })]; })""")
+        assert all(t and all(inside(x, r, slack=1) for x in t) for _, r, t in texts), level
+        page.keyboard.press("1")  # actual size (fit shrinks boxes to a few pixels): the boxes in the canvas
+        png = page.screenshot(path=tmp_path / f"level-{level}.png")
+        canvas = box(page, "#canvas")
+        closed = [n for n in nodes(page).values() if not n["open"] and inside(n, canvas)]
+        assert len(closed) >= 3, level  # a 5 x 5 grid inside each: mostly its own fill, between its text
+        grid = [(int(n["x"] + n["width"] * i / 6), int(n["y"] + n["height"] * j / 6)) for n in closed
+                for i in range(1, 6) for j in range(1, 6)]
+        at = [tuple(c) for c in decode_png(browser, png, grid)["at"]]
+        painted = {n["path"]: sum(c in NODE_FILLS for c in at[25 * k: 25 * (k + 1)]) for k, n in enumerate(closed)}
+        assert all(v >= 12 for v in painted.values()), (level, {p: v for p, v in painted.items() if v < 12})
+        page.click("#expand-all")
+        ready(page)
+    assert len(drawn) > 60 and opened.errors == []
+    opened.close()
