@@ -139,7 +139,7 @@ def test_fold_takes_conv_subclasses_with_the_plain_forward():
     model = randomise_bn_(Video()).eval()
     x = torch.randn(1, 3, 4, 8, 8)
     ref = model(x)
-    fold_batchnorm(model, example_inputs=x)
+    fold_batchnorm(model)
     assert isinstance(model.stem[1], nn.Identity) and isinstance(model.block[1], nn.Identity)
     assert relative(model(x), ref) < 1e-5
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import SurgeryError
 from ..paths import unwrapped
-from ..runner import Call, map_tensors, on_stand_ins, restored_on_failure, tensor_leaves
+from ..runner import Call, example_input, map_tensors, on_stand_ins, restored_on_failure, tensor_leaves
 from ..steps import record, recorded_op
 from .check import checking_call
 from .fold_proof import foldable_bn, observed_pairs, traced_pairs
@@ -30,6 +31,7 @@ __all__ = ["fold_batchnorm", "optimize_for_inference"]
 logger = logging.getLogger("torchsmith")
 
 TOLERANCE = 1e-4  # a fold may change float32 outputs by at most this much of max|y| (more in lower precision)
+SMALL = 64  # the side of a guessed input the check runs for real: a 3-D conv's guess of 224^3 would be costly
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> None:
@@ -44,6 +46,22 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
         bias = shift if conv.bias is None else conv.bias * scale + shift
     conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
     conv.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=conv.weight.requires_grad)
+
+
+def _check_call(model: nn.Module, input_size: Sequence[int] | None, example_inputs: Any) -> Call | None:
+    """The call the fold is proven and checked on: the given one, else a small guessed image (``SMALL`` a side)
+    when the model runs at that size, else the runner's guess; None when nothing runs it."""
+    if input_size or example_inputs is not None:
+        return checking_call(model, input_size=input_size, example_inputs=example_inputs, action="fold_batchnorm")
+    try:
+        guess = example_input(model, error=SurgeryError)
+    except SurgeryError:
+        return None
+    if guess.dim() >= 3 and guess.is_floating_point():
+        small = (*guess.shape[:2], *[SMALL] * (guess.dim() - 2))
+        with contextlib.suppress(SurgeryError):  # a model with one input size: the full guess below
+            return checking_call(model, input_size=small, action="fold_batchnorm")
+    return checking_call(model, action="fold_batchnorm")
 
 
 def _proven_pairs(model: nn.Module, call: Call | None) -> list[tuple[str, str]]:
@@ -129,8 +147,8 @@ def fold_batchnorm(model: nn.Module, *, example_inputs: Any = None, input_size: 
     The BatchNorm becomes ``nn.Identity``; module names and the model's class stay.
     Only proven pairs are folded: a torch.fx trace shows the BatchNorm reads
     the conv's output and nothing else does, or, for a model fx cannot trace,
-    one run on ``example_inputs`` / ``input_size`` (else a guessed input) shows
-    it with hooks; and the conv is a plain one (a subclass with its own
+    one run on ``example_inputs`` / ``input_size`` (else a guessed input, 64
+    pixels a side where the model runs at that size) shows it with hooks; and the conv is a plain one (a subclass with its own
     forward, such as timm's weight-standardised ``StdConv2d``, is left). Then
     the folded model is run against the original on that input (random values,
     eval mode) and the fold is rolled back if an output moved more than
@@ -151,7 +169,7 @@ def fold_batchnorm(model: nn.Module, *, example_inputs: Any = None, input_size: 
         (Identity(), torch.Size([64]))
     """
     inner = unwrapped(model)
-    call = checking_call(inner, input_size=input_size, example_inputs=example_inputs, action="fold_batchnorm")
+    call = _check_call(inner, input_size, example_inputs)
     pairs = _proven_pairs(inner, call)
     training = [b for _, b in pairs if isinstance(inner.get_submodule(b), _BatchNorm) and inner.get_submodule(b).training]
     training = [b for b in training if not pinned_eval(inner.get_submodule(b))]
