@@ -386,8 +386,10 @@ def load_model(
     The model is built on the meta device (no memory, no init), its recorded
     surgery steps are replayed, and the weights are read straight into newly
     allocated tensors that become its parameters: one allocation of the
-    weights in all. Models holding non-persistent buffers are built for real
-    instead, then loaded in place. Every key must match: anything else raises
+    weights in all. Models holding non-persistent buffers, or whose builder
+    reads tensor values (torchvision's RegNet calls ``.tolist()``, which the
+    meta device cannot), are built for real instead, then loaded in place.
+    Every key must match: anything else raises
     :class:`IncompatibleCheckpointError` with the full report as ``.report``.
 
     A legacy whole-model pickle (``torch.save(model)``) is refused with an

@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from ..errors import SurgeryError
 from ..paths import inner_path, unwrapped
-from ..runner import CONV_TYPES, Call, example_call, map_tensors, probe, refuse_uninitialised, restored_on_failure, tensor_leaves
+from ..runner import (
+    CONV_TYPES, Call, example_call, map_tensors, probe, refuse_uninitialised, restored_on_failure, tensor_leaves,
+)  # fmt: skip
 from ..steps import record, recorded_op
 from .check import check_runs
 from .modules import get_module, update_attrs
@@ -122,7 +124,8 @@ def adapt_input_channels(
         if path not in reads:
             raise SurgeryError(f"{type(inner).__name__}'s forward never calls {path!r}; pass path= to name the input conv.")
     elif not called:
-        raise SurgeryError(f"{type(inner).__name__} calls no Conv1d/2d/3d layer on this input; pass path= to name the input layer.")
+        raise SurgeryError(
+            f"{type(inner).__name__} calls no Conv1d/2d/3d layer on this input; pass path= to name the input layer.")
     first = path if path is not None else called[0]
     key = reads[first]
     if key is None:

@@ -256,8 +256,8 @@ def optimize_for_inference(
     record(fast, "optimize_for_inference", channels_last=channels_last)
     if compile:
         # per-call Inductor options: no global switch is flipped
-        fast = torch.compile(fast, options={"freezing": True})
-    return fast
+        return torch.compile(fast, options={"freezing": True})
+    return model
 
 
 def inference_ready(model: nn.Module, *, channels_last: bool) -> None:

@@ -43,7 +43,9 @@ def norm_layer(module: nn.Module) -> bool:
 
 def foldable_bn(module: nn.Module) -> bool:
     """A :func:`norm_layer` that normalises with running statistics: FrozenBatchNorm2d, or one in eval mode."""
-    return norm_layer(module) and (isinstance(module, FrozenBatchNorm2d) or module.running_mean is not None and not module.training)
+    if isinstance(module, FrozenBatchNorm2d):
+        return True
+    return norm_layer(module) and module.running_mean is not None and not module.training
 
 
 def _fits(model: nn.Module, conv_path: str, bn_path: str) -> bool:

@@ -153,7 +153,8 @@ def freeze_report(model: nn.Module) -> FreezeReport:
     )
 
 
-@recorded_op("freeze", replay=lambda model, step: freeze(model, step["patterns"], exclude=step["exclude"], bn=step["bn"], check=False))
+@recorded_op("freeze", replay=lambda model, step: freeze(
+    model, step["patterns"], exclude=step["exclude"], bn=step["bn"], check=False))  # fmt: skip
 def freeze(
     model: nn.Module,
     patterns: str | Sequence[str] = ("*",),
@@ -200,7 +201,9 @@ def freeze(
     exclude = [inner_path(p) for p in exclude]
     chosen = _matching(inner, patterns, "freeze") - (_matching(inner, exclude, "exclude") if exclude else set())
     ordered = [p for p, _ in inner.named_modules(remove_duplicate=False) if p in chosen]
-    call = checking_call(inner, input_size=input_size, example_inputs=example_inputs, action="freeze") if check and bn == "frozen" else None
+    call = None
+    if check and bn == "frozen":
+        call = checking_call(inner, input_size=input_size, example_inputs=example_inputs, action="freeze")
     undo = {"requires_grad": {}, "bn_eval": [], "bn_replaced": {}, "bn": bn, "bn_not_replaced": []}
     with restored_on_failure(inner):
         for path in ordered:

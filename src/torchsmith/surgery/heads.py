@@ -286,7 +286,8 @@ def _resize_buffer(model: nn.Module, name: str, num_classes: int) -> None:
     owner_path, _, leaf = name.rpartition(".")
     owner = model.get_submodule(owner_path)
     old = owner._buffers[leaf]
-    owner.register_buffer(leaf, old.new_zeros(*old.shape[:-1], num_classes), persistent=leaf not in owner._non_persistent_buffers_set)
+    persistent = leaf not in owner._non_persistent_buffers_set
+    owner.register_buffer(leaf, old.new_zeros(*old.shape[:-1], num_classes), persistent=persistent)
 
 
 # the edit
@@ -303,7 +304,8 @@ def put_heads(model: nn.Module, num_classes: int, paths: Sequence[str], options:
         _resize_buffer(model, name, num_classes)
     update_attrs(model, num_classes=num_classes)
     for i, p in enumerate(new):
-        record(model, "replace_head", num_classes=num_classes, path=p, **options, **({"buffers": list(buffers)} if buffers and not i else {}))
+        resized = {"buffers": list(buffers)} if buffers and not i else {}  # on the main head's step
+        record(model, "replace_head", num_classes=num_classes, path=p, **options, **resized)
     return model
 
 
