@@ -295,6 +295,18 @@ def test_replace_head_uses_reset_classifier_and_load_model_replays_it(registered
     assert loaded.head_dist.out_features == 3 and torch.equal(loaded(x), model(x))
 
 
+def test_a_reset_classifier_that_fails_is_said_as_ours_and_changes_nothing():
+    class Picky(Distilled):
+        def reset_classifier(self, num_classes: int, global_pool: str) -> None:  # needs more than timm's convention
+            super().reset_classifier(num_classes)
+
+    model = Picky()
+    before = fingerprint(model)
+    with pytest.raises(SurgeryError, match=r"Picky.reset_classifier\(3\) failed \(TypeError: .*pass path="):
+        replace_head(model, 3)
+    assert fingerprint(model) == before
+
+
 def test_replace_head_keeps_our_zoo_steps_through_reset_classifier():
     model = replace_head(create_model("resnet18"), 7)
     assert model_config(model)["steps"] == [{"op": "replace_head", "num_classes": 7, "path": "fc"}]

@@ -406,7 +406,15 @@ def replace_head(
     resets = callable(getattr(inner, "reset_classifier", None))
     if path is None and not options and resets:
         with restored_on_failure(inner):
-            reset_head(inner, num_classes)
+            try:
+                reset_head(inner, num_classes)
+            except TorchsmithError:
+                raise
+            except Exception as err:  # the model's own code: said as ours, the model as it was
+                raise SurgeryError(
+                    f"{type(inner).__name__}.reset_classifier({num_classes}) failed ({type(err).__name__}: {err}); "
+                    "pass path='...' to replace its head layer instead."
+                ) from err
             check_runs(inner, check, action=f"{type(inner).__name__}.reset_classifier({num_classes})")
         return model
     call = check if bool(input_size) or example_inputs is not None else None
