@@ -45,3 +45,65 @@ def test_entry_points(argv):
     assert json.loads(done.stdout) == [{"name": "mlp", "params": 203530}]
     helped = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "list" in helped.stdout
+
+
+# help, version, and what --help costs
+
+
+def _commands() -> list[str]:
+    from torchsmith.cli import app
+    from typer.main import get_command
+
+    return sorted(get_command(app).commands)
+
+
+def test_version_and_short_help(capsys):
+    from torchsmith import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"torchsmith {__version__}"
+    assert main(["-h"]) == 0
+    short = capsys.readouterr().out
+    assert main(["--help"]) == 0
+    assert capsys.readouterr().out == short and "Usage: torchsmith" in short
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_help_shows_flags_as_flags_and_no_markup(command, capsys):
+    assert main([command, "-h"]) == 0
+    text = capsys.readouterr().out
+    assert "<bool>" not in text and "``" not in text, text
+    assert "--json " in text or "--json\n" in text, f"{command} has no --json"
+    flag_lines = [line.split() for line in text.splitlines() if line.strip().startswith("--json")]
+    assert flag_lines and flag_lines[0][1] != "<bool>" and flag_lines[0][1][0].isupper()  # '--json  Print ...'
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from torchsmith.cli import main\n"
+        "assert main(['--help']) == 0 and main(['--version']) == 0 and main(['summary', '-h']) == 0\n"
+        "import torchsmith\n"
+        "torchsmith.TorchsmithError, torchsmith.__version__\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_lazy_package_has_every_public_name_and_dir_lists_them():
+    import ast
+    from pathlib import Path
+
+    import torchsmith
+
+    for name in torchsmith.__all__:
+        assert getattr(torchsmith, name) is not None
+    assert set(torchsmith.__all__) <= set(dir(torchsmith))
+    tree = ast.parse(Path(torchsmith.__file__).read_text())
+    typed = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+             for a in node.names}
+    assert typed == set(torchsmith.__all__), "the TYPE_CHECKING imports and __all__ list the same names"
+    with pytest.raises(AttributeError):
+        torchsmith.no_such_name  # noqa: B018

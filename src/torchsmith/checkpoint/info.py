@@ -118,7 +118,11 @@ def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted:
 
 @dataclass
 class CheckpointDiff:
-    """Differences between two checkpoints (``a`` and ``b``), keys matched as load_weights would."""
+    """Differences between two checkpoints (``a`` and ``b``), keys matched as load_weights would.
+
+    Keys are ``a``'s (``only_in_b``: ``b``'s); ``prefixes`` names the wrapper segments (``module.``) that one
+    side had and the other not, per side, with the number of keys, as the match removed them.
+    """
 
     a: str
     b: str
@@ -127,6 +131,7 @@ class CheckpointDiff:
     shape: dict[str, tuple[list[int], list[int]]]
     dtype: dict[str, tuple[str, str]]
     max_abs_diff: dict[str, float]
+    prefixes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def same(self) -> bool:
@@ -198,7 +203,8 @@ def diff_checkpoints(
         if ta.is_meta or tb.is_meta:
             continue
         maxdiff[ka] = _max_abs_diff(ta, tb)
-    return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
+    prefixes = {side: dict(found) for side, found in (("a", match.added), ("b", match.removed)) if found}
+    return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff, prefixes)
 
 
 @takes_limits
