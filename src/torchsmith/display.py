@@ -37,7 +37,7 @@ def capped(items: Sequence[T], limit: int | None) -> tuple[list[T], int]:
 
 def more(left: int, what: str, hint: str) -> str:
     """``"... and 12 more tensors (print(info) lists them)"``, or ``""`` when nothing was left out."""
-    return f"... and {left:,} more {what} ({hint})" if left else ""
+    return f"... and {left:,} more{' ' + what if what else ''} ({hint})" if left else ""
 
 
 def _cell(value: object, align: str) -> str:

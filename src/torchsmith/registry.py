@@ -62,10 +62,14 @@ def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: st
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
-        accepted = [p for p in sig.parameters if p != "self"]
+        accepted = [p for p, v in sig.parameters.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+        open_ended = any(v.kind is v.VAR_KEYWORD for v in sig.parameters.values())
+        unknown = [k for k in kwargs if k not in accepted] if not open_ended else []
+        problem = f"{name} does not take {', '.join(map(repr, unknown))}" if unknown else f"{name}: {exc}"
+        hint = did_you_mean(unknown[0], accepted) if unknown else ""
         raise ModelConfigError(
-            f"{name}: {exc}. It accepts the keyword arguments {accepted}; see help(torchsmith.zoo.{name}) "
-            f"or the builder's docstring."
+            f"{problem}.{hint} It accepts the keyword arguments {accepted}; see "
+            f"help(torchsmith.get_model_builder({name!r}))."
         ) from None
     out: dict[str, Any] = {}
     for key, value in bound.arguments.items():

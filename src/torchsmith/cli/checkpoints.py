@@ -142,27 +142,12 @@ def _diff_side(target: str) -> str | dict:
         return registry().create_model(target).state_dict()  # an unknown name: UnknownModelError with the closest names
 
 
-DIFF_ROWS = 10  # rows of each kind `torchsmith diff` lists without --all
-
-
-def _listed(out: Console, title: str, lines: list[str], show_all: bool) -> None:
-    """One kind of difference: its count, then its rows (the first DIFF_ROWS unless ``show_all``)."""
-    if not lines:
-        return
-    out.print(f"{title}: {len(lines):,}", highlight=False)
-    shown = lines if show_all else lines[:DIFF_ROWS]
-    for line in shown:
-        out.print(f"  {line}", highlight=False, markup=False)
-    if len(shown) < len(lines):
-        out.print(f"  ... and {len(lines) - len(shown):,} more (--all lists them; --json gives all)", highlight=False)
-
-
 @app.command("diff")
 def diff_cmd(
     a: str = typer.Argument(..., help="A checkpoint, or a registered model name."),
     b: str = typer.Argument(..., help="A checkpoint, or a registered model name (compared by keys, shapes and dtypes)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    show_all: bool = typer.Option(False, "--all", help=f"List every difference (by default the first {DIFF_ROWS} of each kind and a count)."),
+    show_all: bool = typer.Option(False, "--all", help="List every difference (by default the first 10 of each kind and a count)."),
     trusted: bool = typer.Option(False, "--trusted", help="Unpickle torch files that need code (only for files you trust)."),
     limit: Optional[list[str]] = typer.Option(None, "--limit", metavar="NAME=VALUE", help=_LIMIT_HELP),
 ) -> None:
@@ -175,7 +160,7 @@ def diff_cmd(
     import dataclasses
 
     from ..checkpoint import diff_checkpoints
-    from ..checkpoint.keys import strip_wrappers
+    from ..checkpoint.info import DIFF_ROWS
 
     sides = [_diff_side(a), _diff_side(b)]
     d = diff_checkpoints(*sides, trusted=trusted, limits=_limits(limit))
@@ -183,22 +168,7 @@ def diff_cmd(
     if as_json:
         typer.echo(json.dumps(d.to_dict(), indent=2))
     else:
-        def key(k: str) -> str:  # as matched: without the wrapper segments
-            return strip_wrappers(k)[0]
-
-        out = Console()
-        for side, name in (("a", d.a), ("b", d.b)):
-            for prefix, n in d.prefixes.get(side, {}).items():
-                out.print(f"keys matched after removing {prefix!r} from {n:,} keys of {name}", highlight=False, markup=False)
-        _listed(out, f"only in {d.a}", [f"- {key(k)}" for k in d.only_in_a], show_all)
-        _listed(out, f"only in {d.b}", [f"+ {key(k)}" for k in d.only_in_b], show_all)
-        _listed(out, "shape differs", [f"{key(k)}: {tuple(sa)} vs {tuple(sb)}" for k, (sa, sb) in d.shape.items()], show_all)
-        _listed(out, "dtype differs", [f"{key(k)}: {ta} vs {tb}" for k, (ta, tb) in d.dtype.items()], show_all)
-        differing = sorted(((k, v) for k, v in d.max_abs_diff.items() if v), key=lambda kv: -kv[1])
-        if d.max_abs_diff:
-            _listed(out, f"values differ ({len(d.max_abs_diff):,} shared tensors compared; max abs difference)",
-                    [f"{key(k)}: {v:.3g}" for k, v in differing], show_all)
-        out.print("same" if d.same else "different", highlight=False)
+        typer.echo(d.render(None if show_all else DIFF_ROWS, more_hint="--all lists them; --json gives all"))
     if not d.same:
         raise typer.Exit(3)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -87,14 +88,39 @@ def footer_lines(s: Summary) -> list[str]:
     return lines
 
 
-def rich_table(s: Summary, depth: int | None = None) -> Group:
+DROP_ORDER = ("Train", "Output bytes", "Type", "FLOPs")  # left out, in this order, to fit a narrow terminal
+
+
+def _table(s: Summary, depth: int | None, columns: tuple[str, ...]) -> Table:
     table = Table(title=f"{s.model_type} summary", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in COLUMNS:
+    for col in columns:
         table.add_column(col, justify="right" if col in RIGHT else "left", overflow="fold")
     rows = s.rows(depth)
+    keep = [COLUMNS.index(c) for c in columns]
     for rec, (indent, label) in zip(rows, _names(rows)):
-        table.add_row(*_cells(rec, indent, label))
-    return Group(table, Text("\n".join(footer_lines(s))))
+        cells = _cells(rec, indent, label)
+        table.add_row(*(cells[i] for i in keep))
+    return table
+
+
+def rich_table(s: Summary, depth: int | None = None, width: int | None = None) -> Group:
+    """The table and its footer; with ``width``, the columns of DROP_ORDER are left out one by one (and named)
+    until every row fits on one line of ``width`` characters."""
+    columns = COLUMNS
+    table = _table(s, depth, columns)
+    dropped: list[str] = []
+    if width is not None:
+        measure = Console(width=10_000, color_system=None, legacy_windows=False)
+        for col in DROP_ORDER:
+            if Measurement.get(measure, measure.options, table).maximum <= width:
+                break
+            columns = tuple(c for c in columns if c != col)
+            dropped.append(col)
+            table = _table(s, depth, columns)
+    footer = footer_lines(s)
+    if dropped:
+        footer.append(f"Columns left out to fit {width} characters: {', '.join(dropped)} (a wider terminal shows them)")
+    return Group(table, Text("\n".join(footer)))
 
 
 def render_text(s: Summary, width: int = 140, depth: int | None = None) -> str:

@@ -93,8 +93,8 @@ class Summary:
     def _repr_html_(self) -> str:  # a notebook: the same rows as an HTML table
         return render_html(self)
 
-    def __rich__(self):
-        return rich_table(self)
+    def __rich_console__(self, console, options):  # console.print(summary): the table, fitted to the terminal
+        yield rich_table(self, width=options.max_width)
 
     def to_dict(self) -> dict[str, Any]:
         return {
