@@ -107,3 +107,59 @@ def test_lazy_package_has_every_public_name_and_dir_lists_them():
     assert typed == set(torchsmith.__all__), "the TYPE_CHECKING imports and __all__ list the same names"
     with pytest.raises(AttributeError):
         torchsmith.no_such_name  # noqa: B018
+
+
+# messages a command-line user can act on
+
+
+def test_a_weights_file_given_as_a_model_says_what_to_run(tmp_path, capsys):
+    import torchsmith as ts
+
+    path = ts.save_weights(ts.create_model("resnet18"), tmp_path / "plain.pth")
+    for command in ("summary", "trace", "diagram"):
+        assert main([command, str(path)]) == 1
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"'{path}' is a weights file, not a model: torchsmith {command} takes a registered model name" in err
+        assert f"torchsmith inspect {path}" in err
+        assert f"Its keys fit the registered model 'resnet18': torchsmith {command} resnet18" in err
+        assert "is registered" not in err
+    assert main(["summary", "nothing.pth"]) == 1
+    assert "There is no file 'nothing.pth'" in capsys.readouterr().err
+
+
+def test_cli_errors_give_cli_hints_not_python_calls(tmp_path, capsys):
+    import torch
+
+    assert main(["summary", "resnet5O"]) == 1
+    err = capsys.readouterr().err
+    assert "Run 'torchsmith list' for all" in err and "list_models()" not in err
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    assert main(["inspect", str(tmp_path / "whole.pt")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--trusted" in err and "trusted=True" not in err and "in Python" not in err
+
+
+@pytest.mark.parametrize("message, said", [
+    ("See torchsmith.list_models() for all 16 names.", "Run 'torchsmith list' for all 16 names."),
+    ("raise it: limits=Limits(max_tensors=200) (command line: --limit max_tensors=200).", "raise it: --limit max_tensors=200."),
+    ("convert it (in Python: pass trusted=True to load_weights)", "convert it"),
+    ("If you trust the checkpoint, pass trusted=True (CLI: --trusted).", "If you trust the checkpoint, pass --trusted."),
+    ("cannot draw (allow_real=True runs it for real)", "cannot draw (--allow-real runs it for real)"),
+])
+def test_cli_message_translates_each_python_hint(message, said):
+    from torchsmith.cli.app import cli_message
+
+    assert cli_message(message) == said
+
+
+def test_trace_json_lists_every_call(capsys):
+    import torch
+
+    import torchsmith as ts
+
+    assert main(["trace", "mlp", "--input", "2,784", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    model = ts.create_model("mlp")
+    assert [c["path"] for c in doc["calls"]] == [n for n, _ in model.named_modules()]  # call order: pre-order here
+    assert doc["calls"][0]["inputs"] == "(2, 784)" and doc["output"][0]["shape"] == [2, 10]
+    assert doc["model"] == "mlp" and isinstance(torch.Size(doc["output"][0]["shape"]), torch.Size)

@@ -7,6 +7,7 @@ import html.parser
 
 import pytest
 import torch
+from helpers import CHROMIUM, CHROMIUM_ARGS
 from torch import nn
 
 import torchsmith as ts
@@ -141,9 +142,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 

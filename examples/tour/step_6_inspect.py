@@ -5,6 +5,7 @@ Run alone: python examples/tour/step_6_inspect.py   (writes out/unet.html; out/u
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torchsmith
 
 console = Console()
 OUT = Path("out")
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def dict_of_layers() -> nn.Module:

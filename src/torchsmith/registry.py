@@ -65,7 +65,8 @@ def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: st
         accepted = [p for p, v in sig.parameters.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
         open_ended = any(v.kind is v.VAR_KEYWORD for v in sig.parameters.values())
         unknown = [k for k in kwargs if k not in accepted] if not open_ended else []
-        problem = f"{name} does not take {', '.join(map(repr, unknown))}" if unknown else f"{name}: {exc}"
+        problem = (f"{name}: unknown keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                   if unknown else f"{name}: {exc}")
         hint = did_you_mean(unknown[0], accepted) if unknown else ""
         raise ModelConfigError(
             f"{problem}.{hint} It accepts the keyword arguments {accepted}; see "

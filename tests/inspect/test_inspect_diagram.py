@@ -18,7 +18,7 @@ import torchsmith as ts
 from torchsmith.inspect.collect import collect, module_params
 from torchsmith.inspect.graph import FlowGraph
 
-CHROMIUM = "/usr/bin/chromium"
+from helpers import CHROMIUM  # noqa: E402 - Debian's Chromium, or `make test CHROMIUM=...`
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 

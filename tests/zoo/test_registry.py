@@ -218,3 +218,11 @@ def test_create_layer_builds_only_the_allow_list_and_says_what_to_do():
     with pytest.raises(UnknownModelError, match="not on torchsmith's allow-list"):
         create_model("torch.nn.Sequential")  # a container is not a layer: the config name is refused too
     assert type(create_model("torch.nn.Hardswish")) is nn.Hardswish  # what save_model wrote before still builds
+
+
+def test_unknown_keywords_of_create_model_get_a_did_you_mean():
+    with pytest.raises(torchsmith.ModelConfigError) as caught:
+        create_model("resnet50", num_clases=3, in_chanels=1)
+    message = str(caught.value)
+    assert message.startswith("resnet50: unknown keyword arguments 'num_clases', 'in_chanels'. Did you mean 'num_classes'")
+    assert "help(torchsmith.get_model_builder('resnet50'))" in message and "torchsmith.zoo.resnet50" not in message

@@ -52,7 +52,7 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except TorchsmithError as exc:
-            err_console.print("[bold red]error:[/] " + escape(cli_message(str(exc))), markup=True, highlight=False)
+            err_console.print("[bold red]error:[/] " + escape(cli_message(str(exc))), markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from exc
 
     def get_command(self, ctx, cmd_name):

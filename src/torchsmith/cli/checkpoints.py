@@ -124,8 +124,8 @@ def convert_cmd(
         typer.echo(json.dumps(row, indent=2))
         return
     where = f"{len(files)} files in {folder}/ (load the folder or {out.name})" if folder is not None else str(out)
-    Console().print(f"wrote {where}: {info.tensors} tensors, {info.values:,} values, {format_bytes(info.nbytes, large_decimals=1)}, "
-                    f"{info.format}", highlight=False)
+    typer.echo(f"wrote {where}: {info.tensors} tensors, {info.values:,} values, {format_bytes(info.nbytes, large_decimals=1)}, "
+               f"{info.format}")
 
 
 def _diff_side(target: str) -> str | dict:
