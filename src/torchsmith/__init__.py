@@ -36,6 +36,7 @@ from .errors import (
     UnsafeCheckpointError,
     UnsaveableModelError,
     SignatureError,
+    DownloadError,
 )
 
 if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getattr__ imports these
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
     from .inspect import Summary, Trace, diagram, summary, trace
     from .layers import FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+    from .pretrained import Weights, data_config, fetch_weights, get_weights, list_pretrained, register_weights
     from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
     from .surgery import (
         FreezeReport,
@@ -94,6 +96,7 @@ __all__ = [
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
     "SignatureError",
+    "DownloadError",
     "SpecError",
     # registry
     "create_model",
@@ -103,6 +106,13 @@ __all__ = [
     "get_model_builder",
     "model_config",
     "update_config",
+    # pretrained weights: create_model(name, pretrained=True / weights=TAG)
+    "list_pretrained",
+    "get_weights",
+    "register_weights",
+    "fetch_weights",
+    "data_config",
+    "Weights",
     # layers
     "FeatureInfo",
     "FeatureInfoList",
@@ -171,7 +181,7 @@ __all__ = [
 
 
 # the modules whose public names are above, imported together on first use (the zoo registers its models then)
-_MODULES = ("checkpoint", "distributed", "features", "inspect", "layers", "registry", "surgery", "models_io", "zoo", "spec")
+_MODULES = ("checkpoint", "distributed", "features", "inspect", "layers", "pretrained", "registry", "surgery", "models_io", "zoo", "spec")
 
 
 def _load_api() -> None:
