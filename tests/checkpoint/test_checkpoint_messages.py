@@ -29,6 +29,8 @@ def test_resnet152_weights_into_resnet50_say_so_in_25_lines(tmp_path):
     assert "These weights look like 'resnet152'" in message
     assert f"  unexpected  {len(extra)}" in message and f"... and {len(extra) - 3} more unexpected" in message
     assert "prefix=" not in message  # no prefix explains a deeper network
+    assert "  matching    320 of 320 model tensors" in message and "none loaded (refused)" in message
+    assert "  loaded " not in message  # "Nothing was loaded" is not contradicted by a "loaded 320" row
     assert sorted(err.report.unexpected) == sorted(extra)  # the full list stays on the error
 
 

@@ -112,9 +112,10 @@ class LoadReport:
         out["ok"] = self.ok
         return out
 
-    def _lines(self) -> list[tuple[str, str]]:
+    def _lines(self, refused: bool = False) -> list[tuple[str, str]]:
         tied = f" (+{len(self.tied_in_model)} tied)" if self.tied_in_model else ""
-        rows = [("loaded", f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes, large_decimals=1)})")]
+        counts = f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes, large_decimals=1)})"
+        rows = [("matching", f"{counts}; none loaded (refused)") if refused else ("loaded", counts)]
         if self.source_key:
             others = f"; not loaded: {', '.join(self.other_keys)}" if self.other_keys else ""
             rows.append(("source", f"training checkpoint, weights under {self.source_key!r}{others}"))
@@ -146,12 +147,12 @@ class LoadReport:
             ("on meta", self.on_meta, lambda k: (k, "no values: not loaded, and the model cannot recompute it")),
         ]
 
-    def render(self, limit: int | None = None, *, owner: str = "report") -> str:
+    def render(self, limit: int | None = None, *, owner: str = "report", refused: bool = False) -> str:
         """The report as text: every key (``limit=None``, as ``str()``), or the first ``limit`` of each kind
         and a count of the rest (as ``repr()``, and the message of a refused load, where ``owner`` names
-        the object whose fields list them all)."""
+        the object whose fields list them all and ``refused`` says the matching keys were not loaded)."""
         lines = [f"LoadReport  {self.path} ({self.format})"]
-        lines += [f"  {label:<11} {text}" for label, text in self._lines()]
+        lines += [f"  {label:<11} {text}" for label, text in self._lines(refused)]
         for label, items, fmt in self._sections():
             if not items:
                 continue

@@ -355,7 +355,7 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
         f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n"
-        f"{report.render(ERROR_KEYS, owner='error.report')}",
+        f"{report.render(ERROR_KEYS, owner='error.report', refused=True)}",
         report,
     )
 
