@@ -163,3 +163,16 @@ def test_trace_json_lists_every_call(capsys):
     assert [c["path"] for c in doc["calls"]] == [n for n, _ in model.named_modules()]  # call order: pre-order here
     assert doc["calls"][0]["inputs"] == "(2, 784)" and doc["output"][0]["shape"] == [2, 10]
     assert doc["model"] == "mlp" and isinstance(torch.Size(doc["output"][0]["shape"]), torch.Size)
+
+
+def test_lazy_package_still_reaches_its_subpackages_by_attribute():
+    code = (
+        "import sys\n"
+        "import torchsmith\n"
+        "assert torchsmith.cli.main and 'torch' not in sys.modules\n"  # a subpackage that needs no torch
+        "model = torchsmith.zoo.resnet18(num_classes=3)\n"  # as before the package became lazy
+        "print(type(model).__name__, torchsmith.checkpoint.keys.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ResNet", "torchsmith.checkpoint.keys"]

@@ -16,6 +16,7 @@ command line's ``--help`` and ``--version`` never import torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -201,6 +202,8 @@ def __getattr__(name: str) -> Any:
     if name in __all__:
         _load_api()
         return globals()[name]
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # a subpackage: torchsmith.zoo, torchsmith.cli, ...
     raise AttributeError(f"module 'torchsmith' has no attribute {name!r}")
 
 
