@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed
 # A CUDA torch cannot be avoided there: PyPI's torchvision 0.29.1 links torch's CUDA libraries (its _C.so
 # needs libtorch_cuda.so), and torch 2.14.1's own import loads 12 nvidia-* libraries. The lock file pins every
 # package and is installed with --no-deps, leaving out what the suite never loads: triton (248 MB download,
-# 895 MiB installed), nvidia-cusolver (201 MB, 234 MiB), cuda-bindings and the dev tools. Measured: 2.62 GB
-# of wheels, 4.6 GiB in .venv-interop (unpinned, with the dev extras: about 3.2 GB, 5.9 GiB).
+# 895 MiB installed), nvidia-cusolver (201 MB, 234 MiB), cuda-bindings and the dev tools. Measured (2026-12-02,
+# fresh venv, empty pip cache): 55 wheels, 2.55 GB, 4.5 GiB in .venv-interop (4,620 MiB); unpinned, with the dev
+# extras, it was about 3.2 GB and 5.9 GiB. The largest: torch 554 MB, nvidia-cudnn 553, nvidia-cublas 423.
 INTEROP      := .venv-interop
 IPY          := $(INTEROP)/bin/python
 INTEROP_LOCK := tests/interop/requirements.txt
@@ -39,7 +40,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 $(ISTAMP): $(INTEROP_LOCK) Makefile
-	@echo "== interop: the peer-model environment $(INTEROP) (torch 2.14.1, torchvision, timm, transformers; 2.6 GB of wheels)"
+	@echo "== interop: the peer-model environment $(INTEROP) (torch 2.14.1, torchvision, timm, transformers; 2.55 GB of wheels)"
 	test -x $(IPY) || $(PYTHON) -m venv $(INTEROP)
 	$(IPY) -m pip install --quiet --upgrade pip
 	$(IPY) -m pip install --progress-bar on --no-deps -r $(INTEROP_LOCK)
