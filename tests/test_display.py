@@ -165,3 +165,11 @@ def test_html_tables_render_in_chromium_with_hostile_names_as_text(browser, tmp_
     summary_cells = page.locator("#summary tbody tr").first.locator("td").all_inner_texts()
     assert summary_cells[0] == "Hostile" and summary_cells[3] == "15"  # Linear(4, 3): 12 weights + 3 biases
     page.close()
+
+
+def test_weights_repr_is_one_line_and_the_categories_stay_on_the_object():
+    w = ts.get_weights("resnet50")
+    text = repr(w)
+    assert "\n" not in text and len(text) < 150  # the dataclass's repr was 14,000 characters of category names
+    assert text.startswith(f"<Weights resnet50.{w.tag}: {len(w.categories)} classes, top-1 {w.meta['acc@1']}")
+    assert w.file_name in text and w.categories[0] not in text
