@@ -145,6 +145,7 @@ def test_cli_errors_give_cli_hints_not_python_calls(tmp_path, capsys):
     ("convert it (in Python: pass trusted=True to load_weights)", "convert it"),
     ("If you trust the checkpoint, pass trusted=True (CLI: --trusted).", "If you trust the checkpoint, pass --trusted."),
     ("cannot draw (allow_real=True runs it for real)", "cannot draw (--allow-real runs it for real)"),
+    ("copy the cache; or `curl -L -o FILE URL`), or pass weights_path='FILE'. Its sha256", "copy the cache; or `curl -L -o FILE URL`). Its sha256"),
 ])
 def test_cli_message_translates_each_python_hint(message, said):
     from torchsmith.cli.app import cli_message

@@ -26,6 +26,7 @@ _CLI_HINTS = (
     (re.compile(r" \(in Python: [^)]*\)"), ""),
     (re.compile(r"pass trusted=True( \(CLI: --trusted\))?"), "pass --trusted"),
     (re.compile(r"\(allow_real=True runs it for real\)"), "(--allow-real runs it for real)"),
+    (re.compile(r", or pass weights_path='FILE'"), ""),  # create_model's; no command takes a weights path
 )
 
 
