@@ -1,4 +1,4 @@
-"""Pages in a real browser: Debian's Chromium (/usr/bin/chromium, installed by `make test`) driven by Playwright,
+"""Pages in a real browser: Debian's Chromium (/usr/bin/chromium, asked for by `make test`) driven by Playwright,
 with the network cut. Test modules import the ``browser`` fixture from here.
 
 The diagram page forbids ``eval`` (its Content-Security-Policy), so waiting uses selectors, and what a test
@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+from helpers import CHROMIUM, CHROMIUM_ARGS as ARGS  # Debian's Chromium, or `make test CHROMIUM=...`
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,21 @@ def speed_up(model: nn.Module, fast: nn.Module, x: torch.Tensor, rounds: int = 3
     return best[id(model)] / best[id(fast)]
 
 
+def features_table(backbone: nn.Module, x: torch.Tensor) -> Table:
+    """Features by nested name: the output names, the nodes they come from, their shapes."""
+    body = ts.extract_features(backbone.eval(), {"layer2": "c3", "layer3.1.conv2": "mid", "layer4": "c5"})
+    table = Table("output", "node", "shape", title=f"extract_features (strategy: {body.strategy})")
+    for (node, name), y in zip(body.return_nodes.items(), body(x).values()):
+        table.add_row(name, node, str(tuple(y.shape)))
+    return table
+
+
+def tables() -> list:
+    """What this step prints as tables (tests/test_examples.py checks they fit 80 columns)."""
+    backbone = ts.freeze(ts.create_model("resnet50"), exclude=["layer2", "layer3", "layer4"])
+    return [features_table(backbone, torch.randn(1, 3, 224, 224))]
+
+
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -76,11 +91,7 @@ def main() -> None:
     console.print(str(ts.freeze_report(backbone)))
 
     # 5. features by nested name, and their shapes without computing anything
-    body = ts.extract_features(backbone.eval(), {"layer2": "c3", "layer3.1.conv2": "mid", "layer4": "c5"})
-    table = Table("output", "node", "shape", title=f"extract_features (strategy: {body.strategy})")
-    for (node, name), y in zip(body.return_nodes.items(), body(x).values()):
-        table.add_row(name, node, str(tuple(y.shape)))
-    console.print(table)
+    console.print(features_table(backbone, x))
     info = ts.feature_info(backbone, (1, 3, 224, 224))
     console.print("feature_info on meta: " + ", ".join(f"{f.module} {f.channels}ch/{f.stride}" for f in info))
 

@@ -31,7 +31,7 @@ from ._gc import gc_paused
 from ._interrupts import deferred_interrupts
 from .atomic import atomic_write
 from .formats import DTYPE_NAMES, META_ALIASES, META_INDEX_DIGEST, RESERVED_PREFIX, dtype_name, format_for, index_path, is_shard_of, shard_names
-from .keys import match_keys
+from .keys import explaining_prefix, guess_layout, match_keys
 from .limits import Limits, takes_limits
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
@@ -318,25 +318,34 @@ def _left_on_meta(report: LoadReport, model: nn.Module, writes: list, map_locati
     return rebuilt
 
 
-def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool) -> None:
+ERROR_KEYS = 3  # keys of each kind the message of a refused load names (the error's .report has all)
+
+
+def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool, src: Source) -> None:
     problems = []
     if strict and report.missing:
-        problems.append(f"{len(report.missing)} model keys missing from the file")
+        problems.append(f"{len(report.missing):,} model keys missing from the file")
     if strict and report.unexpected:
-        problems.append(f"{len(report.unexpected)} file keys unknown to the model")
+        problems.append(f"{len(report.unexpected):,} file keys unknown to the model")
     if report.mismatched and not skip_mismatched:
-        problems.append(f"{len(report.mismatched)} keys with a different shape or dtype")
+        problems.append(f"{len(report.mismatched):,} keys with a different shape or dtype")
     if strict and report.on_meta:
-        problems.append(f"{len(report.on_meta)} tensors would be left on the meta device, without values")
+        problems.append(f"{len(report.on_meta):,} tensors would be left on the meta device, without values")
     if not problems:
         return
     hints = []
+    looks_like = guess_layout({k: src.spec(k)[0] for k in src.keys()}) if report.missing or report.unexpected else None
+    if looks_like:
+        hints.append(f"these weights look like {looks_like}: build that model to load them")
+    explained = explaining_prefix(report.missing, report.unexpected) if strict else None
+    if explained:
+        prefix, n = explained
+        hints.append(f"pass prefix={prefix!r} to strip it from the file's keys or add it to them "
+                     f"(it finds {n:,} of the {len(report.missing):,} missing keys)")
     if strict and (report.missing or report.unexpected):
         hints.append("pass strict=False to load the keys that match")
     if report.mismatched and not skip_mismatched:
         hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
-    if report.missing and report.unexpected:
-        hints.append("pass prefix='backbone.' to add or strip a prefix")
     if strict and report.on_meta:
         hints.append(
             "build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
@@ -345,7 +354,8 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
     advice = "; ".join(hints)
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
-        f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n{report}",
+        f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n"
+        f"{report.render(ERROR_KEYS, owner='error.report', refused=True)}",
         report,
     )
 
@@ -357,7 +367,7 @@ def check_fits(model: nn.Module, src: Source) -> None:
     """
     report, _ = _plan(src, model, None)
     report.checksums = src.checksum_status
-    _refuse(report, model, strict=True, skip_mismatched=False)
+    _refuse(report, model, strict=True, skip_mismatched=False, src=src)
 
 
 def _batches(writes: list, src: Source, map_location) -> list[list]:
@@ -457,7 +467,7 @@ def load_weights(
     rebuilt = _left_on_meta(report, model, writes, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "present" if src.checksum_status == "present" else "absent"  # what a refusal reports
-    _refuse(report, model, strict, skip_mismatched)
+    _refuse(report, model, strict, skip_mismatched, src)
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
     in_place = [w for w in writes if not w[0].is_meta]
     if checking and in_place:  # verify before touching the model: the pass that keeps the load transactional

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..display import html_table
 from ..errors import SurgeryError, did_you_mean
 from ..layers import FrozenBatchNorm2d
 from ..paths import inner_path, module_paths, unwrapped
@@ -121,6 +122,13 @@ class FreezeReport:
                 f"layers, e.g. {self.bn_not_replaced[0]}), kept in eval mode instead"
             )
         return "\n".join(lines)
+
+    def __repr__(self) -> str:  # the REPL: the same lines as print()
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        rows = [(line.partition(": ")[0], line.partition(": ")[2]) for line in str(self).splitlines()]
+        return html_table("FreezeReport", ["", "modules and parameters"], rows)
 
 
 def freeze_report(model: nn.Module) -> FreezeReport:
