@@ -124,6 +124,24 @@ class SafetensorsSource(Source):
         aliases, where = self.aliases, self.where
         _engine.read([(where[n].spans[n], dst) for k, dst in items for n in (aliases.get(k, k),)], verify=verify)
 
+    def map_many(self, keys: list[str], *, verify: bool) -> list[torch.Tensor]:
+        """CPU tensors for ``keys`` backed by a private mapping of their file (one per shard), checked first.
+
+        A file rewritten or truncated in place while its tensors live can kill the process (SIGBUS).
+        """
+        aliases, where = self.aliases, self.where
+        names = [aliases.get(k, k) for k in keys]
+        files = {id(where[n]): where[n] for n in names}
+        mappings = {i: st.mapping() for i, st in files.items()}
+        if verify:
+            memory = {st.fileno(): memoryview(mappings[i]) for i, st in files.items() if mappings[i] is not None}
+            try:
+                _engine.verify([where[n].spans[n] for n in dict.fromkeys(names) if where[n].checksums is not None], memory=memory)
+            finally:
+                for view in memory.values():
+                    view.release()
+        return [where[n].mapped(n, mappings[id(where[n])]) for n in names]
+
 
 class TensorSource(Source):
     """Tensors already in memory (a torch file, memory-mapped), with optional checksums."""

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -18,6 +20,7 @@ from ..layers import FrozenBatchNorm2d
 from ..steps import record, recorded_op
 from .freeze import pinned_eval
 from .modules import put
+from .quantize import quantize_int8
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
@@ -140,7 +143,14 @@ def _after_load_optimized(model: nn.Module, step) -> None:
 
 
 @recorded_op("optimize_for_inference", replay=_replay_optimized, after_load=_after_load_optimized)
-def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    channels_last: bool = True,
+    compile: bool = False,
+    dtype: str | None = None,
+    calibration: Iterable[Any] | None = None,
+) -> nn.Module:
     """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
 
     ``copy.deepcopy(model)`` first to keep the original. Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
@@ -154,6 +164,12 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, comp
     call; call it under ``torch.inference_mode()`` or ``torch.no_grad()``
     (freezing applies only there). No TorchScript is involved.
 
+    ``dtype="int8"`` (x86 CPUs, needs ``torchsmith[int8]``): a new compiled int8 module from PyTorch 2
+    export quantization, calibrated on ``calibration`` (a few batches of real inputs) and refused
+    (``SurgeryError``) when its top-1 predictions agree with ``model``'s on less than 99% of them;
+    ``model`` itself is left as it was. Not saveable: ``save_model`` the float model, quantize after
+    ``load_model`` (:mod:`torchsmith.surgery.quantize`).
+
     Example::
 
         >>> fast = optimize_for_inference(create_model("resnet50"))
@@ -164,6 +180,13 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, comp
         ...     faster(torch.randn(8, 784)).shape   # compiles once (resnet50: ~1.5x eager on CPU after)
         torch.Size([8, 10])
     """
+    if dtype is not None:
+        if dtype != "int8" or calibration is None:
+            raise SurgeryError(
+                f"optimize_for_inference(dtype={dtype!r}, calibration={'...' if calibration is not None else None}): "
+                f"dtype takes 'int8' (with calibration=, a few batches of real inputs) or None (float)."
+            )
+        return quantize_int8(model, calibration)
     fast = model.eval()
     fold_batchnorm(fast)
     inference_ready(fast, channels_last=channels_last)
