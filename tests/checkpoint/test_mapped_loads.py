@@ -136,3 +136,14 @@ def test_the_default_loads_map_nothing(tmp_path):
         meta = ts.create_model("resnet18", num_classes=3)
     ts.load_weights(meta, weights)
     assert mapped_ranges(weights) == [] and kept
+
+
+def test_a_refused_file_stays_unmapped(tmp_path):
+    ts.save_model(ts.create_model("mlp", in_features=64, hidden=(32,), num_classes=4), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError) as err:
+        ts.load_model(tmp_path / "m", mmap=True)
+    assert err.value is not None and mapped_ranges(weights) == []  # the traceback still holds the frames

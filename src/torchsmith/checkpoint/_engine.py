@@ -18,6 +18,13 @@ the GIL, so the work runs on up to :func:`threads` threads; a small load
   :data:`HOT_CHUNK` is hashed right after it lands, while it is still in the
   CPU cache, so fresh tensors (``load_model``) cost one pass over the data.
 
+Cold files (not in the page cache, what large models meet): each read is first tried with
+``RWF_NOWAIT``, free when the data is cached; the first that would wait for the disk turns on
+readahead hints (``POSIX_FADV_WILLNEED``, :data:`AHEAD` bytes in front of the reader), so the disk
+streams while the bytes already read are hashed or copied. ``verify(spans, memory=...)`` hashes the
+bytes of a file mapping instead (``load_model(mmap=True)``, opt-in: only there can a file truncated
+under the reader raise SIGBUS).
+
 Either stops at the first I/O error (a file cut short while reading) and
 raises it once every thread has stopped; a checksum mismatch is reported for
 the first damaged tensor in file order. Ctrl-C in the caller's thread stops
@@ -138,6 +145,9 @@ def _run(tasks: Sequence[tuple[int, Task]]) -> None:
             raise
     failures = [e for e in errors if e is not None]
     first = next((e for e in failures if not isinstance(e, _Mismatch)), None) or next(iter(failures), None)
+    for e in failures:
+        if isinstance(e, _Mismatch):  # the caller gets e.error; the workers' frames (buffers, mapped views) go
+            e.__traceback__ = None
     if first is not None:
         raise first.error if isinstance(first, _Mismatch) else first
 

@@ -5,7 +5,8 @@ Layout: an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
 then the data; offsets are relative to the start of the data. Reading parses
 and validates the whole header (collecting every problem) before any data is
 touched; the data itself is read and verified by ``_engine`` (``preadv``
-straight into each destination, checksums hashed from memory-mapped windows).
+straight into each destination, checksums hashed from a small buffer per thread), or, opt-in
+(``mapping`` / ``mapped``: ``load_model(mmap=True)``), viewed through a private mapping of the file.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -137,9 +138,16 @@ class SafetensorsSource(Source):
             memory = {st.fileno(): memoryview(mappings[i]) for i, st in files.items() if mappings[i] is not None}
             try:
                 _engine.verify([where[n].spans[n] for n in dict.fromkeys(names) if where[n].checksums is not None], memory=memory)
-            finally:
+            except BaseException:
                 for view in memory.values():
                     view.release()
+                for mapping in mappings.values():
+                    if mapping is not None:
+                        with contextlib.suppress(BufferError):  # a view still held: unmapped when collected
+                            mapping.close()  # nothing of a refused file stays mapped
+                raise
+            for view in memory.values():
+                view.release()
         return [where[n].mapped(n, mappings[id(where[n])]) for n in names]
 
 

@@ -69,7 +69,8 @@ class Int8Model(nn.Module):
     """The quantized graph, compiled by Inductor with weight freezing on each call (no global switch:
     Inductor's int8 weight packing reads its ``freezing`` option outside ``torch.compile(options=)``).
 
-    Call it under ``torch.inference_mode()`` or ``torch.no_grad()``: freezing applies only there.
+    Call it under ``torch.inference_mode()`` or ``torch.no_grad()``: freezing applies only there. The
+    first call with a new input shape compiles (seconds); keep batch shapes few.
     """
 
     torchsmith_quantized = "int8"  # QUANTIZED_ATTR: save_model names it in its refusal
@@ -77,7 +78,9 @@ class Int8Model(nn.Module):
     def __init__(self, graph: torch.fx.GraphModule):
         super().__init__()
         self.graph_module = graph
-        self.compiled = torch.compile(graph)
+        # static shapes: each new batch size compiles once (Inductor's int8 convolutions mis-stride under
+        # a symbolic batch in torch 2.13); the graph itself takes any batch size
+        self.compiled = torch.compile(graph, dynamic=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from torch._inductor import config
