@@ -75,6 +75,7 @@ def digits_agreement(epochs: int) -> tuple[float, float, int]:
     path = Path(__file__).parent.parent / "examples" / "finetune_digits.py"
     spec = importlib.util.spec_from_file_location("finetune_digits", path)
     ex = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ex  # its dataclasses look their module up there
     spec.loader.exec_module(ex)
     torch.manual_seed(0)
     data = ex.load_data()

@@ -167,8 +167,9 @@ def optimize_for_inference(
     ``dtype="int8"`` (x86 CPUs, needs ``torchsmith[int8]``): a new compiled int8 module from PyTorch 2
     export quantization, calibrated on ``calibration`` (a few batches of real inputs) and refused
     (``SurgeryError``) when its top-1 predictions agree with ``model``'s on less than 99% of them;
-    ``model`` itself is left as it was. Not saveable: ``save_model`` the float model, quantize after
-    ``load_model`` (:mod:`torchsmith.surgery.quantize`).
+    ``model`` itself is left as it was; it is always compiled (``compile``, ``channels_last`` do not
+    apply). Not saveable: ``save_model`` the float model, quantize after ``load_model``
+    (:mod:`torchsmith.surgery.quantize`).
 
     Example::
 
