@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import median, order, spread
+from _common import median, order, record, spread
 
 GiB = 1024**3
 MiB = 1024**2
@@ -242,7 +242,7 @@ def run_child(*args: str) -> object:
 def verdict(text: str, value: float, limit: float, inputs: str, *, fmt: str = "{:.2f}x") -> bool:
     ok = value <= limit
     print(f"  {'PASS' if ok else 'FAIL'}  {text:<62}{fmt.format(value):>8}  (target <= {fmt.format(limit)})   {inputs}")
-    return ok
+    return record(f"{text.strip()} <= {fmt.format(limit)}", ok, fmt.format(value))
 
 
 def per_round_worst(runs: dict[str, list[dict]], ours: str, peers: list[str]) -> float:

@@ -33,7 +33,7 @@ import time
 import warnings
 
 import torch
-from _common import interleaved, median, spread
+from _common import interleaved, median, record, spread
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchsmith import create_model, extract_features, optimize_for_inference
@@ -241,10 +241,14 @@ def main() -> None:
     print(f"  extract layer4 / full forward:     {layer4 / t['eager']:.3f}")
     print(f"  extract layer2 / full forward:     {layer2 / t['eager']:.3f}   (target <= 0.5)")
     print(f"    same, both optimized:            {t['optimized, extract layer2'] / t['optimize_for_inference']:.3f}")
+    speedup = t["eager"] / t["optimize_for_inference"]
+    record("optimize_for_inference speed-up over eager >= 1.3x", speedup >= 1.3, f"{speedup:.2f}x")
+    record("extract layer4 / forward_features <= 1.03", layer4 / t["forward_features"] <= 1.03, f"{layer4 / t['forward_features']:.3f}")
+    record("extract layer2 / full forward <= 0.5", layer2 / t["eager"] <= 0.5, f"{layer2 / t['eager']:.3f}")
 
     def verdict(text: str, ok: bool, shown: str) -> bool:
         print(f"  {'PASS' if ok else 'FAIL'}  {text:<58}{shown}")
-        return ok
+        return record(text, ok, shown.split("  (")[0])
 
     print()
     print(f"targets of issue 23 (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
