@@ -21,8 +21,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["interleaved", "median", "spread", "order", "record", "SUMMARY_ENV"]
