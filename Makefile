@@ -102,7 +102,7 @@ fuzz: $(STAMP)
 	TORCHSMITH_LONG=1 $(PY) -m pytest -q tests/reliability/test_reliability_fuzz.py
 
 bench: $(STAMP)
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) $(INTEROP) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -9,16 +9,25 @@ noisy run shows itself.
     >>> times = interleaved({"a": lambda: None, "b": lambda: None}, rounds=3)
     >>> sorted(times), len(times["a"])
     (['a', 'b'], 3)
+
+Each benchmark also hands every target it checks to :func:`record`; ``make bench``
+(benchmarks/run_all.py) collects them from all benchmarks into one summary table.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["interleaved", "median", "spread", "order"]
+__all__ = ["interleaved", "median", "spread", "order", "record", "SUMMARY_ENV"]
+
+SUMMARY_ENV = "TORCHSMITH_BENCH_SUMMARY"  # a JSON-lines file run_all.py reads; unset: record() keeps nothing
 
 
 def order(names: Sequence[str], round_index: int) -> list[str]:
@@ -53,3 +62,14 @@ def spread(values: Sequence[float]) -> float:
     """(max - min) / median: 0.05 means the rounds agreed within 5%."""
     m = statistics.median(values)
     return (max(values) - min(values)) / m if m else 0.0
+
+
+def record(target: str, ok: bool, measured: str) -> bool:
+    """Add one checked target (its text with the goal, PASS or FAIL, the measured figure) to the summary of
+    ``make bench``, when run_all.py asked for one; returns ``ok``. The benchmark prints its own line."""
+    path = os.environ.get(SUMMARY_ENV)
+    if path:
+        row = {"benchmark": Path(sys.argv[0]).name, "target": target, "ok": bool(ok), "measured": measured}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return ok

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import record
 from torch import nn
 
 import torchsmith as ts
@@ -36,6 +37,7 @@ def bench_resnet152() -> None:
         import torchinfo
     except ImportError:
         print("torchinfo not installed (pip install -e '.[dev]'); skipping the side-by-side")
+        record("resnet152 summary on meta / torchinfo <= 1.5x", False, "not measured: torchinfo not installed")
         return
     with torch.device("meta"):
         model = ts.create_model("resnet152")
@@ -61,6 +63,7 @@ def bench_resnet152() -> None:
           f"torchsmith {statistics.median(times['torchsmith']):.3f} s (incl. {s.total_flops / 1e9:.2f} GFLOPs, "
           f"saved activations), torchinfo {statistics.median(times['torchinfo']):.3f} s (no FLOPs); "
           f"ratio {statistics.median(ratios):.2f}x (target <= 1.5x)")
+    record("resnet152 summary on meta / torchinfo <= 1.5x", statistics.median(ratios) <= 1.5, f"{statistics.median(ratios):.2f}x")
 
 
 # 2. a 70B Llama-like model on meta
@@ -176,6 +179,9 @@ def bench_llama70b() -> None:
           f"summary {elapsed:.2f} s (target < 2 s), peak RSS growth {growth / 2**20:.0f} MiB (target < 1024 MiB), "
           f"FLOPs {s.total_flops / 1e12:.2f} TFLOPs vs analytic {expected / 1e12:.2f} TFLOPs "
           f"(error {100 * error:.3f}%, target < 1%)")
+    record("70B Llama-like summary on meta < 2 s", elapsed < 2, f"{elapsed:.2f} s")
+    record("70B Llama-like summary peak RSS growth < 1024 MiB", growth < 2**30, f"{growth / 2**20:.0f} MiB")
+    record("70B Llama-like FLOPs vs analytic count, error < 1%", error < 0.01, f"{100 * error:.3f}%")
 
 
 # 3. a 5,000-node diagram

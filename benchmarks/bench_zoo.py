@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import interleaved, median, spread
+from _common import interleaved, median, record, spread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_models import TutorialUNet, TVBackboneWithFPN, tv_resnet  # noqa: E402
@@ -62,6 +62,7 @@ def main() -> int:
         ours, base = median(times["ours"]), median(times["base"])
         noise = max(spread(times["ours"]), spread(times["base"]))
         print(f"{name:<14}{ours * 1e3:>10.1f}{base * 1e3:>10.1f}{noise:>7.0%} {args.batch / ours:>12.1f}{ours / base:>8.3f}")
+        record(f"zoo {name} forward / baseline <= 1.03", ours / base <= 1.03, f"{ours / base:.3f}")
     return 0
 
 

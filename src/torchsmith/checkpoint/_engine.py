@@ -18,6 +18,13 @@ the GIL, so the work runs on up to :func:`threads` threads; a small load
   :data:`HOT_CHUNK` is hashed right after it lands, while it is still in the
   CPU cache, so fresh tensors (``load_model``) cost one pass over the data.
 
+Cold files (not in the page cache, what large models meet): each read is first tried with
+``RWF_NOWAIT``, free when the data is cached; the first that would wait for the disk turns on
+readahead hints (``POSIX_FADV_WILLNEED``, :data:`AHEAD` bytes in front of the reader), so the disk
+streams while the bytes already read are hashed or copied. ``verify(spans, memory=...)`` hashes the
+bytes of a file mapping instead (``load_model(mmap=True)``, opt-in: only there can a file truncated
+under the reader raise SIGBUS).
+
 Either stops at the first I/O error (a file cut short while reading) and
 raises it once every thread has stopped; a checksum mismatch is reported for
 the first damaged tensor in file order. Ctrl-C in the caller's thread stops
@@ -29,7 +36,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -49,6 +56,8 @@ HOT_CHUNK = 512 * 1024  # bytes per preadv when hashing on the fly: stays in a c
 INLINE_BYTES = 32 * 1024 * 1024  # below this, threads cost more than they give
 MAX_GROUP = 1024  # small tensors next to each other in a file are read in one preadv (IOV_MAX buffers at most)
 MAX_THREADS = 8
+AHEAD = 64 * 1024 * 1024  # bytes asked of the disk ahead of a reader, once its data proved not to be cached
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # preadv2 flag: fail with EAGAIN rather than wait for the disk
 
 
 class Span(NamedTuple):
@@ -136,6 +145,9 @@ def _run(tasks: Sequence[tuple[int, Task]]) -> None:
             raise
     failures = [e for e in errors if e is not None]
     first = next((e for e in failures if not isinstance(e, _Mismatch)), None) or next(iter(failures), None)
+    for e in failures:
+        if isinstance(e, _Mismatch):  # the caller gets e.error; the workers' frames (buffers, mapped views) go
+            e.__traceback__ = None
     if first is not None:
         raise first.error if isinstance(first, _Mismatch) else first
 
@@ -147,23 +159,63 @@ def _truncated(span: Span) -> CorruptCheckpointError:
     )
 
 
+class _Reader:
+    """``preadv`` for one sequential reader of ``[begin, end)`` of a file, with readahead hints only when cold.
+
+    While the data is in the page cache (a warm load) it is read as is, with no extra system call: each
+    read is tried with ``RWF_NOWAIT``, which fails rather than wait for the disk. The first read that would
+    wait marks the data cold: from then on the kernel is asked (``POSIX_FADV_WILLNEED``) for the next
+    :data:`AHEAD` bytes before the reader gets there, so the disk streams while the data read so far is
+    hashed or copied.
+    """
+
+    __slots__ = ("fd", "end", "hinted")
+
+    def __init__(self, fd: int, end: int):
+        self.fd, self.end, self.hinted = fd, end, -1  # hinted: how far the kernel was asked to read; -1 while warm
+
+    def __call__(self, views: list[memoryview], pos: int) -> int:
+        if self.hinted < 0:
+            if _NOWAIT:
+                try:
+                    return os.preadv(self.fd, views, pos, _NOWAIT)
+                except BlockingIOError:  # not in the page cache: cold from here on
+                    self.hinted = pos
+                except OSError:  # no RWF_NOWAIT for this file system: plain reads, the kernel's readahead
+                    self.hinted = self.end
+            else:
+                self.hinted = self.end
+        if self.hinted < min(pos + AHEAD // 2, self.end):
+            start = max(self.hinted, pos)
+            n = min(AHEAD, self.end - start)
+            os.posix_fadvise(self.fd, start, n, os.POSIX_FADV_WILLNEED)
+            self.hinted = start + n
+        return os.preadv(self.fd, views, pos)
+
+
 # the checksum pass
 
 
-def _hash_task(span: Span, window: int) -> Task:
+def _hash_task(span: Span, window: int, memory: memoryview | None = None) -> Task:
     def task(stop: threading.Event) -> None:
         h = tensor_hasher(span.dtype, span.shape)
-        buffer = memoryview(bytearray(min(window, span.nbytes)))
-        pos = span.begin
-        while pos < span.end:
-            if stop.is_set():
-                return
-            part = buffer[: min(window, span.end - pos)]
-            got = os.preadv(span.fd, [part], pos)
-            if not got:  # cut short since its header was read
-                raise _truncated(span)
-            h.update(part[:got])
-            pos += got
+        if memory is not None:  # the file's mapping: hashed where it lies, window by window
+            for pos in range(span.begin, span.end, window):
+                if stop.is_set():
+                    return
+                h.update(memory[pos : min(pos + window, span.end)])
+        else:
+            buffer = memoryview(bytearray(min(window, span.nbytes)))
+            pos, pread = span.begin, _Reader(span.fd, span.end)
+            while pos < span.end:
+                if stop.is_set():
+                    return
+                part = buffer[: min(window, span.end - pos)]
+                got = pread([part], pos)
+                if not got:  # cut short since its header was read
+                    raise _truncated(span)
+                h.update(part[:got])
+                pos += got
         if h.hexdigest() != span.digest:
             raise _Mismatch(span, h.hexdigest())
 
@@ -207,12 +259,13 @@ def _check_all(pairs: Sequence[tuple[Span, memoryview]]) -> None:
 def _read_fully(span: Span, views: list[memoryview]) -> None:
     """``preadv`` from ``span.begin`` until ``views`` are full; a short file is an error."""
     total = sum(v.nbytes for v in views)
-    done = os.preadv(span.fd, views, span.begin) if views else 0
+    pread = _Reader(span.fd, span.begin + total)
+    done = pread(views, span.begin) if views else 0
     while done < total:  # a short read: finish buffer by buffer
         pos = 0
         for v in views:
             if done < pos + v.nbytes:
-                got = os.preadv(span.fd, [v[max(0, done - pos) :]], span.begin + done)
+                got = pread([v[max(0, done - pos) :]], span.begin + done)
                 if not got:
                     raise _truncated(span)
                 done += got
@@ -220,33 +273,41 @@ def _read_fully(span: Span, views: list[memoryview]) -> None:
             pos += v.nbytes
 
 
-def _hash_group_task(group: list[Span]) -> Task:
-    """Adjacent small spans: one ``preadv`` into one buffer, then each hashed while in cache."""
+def _hash_group_task(group: list[Span], memory: memoryview | None = None) -> Task:
+    """Adjacent small spans: one ``preadv`` into one buffer (or the file's mapping), then each hashed while in cache."""
 
     def task(stop: threading.Event) -> None:
         begin = group[0].begin
-        buffer = memoryview(bytearray(group[-1].end - begin))
-        _read_fully(group[0], [buffer])
+        if memory is not None:
+            buffer = memory[begin : group[-1].end]
+        else:
+            buffer = memoryview(bytearray(group[-1].end - begin))
+            _read_fully(group[0], [buffer])
         _check_all([(span, buffer[span.begin - begin : span.end - begin]) for span in group])
 
     return task
 
 
-def verify(spans: Sequence[Span]) -> int:
+def verify(spans: Sequence[Span], *, memory: Mapping[int, memoryview] | None = None) -> int:
     """Check every span's recorded digest; returns how many were checked.
+
+    ``memory``: file descriptor -> the bytes of that whole file (a mapping of it); spans of those
+    files are hashed where they lie instead of being read.
 
     Raises:
         ChecksumError: naming the file and the first tensor (in file order) whose data differs.
     """
     ordered = sorted(spans, key=lambda s: (s.path, s.begin))
     window = min(WINDOW, max(MIN_WINDOW, sum(s.nbytes for s in ordered) // WINDOWS_PER_LOAD))
+    memory = memory or {}
     tasks = []
     for pairs in _groups([(s, None) for s in ordered], window):
         group = [span for span, _ in pairs]
+        mem = memory.get(group[0].fd)
         if _small(group[0], window):  # a run of small spans (groups of more than one are all small)
-            tasks.append((group[-1].end - group[0].begin, _hash_group_task(group)))
+            tasks.append((group[-1].end - group[0].begin, _hash_group_task(group, mem)))
         else:
-            tasks.append((group[0].nbytes, _hash_task(group[0], window)))
+            tasks.append((group[0].nbytes, _hash_task(group[0], window, mem)))
     _run(tasks)
     return len(ordered)
 
@@ -269,12 +330,12 @@ def _bytes_of(dst: torch.Tensor | np.ndarray) -> memoryview:
 
 def _fill(span: Span, out: memoryview, lo: int, hi: int, step: int, hasher, stop: threading.Event) -> bool:
     """Read file bytes ``[span.begin + lo, span.begin + hi)`` into ``out[lo:hi]``; False when stopped."""
-    pos = lo
+    pos, pread = lo, _Reader(span.fd, span.begin + hi)
     while pos < hi:
         if stop.is_set():
             return False
         piece = out[pos : min(pos + step, hi)]
-        got = os.preadv(span.fd, [piece], span.begin + pos)
+        got = pread([piece], span.begin + pos)
         if not got:
             raise _truncated(span)
         if hasher is not None:

@@ -5,13 +5,15 @@ Layout: an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
 then the data; offsets are relative to the start of the data. Reading parses
 and validates the whole header (collecting every problem) before any data is
 touched; the data itself is read and verified by ``_engine`` (``preadv``
-straight into each destination, checksums hashed from memory-mapped windows).
+straight into each destination, checksums hashed from a small buffer per thread), or, opt-in
+(``mapping`` / ``mapped``: ``load_model(mmap=True)``), viewed through a private mapping of the file.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import mmap
 import operator
 import os
 import weakref
@@ -257,6 +259,10 @@ class SafetensorsFile:
 
     # reading
 
+    def fileno(self) -> int:
+        """The descriptor of the open file every read (and mapping) uses."""
+        return self._file.fileno()
+
     def span(self, name: str) -> _engine.Span:
         """Where tensor ``name``'s bytes are (in the file this object holds open) and their recorded digest."""
         return self.spans[name]
@@ -291,6 +297,30 @@ class SafetensorsFile:
         t = torch.empty(en.shape, dtype=en.torch_dtype)
         self.read_into(name, t, verify=verify)
         return t
+
+    # mapping (opt-in: a file truncated under a mapping kills the reader with SIGBUS)
+
+    def mapping(self) -> mmap.mmap | None:
+        """A private, copy-on-write mapping of the whole open file (None for a file of no data).
+
+        Writes to tensors viewing it stay in this process; the file is never written.
+        """
+        if self.size == self.data_start:
+            return None
+        mapped = mmap.mmap(self._file.fileno(), self.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mapped.madvise(mmap.MADV_WILLNEED)  # start reading a cold file now, ahead of the checksums
+        return mapped
+
+    def mapped(self, name: str, mapping: mmap.mmap | None) -> torch.Tensor:
+        """Tensor ``name`` viewing ``mapping`` (from :meth:`mapping`), or a read copy where its bytes
+        are not aligned to its dtype (nothing is checked here: verify first)."""
+        en = self.entries[name]
+        dtype = en.torch_dtype
+        if en.nbytes == 0 or mapping is None or en.begin % dtype.itemsize:
+            return self.read(name, verify=False) if en.nbytes else torch.empty(en.shape, dtype=dtype)
+        flat = torch.frombuffer(mapping, dtype=torch.uint8, count=en.nbytes, offset=en.begin)
+        return flat.view(dtype).reshape(en.shape)
 
 
 # writing

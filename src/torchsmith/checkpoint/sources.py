@@ -8,6 +8,7 @@ a torch file (read with ``weights_only=True``), and a ``save_model`` directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -124,6 +125,31 @@ class SafetensorsSource(Source):
     def read_many(self, items, *, verify):
         aliases, where = self.aliases, self.where
         _engine.read([(where[n].spans[n], dst) for k, dst in items for n in (aliases.get(k, k),)], verify=verify)
+
+    def map_many(self, keys: list[str], *, verify: bool) -> list[torch.Tensor]:
+        """CPU tensors for ``keys`` backed by a private mapping of their file (one per shard), checked first.
+
+        A file rewritten or truncated in place while its tensors live can kill the process (SIGBUS).
+        """
+        aliases, where = self.aliases, self.where
+        names = [aliases.get(k, k) for k in keys]
+        files = {id(where[n]): where[n] for n in names}
+        mappings = {i: st.mapping() for i, st in files.items()}
+        if verify:
+            memory = {st.fileno(): memoryview(mappings[i]) for i, st in files.items() if mappings[i] is not None}
+            try:
+                _engine.verify([where[n].spans[n] for n in dict.fromkeys(names) if where[n].checksums is not None], memory=memory)
+            except BaseException:
+                for view in memory.values():
+                    view.release()
+                for mapping in mappings.values():
+                    if mapping is not None:
+                        with contextlib.suppress(BufferError):  # a view still held: unmapped when collected
+                            mapping.close()  # nothing of a refused file stays mapped
+                raise
+            for view in memory.values():
+                view.release()
+        return [where[n].mapped(n, mappings[id(where[n])]) for n in names]
 
 
 class TensorSource(Source):

@@ -36,7 +36,7 @@ from .limits import Limits, takes_limits
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
 from .safetensors_format import write_safetensors
-from .sources import Source, TensorSource, index_digest, open_source, tensor_identity
+from .sources import SafetensorsSource, Source, TensorSource, index_digest, open_source, tensor_identity
 from .torch_format import write_torch_file
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
@@ -419,6 +419,7 @@ def load_weights(
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     trusted: bool = False,
+    mmap: bool = False,
     limits: Limits | None = None,
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and report what happened.
@@ -436,6 +437,9 @@ def load_weights(
     can be rebuilt (registry config, transformers ``config``), else named under
     ``on_meta``: a failure, refused when ``strict``.
     Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
+
+    ``mmap=True`` (safetensors, CPU): meta tensors become views of a private mapping of the file, checked
+    first (as ``torch.load(mmap=True)``); opt-in: a file truncated in place under it kills the process (SIGBUS).
 
     Transactional: keys, shapes, dtypes and checksums are all checked before
     anything is written; on any error the model is byte-for-byte unchanged.
@@ -475,7 +479,12 @@ def load_weights(
     on_the_fly = checking and not in_place
     # meta targets: fresh tensors, checked as the data arrives (one pass), assigned only once all is read
     new: dict[int, torch.Tensor] = {}
-    for batch in _batches([w for w in writes if w[0].is_meta], src, map_location):
+    fresh_writes = [w for w in writes if w[0].is_meta]
+    if mmap and isinstance(src, SafetensorsSource) and torch.device(map_location).type == "cpu":
+        mapped = [w for w in fresh_writes if src.spec(w[1])[1] == w[0].dtype]  # a cast needs new memory
+        new.update((id(t), v) for (t, _), v in zip(mapped, src.map_many([fk for _, fk in mapped], verify=on_the_fly)))
+        fresh_writes = [w for w in fresh_writes if id(w[0]) not in new]
+    for batch in _batches(fresh_writes, src, map_location):
         fresh = [(target, fk, _empty(src.spec(fk))) for target, fk in batch]
         src.read_many([(fk, t) for _, fk, t in fresh], verify=on_the_fly)
         new.update((id(target), t.to(device=map_location, dtype=target.dtype)) for target, _, t in fresh)

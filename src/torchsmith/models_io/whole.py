@@ -50,6 +50,7 @@ from ..paths import unwrapped
 from ..registry import model_config
 from ..surgery.freeze import pinned_eval
 from ..surgery.parametrized import original_class
+from ..surgery.quantize import QUANTIZED_ATTR
 from .replay import build_from_config, finish_loaded
 
 __all__ = ["save_model", "load_model"]
@@ -236,6 +237,13 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
     model = unwrapped(model)  # torch.compile's wrapper: the model it compiles is what is saved
+    if getattr(model, QUANTIZED_ATTR, None):
+        raise UnsaveableModelError(
+            f"save_model: this is a {getattr(model, QUANTIZED_ATTR)} model from optimize_for_inference(dtype="
+            f"{getattr(model, QUANTIZED_ATTR)!r}): a quantized graph, not the model's layers, so load_model could not "
+            f"rebuild it. Save the float model (the one you quantized) with save_model, and quantize again after "
+            f"load_model (it takes seconds). Nothing was written."
+        )
     config = model_to_config(model)
     check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
@@ -380,6 +388,7 @@ def load_model(
     verify: bool = True,
     trusted: bool = False,
     verify_signature: str | os.PathLike | None = None,
+    mmap: bool = False,
     limits: Limits | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_model`, without pickle; returns the model.
@@ -395,6 +404,13 @@ def load_model(
 
     A legacy whole-model pickle (``torch.save(model)``) is refused with an
     error naming what it would import; with ``trusted=True`` it is unpickled.
+
+    ``mmap=True``: the parameters and buffers are views of a private, copy-on-write mapping of
+    ``model.safetensors`` (as ``torch.load(mmap=True)`` and safetensors give), not new memory: for
+    models near or beyond RAM, pages are read from the file as they are used and can be dropped again
+    by the kernel. Checksums are still checked (through the mapping) before the model is returned.
+    Opt-in because a file rewritten or truncated in place while the model lives kills the process
+    with SIGBUS (``save_model`` replaces files atomically and never does that; other tools may).
 
     ``directory`` may be ``hf://ORG/NAME[@REVISION][/FOLDER]``: a save_model directory pushed to the Hugging
     Face Hub, read from the Hugging Face cache (fetched into it first unless offline).
@@ -435,10 +451,11 @@ def load_model(
     persistent = set(model.state_dict())
     tensors = [*model.parameters(), *model.buffers()]
     on_meta = bool(tensors) and tensors[0].is_meta  # else rebuild() built it for real (its builder needs values)
-    if on_meta and any(name not in persistent for name, _ in model.named_buffers()):
+    if not mmap and on_meta and any(name not in persistent for name, _ in model.named_buffers()):
         # non-persistent buffers need a real build: first the meta model must fit the weights' header,
         # so a config asking for more than the file holds allocates nothing
         check_fits(model, source)
         model = build_from_config(config, device=map_location)
-    load_weights(model, source, map_location=map_location, verify=verify, prefix=None)
+    # mmap: non-persistent buffers are recomputed from the config (the model stays on meta until then)
+    load_weights(model, source, map_location=map_location, verify=verify, prefix=None, mmap=mmap)
     return finish_loaded(model, config["steps"])

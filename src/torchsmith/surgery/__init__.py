@@ -1,6 +1,7 @@
 """Model surgery for any ``nn.Module``: find, replace, re-head, freeze, re-input, fold.
 
-One file per job: ``modules`` (find, replace), ``heads``, ``freeze``, ``channels``, ``inputs``, ``fold``.
+One file per job: ``modules`` (find, replace), ``heads``, ``freeze``, ``channels``, ``inputs``, ``fold``,
+``quantize`` (int8, through torchao).
 
 Every function here changes the model you pass, in place, and returns it (so
 calls chain); ``add_inputs`` and ``optimize_for_inference(compile=True)``

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from .fold_proof import foldable_bn, observed_pairs, traced_pairs
 from .freeze import pinned_eval
 from .modules import first_tensor, put
 from .parametrized import unparametrized
+from .quantize import quantize_int8
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
@@ -222,6 +223,8 @@ def optimize_for_inference(
     compile: bool = False,
     example_inputs: Any = None,
     input_size: Sequence[int] | None = None,
+    dtype: str | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> nn.Module:
     """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
 
@@ -238,6 +241,13 @@ def optimize_for_inference(
     call; call it under ``torch.inference_mode()`` or ``torch.no_grad()``
     (freezing applies only there). No TorchScript is involved.
 
+    ``dtype="int8"`` (x86 CPUs, needs ``torchsmith[int8]``): a new compiled int8 module from PyTorch 2
+    export quantization, calibrated on ``calibration`` (a few batches of real inputs) and refused
+    (``SurgeryError``) when its top-1 predictions agree with ``model``'s on less than 99% of them;
+    ``model`` itself is left as it was; it is always compiled (``compile``, ``channels_last`` do not
+    apply). Not saveable: ``save_model`` the float model, quantize after ``load_model``
+    (:mod:`torchsmith.surgery.quantize`).
+
     Example::
 
         >>> fast = optimize_for_inference(create_model("resnet50"))
@@ -248,6 +258,13 @@ def optimize_for_inference(
         ...     faster(torch.randn(8, 784)).shape   # compiles once (resnet50: ~1.5x eager on CPU after)
         torch.Size([8, 10])
     """
+    if dtype is not None:
+        if dtype != "int8" or calibration is None:
+            raise SurgeryError(
+                f"optimize_for_inference(dtype={dtype!r}, calibration={'...' if calibration is not None else None}): "
+                f"dtype takes 'int8' (with calibration=, a few batches of real inputs) or None (float)."
+            )
+        return quantize_int8(unwrapped(model), calibration)
     fast = unwrapped(model)
     with restored_on_failure(fast):  # a refused fold leaves the model's modes as they were too
         fast.eval()
