@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from ..errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
-from .files import open_regular
+from .files import checked_path, open_regular
 from .formats import DCP_METADATA_NAME, DCP_MODEL_KEY
 from .limits import DCP_ENTRY_BYTES, current, enforce, how_to_raise
 from .pickle_budget import unpickled_bytes
@@ -184,9 +184,9 @@ class DCPReader(FileSystemReader):
     """
 
     def __init__(self, path: str | os.PathLike, *, trusted: bool = False):
-        path = Path(path)
+        path = checked_path(path)
         if not is_dcp(path):
-            where = "does not exist" if not _exists(path) else f"has no {DCP_METADATA_NAME} file"
+            where = "does not exist" if not path.exists() else f"has no {DCP_METADATA_NAME} file"
             raise CheckpointError(
                 f"{str(path)!r} is not a distributed checkpoint: it {where}. Pass the directory that "
                 f"save_distributed() / torch.distributed.checkpoint.save() wrote."
@@ -246,13 +246,6 @@ class DCPReader(FileSystemReader):
             location = f"{str(Path(self.path) / sinfo.relative_path)!r}, bytes {sinfo.offset:,}-{sinfo.offset + sinfo.length:,}"
             check_blob(view, sinfo.length, entry=f"the distributed checkpoint entry {fqn!r}", location=location)
         return view
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a name too long, a loop of links
-        return False
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

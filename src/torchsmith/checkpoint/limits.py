@@ -45,7 +45,10 @@ from typing import TypeVar
 
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, did_you_mean
 
-__all__ = ["Limits", "FLOORS", "DCP_ENTRY_BYTES", "applied", "current", "enforce", "how_to_raise", "takes_limits"]
+__all__ = [
+    "Limits", "FLOORS", "DCP_ENTRY_BYTES", "applied", "current", "enforce", "enforce_model_size", "how_to_raise",
+    "model_size", "takes_limits",
+]
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,19 @@ def enforce(name: str, found: int, what: str, *, error: type[TorchsmithError] = 
     file by default; the spec builder raises ``SpecError``)."""
     if found > getattr(current(), name):
         raise error(f"{what}, over the limit. {how_to_raise(name, needed=found)}")
+
+
+def model_size(module) -> tuple[int, int]:
+    """``(modules, parameter values)`` of an ``nn.Module``: what ``max_modules`` and ``max_parameters`` bound
+    (counted from shapes, so a model on the meta device counts the same as a real one)."""
+    return sum(1 for _ in module.modules()), sum(p.numel() for p in module.parameters())
+
+
+def enforce_model_size(modules: int, parameters: int, what: str, *, error: type[TorchsmithError] = CorruptCheckpointError) -> None:
+    """Refuse a model of more than ``max_modules`` modules or ``max_parameters`` parameter values (``what``
+    names what asks for it: ``"the spec"``, ``"'run/config.json'"``)."""
+    enforce("max_modules", modules, f"{what} builds {modules:,} modules (or more)", error=error)
+    enforce("max_parameters", parameters, f"{what} builds {parameters:,} parameter values (or more)", error=error)
 
 
 F = TypeVar("F", bound=Callable)

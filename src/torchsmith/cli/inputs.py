@@ -20,8 +20,9 @@ def parse_dtype(name: str):
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def load_model_arg(model: str, *, meta: bool):
-    """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory."""
+def load_model_arg(model: str, *, meta: bool, limits=None):
+    """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory;
+    ``limits`` (``--limit``) bound what a spec or a directory's config.json may build."""
     import contextlib
     import os
 
@@ -32,14 +33,14 @@ def load_model_arg(model: str, *, meta: bool):
     if os.path.isdir(model):
         from ..models_io import load_model
 
-        return load_model(model)
+        return load_model(model, limits=limits)
     with torch.device("meta") if meta else contextlib.nullcontext():
         if model.lower().endswith(SPEC_SUFFIXES) and os.path.isfile(model):
             from pathlib import Path
 
             from ..spec import build
 
-            return build(Path(model))
+            return build(Path(model), limits=limits)
         return create_model(model)
 
 
