@@ -70,7 +70,12 @@ class _Hang(Exception):
     pass
 
 
+_RANG: list[bool] = []
+_OUT_OF_MEMORY = ("MemoryError", "can't allocate memory", "Cannot allocate memory")
+
+
 def _alarm(signum, frame):
+    _RANG.append(True)  # whatever the exception becomes on its way out (the builder wraps it), it was too slow
     raise _Hang("no answer within the time allowed")
 
 
@@ -103,6 +108,11 @@ def run_cases(cases: list[tuple[str, str, str]], headroom: int, seconds: int, li
             result.update(error=type(e).__name__, message=str(e)[:400], torchsmith=isinstance(e, ts.TorchsmithError))
         finally:
             signal.alarm(0)
+        if _RANG:
+            result.update(error="no answer within the time allowed", torchsmith=False)
+            _RANG.clear()
+        elif any(m in result["message"] for m in _OUT_OF_MEMORY):  # refused only because the cap stopped an allocation
+            result.update(error="out of memory", torchsmith=False)
         out[f"{name} / {entry}"] = result
     return out
 

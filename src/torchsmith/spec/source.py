@@ -81,6 +81,8 @@ def _parse(text: str, where: str) -> Any:
     try:
         _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), where)  # nodes only: nothing constructed
         return yaml.safe_load(text)
+    except SpecError:
+        raise
     except yaml.YAMLError as e:
         raise SpecError(f"{where} is not valid YAML/JSON: {e}") from e
     except RecursionError as e:
