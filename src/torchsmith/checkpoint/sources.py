@@ -23,6 +23,7 @@ from .files import checked_path, open_regular, read_json_bytes, shown
 from .formats import (
     DIRECTORY_CANDIDATES, DTYPES, INDEX_SUFFIX, META_ALIASES, META_INDEX_DIGEST, SAFETENSORS_SUFFIX, TORCHSMITH_KEY, format_for,
 )
+from .hub import is_hf_source, resolve_weights
 from .keys import STATE_DICT_KEYS, find_state_dict
 from .limits import enforce
 from .safetensors_format import SafetensorsFile
@@ -290,7 +291,8 @@ def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
 
 
 def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
-    """The checkpoint at ``path`` (file, index or directory), its header validated, no data read yet.
+    """The checkpoint at ``path`` (file, index or directory; an ``hf://`` source is first resolved to files of
+    the Hugging Face cache, see :mod:`~torchsmith.checkpoint.hub`), its header validated, no data read yet.
 
     Raises:
         CheckpointError: no checkpoint there; CorruptCheckpointError: damaged header or index;
@@ -298,6 +300,8 @@ def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
     """
     if isinstance(path, Source):  # already open (load_model hands over the file it checked)
         return path
+    if is_hf_source(path):
+        path = resolve_weights(path)
     path, inside = _resolve(Path(path))  # a reader never deletes: a temporary may be another host's save in progress
     if path.name.endswith(INDEX_SUFFIX):
         return _open_index(path, inside)
