@@ -293,7 +293,7 @@ def loads(honest) -> dict[str, dict[str, dict]]:
         cases.append((name, str(directory)))
     out = {}
     for entry in ENTRIES:
-        child = Child(load_all, cases, entry, str(root), 512 * 2**20, 20)
+        child = Child(load_all, cases, entry, str(root), 512 * 2**20, 120)  # a hang detector: the 32 MiB dict bomb is walked in 7-35 s
         out[entry] = child.result(timeout=60 + 25 * len(cases))
     through = [f"{name} / {entry}: {r['error'] or 'loaded'}" for entry, rs in out.items() for name, r in rs.items() if name != "honest" and not r["torchsmith"]]
     record("hostile DCP checkpoints", cases=len(CASES), loads=len(CASES) * len(ENTRIES), through=len(through), examples=through[:8])
