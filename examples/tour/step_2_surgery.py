@@ -1,8 +1,9 @@
 """Step 2 - surgery: modifying a pretrained ResNet-50, done right (heads, freezing, extra inputs, features, speed).
 
 The tutorial's section 4 on our resnet50: its head change that changes nothing,
-fixed; its named classifier; its image + extra-input model; freezing all but
-layer2-4 with a report; intermediate features by nested name; and the
+fixed; its named classifier; an edit that would break the model, refused with
+the model as it was; its image + extra-input model; freezing all but layer2-4
+with a report; intermediate features by nested name; and the
 inference speed-up of ``optimize_for_inference``, printed as a ratio.
 """
 
@@ -14,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -55,6 +57,13 @@ def main() -> None:
     ts.replace_module(model, "fc", classifier)
     probs = model(x)
     console.print(f"named classifier: {list(model.fc._modules)} -> {tuple(probs.shape)}, rows sum to {probs.sum(1).item():.3f}")
+
+    # 2b. an edit that leaves the model unable to run is refused, naming the layer, and rolled back
+    try:
+        ts.replace_module(model, "layer4.2.conv3", nn.Conv2d(512, 1024, 1, bias=False))  # bn3 expects 2048
+    except ts.SurgeryError as err:
+        console.print(f"replace_module of the wrong width: [red]refused[/] ({escape(str(err).split(': ', 1)[1])})")
+    console.print(f"  layer4.2.conv3 still {model.layer4[2].conv3.out_channels} channels; output {tuple(model(x).shape)}")
 
     # 3. image + one extra scalar per sample
     both = ts.add_inputs(ts.create_model("resnet50"), extra_features=1, num_classes=10).eval()

@@ -48,9 +48,10 @@ def screenshot(page: Path, png: Path) -> bool:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         tab = browser.new_page(viewport={"width": 1400, "height": 900})
         tab.goto(page.resolve().as_uri())
-        tab.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+        drawn = "body[data-ready='1']"  # the page sets it once a layout is drawn (its CSP forbids eval: no wait_for_function)
+        tab.wait_for_selector(drawn, state="attached", timeout=60_000)
         tab.click("g.node[data-path='encoder.3']", position={"x": 12, "y": 10})  # open the deepest encoder block
-        tab.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+        tab.wait_for_selector(drawn, state="attached", timeout=60_000)
         tab.screenshot(path=str(png))
         browser.close()
     return True
