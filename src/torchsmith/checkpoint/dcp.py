@@ -219,7 +219,7 @@ class DCPReader(FileSystemReader):
         if not self.trusted:
             budget = bounds.max_dcp_entries * DCP_ENTRY_BYTES
             try:
-                unpickled_bytes(data, budget=budget, where=where)
+                unpickled_bytes(data, budget=budget, where=f"{where} is not readable DCP metadata: it")  # '... it uses the opcode ...'
             except CorruptCheckpointError as e:
                 if "bytes to unpickle" in str(e):  # the estimate passed the bound: say which, and how to raise it
                     raise CorruptCheckpointError(f"{e} {how_to_raise('max_dcp_entries')}") from None
