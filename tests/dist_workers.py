@@ -3,11 +3,20 @@
 A tiny classifier (Linear-BatchNorm-ReLU-Linear) trained with SGD + Nesterov + a one-cycle schedule on
 fixed random data, sharded by a DistributedSampler; DDP or FSDP2 (``fully_shard``). Each run records every
 step's loss on every rank, and can save a DCP checkpoint after given epochs and resume from one.
+
+A worker ends its process with ``os._exit`` (see :func:`train_worker`): after FSDP2 has run, torch's DTensor
+caches keep the device mesh, and through it the gloo process group, alive past ``destroy_process_group``,
+so gloo's threads (two ``pt_gloo_runloop``, one ``gloo_tcp_loop``) still run when the process exits, and
+tearing them down in the interpreter's finalization sometimes aborted a worker under load ("terminate
+called without an active exception", SIGABRT). DDP frees its group in ``destroy_process_group``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -59,7 +68,25 @@ def full_references(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, t
 
 
 def train_worker(rank: int, world: int, store: str, strategy: str, out: str, start: int, save_after: list[int], resume: str | None) -> None:
-    """Train epochs ``start..EPOCHS-1``; save a DCP under ``out/epoch<k>`` after each epoch k in ``save_after``."""
+    """Train epochs ``start..EPOCHS-1``; save a DCP under ``out/epoch<k>`` after each epoch k in ``save_after``.
+
+    Never returns: the process ends with ``os._exit`` once everything it wrote is closed, exit code 0, or 1
+    after printing the traceback to stderr (``mp.spawn`` reports "exited with exit code 1"). A normal exit
+    would finalize the interpreter with gloo's threads still running (module docstring).
+    """
+    code = 1
+    try:
+        _train(rank, world, store, strategy, out, start, save_after, resume)
+        code = 0
+    except BaseException:  # noqa: BLE001 - reported here: the process ends below without unwinding further
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _train(rank: int, world: int, store: str, strategy: str, out: str, start: int, save_after: list[int], resume: str | None) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:

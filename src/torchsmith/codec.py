@@ -274,9 +274,11 @@ def decode(value: Any, *, where: str = "", problems: list[str]) -> Any:
                 problems.append(f"{where}: unknown layer name {name!r}")
             return cls
         if set(value) == {"$dtype"}:
-            if value["$dtype"] not in TORCH_DTYPES:
-                problems.append(f"{where}: unknown dtype {value['$dtype']!r}")
-            return TORCH_DTYPES.get(value["$dtype"])
+            name = value["$dtype"]
+            dtype = TORCH_DTYPES.get(name) if isinstance(name, str) else None
+            if dtype is None:
+                problems.append(f"{where}: unknown dtype {name!r:.80}")
+            return dtype
         return {k: decode(v, where=f"{where}[{k!r}]", problems=problems) for k, v in value.items()}
     return value
 

@@ -237,8 +237,7 @@ def load_distributed(
     # read into copies: the model, optimizer and state change only once everything has been read
     copies = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), wanted)
     copies.update(copy.deepcopy(plain))
-    with dcp_errors(directory):
-        reader = DCPReader(directory, trusted=trusted)
+    with dcp_errors(directory):  # the same reader: the metadata it checked is the one the load plans from
         with _one_process_quietly():
             dcp.load(copies, storage_reader=reader, planner=SafeLoadPlanner(trusted=trusted), no_dist=not _group())
     set_model_state_dict(model, copies[DCP_MODEL_KEY])

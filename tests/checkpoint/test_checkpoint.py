@@ -318,7 +318,9 @@ def test_bad_shard_size_is_refused(tmp_path):
 def test_save_keeps_permissions_and_cleans_stale_temporaries(tmp_path):
     path = ts.save_weights(TinyNet(), tmp_path / "w.safetensors")
     os.chmod(path, 0o640)
-    stale = tmp_path / ".w.safetensors.tmp-999999999-abcd"
+    from torchsmith.checkpoint.atomic import temporary_name, temporary_owner
+
+    stale = tmp_path / f".w.safetensors.tmp-999999999-abcd@{temporary_owner(temporary_name('w').name)[2]}"  # this host's: a save may remove it
     stale.write_bytes(b"half")
     ts.save_weights(TinyNet(), path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
@@ -339,11 +341,13 @@ def test_a_saves_temporary_names_its_process_and_host_and_the_cleaner_keeps_to_i
     assert f.closed and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
     dead = subprocess.Popen(["true"])
     dead.wait()
-    mine, other = tmp_path / f".w.safetensors.tmp-{dead.pid}-0123abcd@h", tmp_path / f".x.pt.tmp-{dead.pid}-0123abcd"
-    for p in (mine, other):
+    mine, other = tmp_path / f".w.safetensors.tmp-{dead.pid}-0123abcd@{host}", tmp_path / f".x.pt.tmp-{dead.pid}-0123abcd@{host}"
+    foreign = [tmp_path / f".w.safetensors.tmp-{dead.pid}-0123abcd@h", tmp_path / f".w.safetensors.tmp-{dead.pid}-0123abce"]
+    for p in (mine, other, *foreign):
         p.write_bytes(b"partial")
     assert clean_stale_temporaries(tmp_path, target="w.safetensors") == [mine] and other.exists()
     assert clean_stale_temporaries(tmp_path) == [other]
+    assert all(p.exists() for p in foreign)  # another host's, or no host named: never removed by a save
 
 
 def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

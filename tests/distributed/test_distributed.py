@@ -138,7 +138,7 @@ def test_not_a_checkpoint_and_a_damaged_one(tmp_path):
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     fresh = tiny_model()
     before = snapshot(fresh)
-    with pytest.raises(ts.CorruptCheckpointError, match="rank 0"):
+    with pytest.raises(ts.CorruptCheckpointError, match=r"__0_0\.distcp'?, which has"):  # cut short: refused before reading
         ts.load_distributed(fresh, None, tmp_path / "ck")
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # read into copies first
 

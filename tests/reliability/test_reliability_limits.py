@@ -8,7 +8,9 @@ the files stay small), then loads the same file with the bound raised (or at its
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from typer.testing import CliRunner
 
 import torchsmith as ts
 from torchsmith import Limits
+from torchsmith.checkpoint.limits import FLOORS
 from torchsmith.models_io import whole
 from torchsmith.cli import app
 
@@ -56,6 +59,9 @@ def _cases(tmp_path: Path) -> dict:
     directory = ts.save_model(mlp, tmp_path / "run")
     views, size, loaded = _repeated_views(tmp_path)
     tensors = len(safetensors_keys(single))
+    modules, parameters = sum(1 for _ in mlp.modules()), sum(p.numel() for p in mlp.parameters())
+    dcp = ts.save_distributed(filled(TinyNet(), seed=3), None, tmp_path / "dcp")
+    entries = len(TinyNet().state_dict())  # one stored piece per tensor (one rank)
     return {
         "max_header_bytes": (single, _header_length(single) - 1, _header_length(single)),
         "max_tensors": (single, tensors - 1, tensors),
@@ -64,16 +70,21 @@ def _cases(tmp_path: Path) -> dict:
         "max_config_values": (directory, 30, 100),
         "max_config_depth": (directory, 2, 3),  # [kwargs, steps] > kwargs > hidden: 3 deep
         "max_expansion": (views, (loaded - 16 * 2**20) / size * 0.99, (loaded - 16 * 2**20) / size * 1.01),
+        "max_modules": (directory, modules - 1, modules),
+        "max_parameters": (directory, parameters - 1, parameters),
+        "max_dcp_entries": (dcp, entries - 1, entries),
     }
 
 
 def _load(path: Path, limits: Limits | None):
     if (path / "config.json").exists():
         return ts.load_model(path, limits=limits)
+    if (path / ".metadata").exists():  # a distributed checkpoint
+        return ts.convert_checkpoint(path, path.with_name("consolidated.safetensors"), limits=limits)
     return ts.read_weights(path, limits=limits)
 
 
-@pytest.mark.parametrize("bound", ["max_header_bytes", "max_tensors", "max_json_bytes", "max_config_bytes", "max_config_values", "max_config_depth", "max_expansion"])
+@pytest.mark.parametrize("bound", [f.name for f in dataclasses.fields(Limits)])
 def test_each_bound_refuses_names_itself_and_the_option_raises_it(tmp_path, bound):
     path, below, enough = _cases(tmp_path)[bound]
     if bound == "max_expansion":  # the default (2x) already refuses these views: the file is the attack
@@ -145,12 +156,20 @@ def test_limits_are_per_call_and_per_thread(tmp_path):
     ts.read_weights(path)  # the default again after the refused call
 
 
-# the parser behind --limit
+# the parser behind --limit (issue 20 §8: Arabic-Indic digits, max-tensors=, max_expansion=1e-300 were accepted)
 
 NAMES = [f for f in Limits.__dataclass_fields__]
+FLOAT_NAMES = {f.name for f in dataclasses.fields(Limits) if f.type in (float, "float")}
 
 
-@given(st.dictionaries(st.sampled_from(NAMES), st.integers(min_value=1, max_value=2**62)))
+def _admissible(name: str):
+    """Values of ``name`` the constructor takes: at least its floor."""
+    if name in FLOAT_NAMES:
+        return st.floats(min_value=FLOORS[name], max_value=1e6, allow_nan=False).map(lambda v: round(v, 3)).filter(lambda v: v >= FLOORS[name])
+    return st.integers(min_value=int(FLOORS[name]), max_value=2**62)
+
+
+@given(st.lists(st.sampled_from(NAMES), unique=True).flatmap(lambda names: st.fixed_dictionaries({n: _admissible(n) for n in names})))
 def test_parse_agrees_with_the_constructor(values):
     items = [f"{k}={v}" for k, v in values.items()]
     assert Limits.parse(items) == Limits(**values)
@@ -159,14 +178,41 @@ def test_parse_agrees_with_the_constructor(values):
 @given(st.text(max_size=30))
 @example("max_expansion=nan")
 @example("max_tensors=1e3")
-def test_parse_refuses_anything_else_with_a_checkpoint_error(text):
+@example("max_tensors=\u0665\u0660\u0660")  # Arabic-Indic 500
+@example("max-tensors=5")
+@example("max_expansion=1e-300")
+@example(" max_tensors=5")
+@example("max_tensors=+5")
+@example("max_tensors=" + "9" * 5000)
+@example("max_tensors=\uff15")  # a full-width 5
+@example("max_expansion=0.5")  # below the floor: nothing would load
+@example("max_header_bytes=1")
+@example("max_config_values=1")
+def test_parse_accepts_only_documented_names_and_ascii_digits(text):
     name, sep, value = text.partition("=")
     try:
         parsed = Limits.parse([text])
     except ts.CheckpointError:
         return
-    assert sep and name.strip().replace("-", "_") in NAMES  # accepted only a real NAME=positive number
-    assert getattr(parsed, name.strip().replace("-", "_")) > 0
+    assert sep and name in NAMES, text  # the name exactly as documented (no dash spelling, no spaces)
+    assert re.fullmatch(r"[0-9_]+(\.[0-9]+)?" if name in FLOAT_NAMES else r"[0-9_]+", value), text  # ASCII digits
+    assert getattr(parsed, name) >= FLOORS[name]
+
+
+@given(st.sampled_from(NAMES), st.text(st.characters(categories=["Nd"]), min_size=1, max_size=6).filter(lambda t: not t.isascii()))
+def test_digits_of_other_scripts_are_refused(name, digits):
+    with pytest.raises(ts.CheckpointError, match="digits 0-9"):
+        Limits.parse([f"{name}={digits}"])
+
+
+@given(st.sampled_from(NAMES), st.data())
+def test_a_bound_below_its_floor_is_refused_and_the_floor_is_accepted(name, data):
+    floor = FLOORS[name]
+    below = data.draw(st.floats(min_value=1e-300, max_value=floor, exclude_max=True) if name in FLOAT_NAMES else st.integers(1, int(floor) - 1) if floor > 1 else st.just(0))
+    with pytest.raises(ts.CheckpointError, match=name):
+        Limits(**{name: below})
+    assert getattr(Limits(**{name: floor}), name) == floor
+    assert getattr(Limits.parse([f"{name}={floor:g}"]), name) == floor
 
 
 @pytest.mark.parametrize("bad", [{"max_expansion": 0}, {"max_expansion": float("nan")}, {"max_expansion": float("inf")}, {"max_header_bytes": -1}, {"max_config_depth": 2.5}, {"max_json_bytes": True}, {"max_expansion": "2"}])
@@ -212,3 +258,22 @@ def test_a_config_larger_than_its_weights_allocates_nothing(tmp_path, monkeypatc
     with pytest.raises(ts.IncompatibleCheckpointError, match="weight"):
         ts.load_model(directory)
     assert devices == ["meta"]  # never built for real
+
+
+ODD_LIMITS = [
+    "max_expansion=nan", "max_tensors=1e3", "max_tensors=\u0665\u0660\u0660", "max-tensors=5", "max_expansion=1e-300",
+    " max_tensors=5", "max_tensors=+5", "max_tensors=" + "9" * 5000, "max_tensors=\uff15", "max_expansion=0.5",
+    "max_header_bytes=1", "max_config_values=1",
+]
+
+
+def test_the_audits_odd_limit_values_are_refused():
+    accepted = []
+    for text in ODD_LIMITS:
+        try:
+            Limits.parse([text])
+            accepted.append(text[:40])
+        except ts.CheckpointError:
+            pass
+    record("--limit parsing", odd_values=len(ODD_LIMITS), accepted=len(accepted), examples=accepted[:4])
+    assert not accepted, accepted

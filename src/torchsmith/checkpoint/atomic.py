@@ -3,10 +3,15 @@
 The data goes to a temporary file in the target's directory (``.NAME.tmp-PID-RANDOM@HOST``,
 named by :func:`temporary_name`); it is flushed and fsynced, renamed over the target with
 ``os.replace`` and the directory is fsynced. The old file's permission bits are kept.
-Temporaries left by dead processes are removed by the one cleaner,
-:func:`clean_stale_temporaries` (a save: its target's; a load: its directory's). Because the target is replaced (a new inode), tensors
-memory-mapped from the old file stay valid while the new one is written: saving
-a model onto the file it was mapped from works.
+Because the target is replaced (a new inode), tensors memory-mapped from the old file stay
+valid while the new one is written: saving a model onto the file it was mapped from works.
+
+Temporaries left by a process killed mid-save are removed by saves only, and only those a save
+can prove dead: written on this host (the name says which) by a process that no longer runs
+(:func:`clean_stale_temporaries`, called for the save's target). Readers never delete: on a file
+system shared by several machines a temporary of another host may be a save in progress there.
+The rest is cleaned on request (:func:`clean_temporaries`, ``torchsmith clean DIR``), other
+hosts' temporaries only when asked and once they are old enough.
 
     >>> with atomic_write("model.safetensors") as f:
     ...     _ = f.write(b"...")
@@ -21,15 +26,21 @@ import re
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import CheckpointError
+from .files import checked_path, shown
 
-__all__ = ["atomic_write", "atomic_write_all", "temporary_name", "temporary_owner", "clean_stale_temporaries"]
+__all__ = [
+    "atomic_write", "atomic_write_all", "temporary_name", "temporary_owner", "clean_stale_temporaries",
+    "Temporary", "find_temporaries", "clean_temporaries",
+]
 
-# temporaries: the one naming and the one cleaner (saves call it for their target, loads for the directory)
+# temporaries: the one naming, and the cleaners (a save: its target's own-host dead ones; on request: the rest)
 
 _TMP_TAG = ".tmp-"
 _TMP_NAME = re.compile(r"\.(?P<target>.+)" + re.escape(_TMP_TAG) + r"(?P<pid>\d+)-[0-9a-f]+(?:@(?P<host>[A-Za-z0-9._-]+))?")
@@ -73,9 +84,94 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Temporary:
+    """One temporary found in a directory, and what :func:`clean_temporaries` does with it and why."""
+
+    path: Path
+    target: str  # the file it was going to replace
+    pid: int
+    host: str | None  # None in names written before the host was recorded
+    age: float  # seconds since it was last written
+    remove: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "target": self.target, "pid": self.pid, "host": self.host,
+                "age_seconds": round(self.age, 1), "remove": self.remove, "reason": self.reason}
+
+
+def _judge(name: str, owner: tuple[str, int, str | None], age: float, other_hosts_older_than: float | None) -> tuple[bool, str]:
+    target, pid, host = owner
+    if host == _host():
+        if _pid_alive(pid):
+            return False, f"process {pid} on this host is running (a save in progress)"
+        return True, f"process {pid} on this host is gone (killed while saving {target!r})"
+    where = f"host {host!r}" if host else "a host it does not name (written by an older torchsmith)"
+    if other_hosts_older_than is None:
+        return False, f"written on {where}: its process cannot be checked from here (clean it with --other-hosts --older-than AGE)"
+    if age < other_hosts_older_than:
+        return False, f"written on {where} {age:,.0f} s ago, less than {other_hosts_older_than:,.0f} s: it may be a save in progress"
+    return True, f"written on {where}, untouched for {age:,.0f} s (at least {other_hosts_older_than:,.0f} s)"
+
+
+def find_temporaries(directory: str | os.PathLike, *, other_hosts_older_than: float | None = None) -> list[Temporary]:
+    """Every temporary in ``directory``, with whether :func:`clean_temporaries` removes it and why.
+
+    Removed: those of a process of this host that no longer runs; with ``other_hosts_older_than`` (seconds),
+    also those of other hosts (or of none named) not written to for at least that long.
+
+        >>> import os, subprocess
+        >>> gone = subprocess.Popen(["true"]); _ = gone.wait()
+        >>> _ = open(temporary_name("model.safetensors"), "w")                 # this process: running
+        >>> os.rename(next(p for p in os.listdir() if ".tmp-" in p), f".model.safetensors.tmp-{gone.pid}-0a1b2c3d@{_host()}")
+        >>> _ = open(".w.pt.tmp-4242-0a1b2c3d@node-7", "w")                     # another host's
+        >>> [(t.target, t.remove) for t in find_temporaries(".")]
+        [('model.safetensors', True), ('w.pt', False)]
+    """
+    found = []
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as e:
+        raise CheckpointError(f"Cannot list {shown(directory)}: {e.strerror or e}.") from e
+    now = time.time()
+    for entry in entries:
+        owner = temporary_owner(entry.name)
+        if owner is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:  # removed meanwhile
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        age = max(0.0, now - info.st_mtime)
+        remove, reason = _judge(entry.name, owner, age, other_hosts_older_than)
+        found.append(Temporary(Path(entry.path), owner[0], owner[1], owner[2], age, remove, reason))
+    return found
+
+
+def clean_temporaries(directory: str | os.PathLike, *, dry_run: bool = False, other_hosts_older_than: float | None = None) -> list[Temporary]:
+    """Remove the temporaries :func:`find_temporaries` marks (none with ``dry_run``); returns every one found.
+
+    Raises:
+        CheckpointError: the directory cannot be listed, or a temporary cannot be removed.
+    """
+    found = find_temporaries(directory, other_hosts_older_than=other_hosts_older_than)
+    for t in found:
+        if t.remove and not dry_run:
+            try:
+                t.path.unlink()
+            except FileNotFoundError:  # another cleaner was first
+                pass
+            except OSError as e:
+                raise CheckpointError(f"Cannot remove {shown(t.path)}: {e.strerror or e}.") from e
+    return found
+
+
 def clean_stale_temporaries(directory: str | os.PathLike, *, target: str | None = None) -> list[Path]:
-    """Remove the temporaries in ``directory`` (only ``target``'s, when given) whose writing process no
-    longer runs; returns them. Saves call it for their target, loads for the whole directory.
+    """Remove the temporaries in ``directory`` (only ``target``'s, when given) that a process of this host left
+    and that no longer runs; returns them. Saves call it for their target; readers never do.
 
     Never raises: a missing or read-only directory is left as it is.
     """
@@ -86,7 +182,7 @@ def clean_stale_temporaries(directory: str | os.PathLike, *, target: str | None 
         return removed
     for entry in entries:
         owner = temporary_owner(entry.name)
-        if owner is None or (target is not None and owner[0] != target) or _pid_alive(owner[1]):
+        if owner is None or (target is not None and owner[0] != target) or owner[2] != _host() or _pid_alive(owner[1]):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
@@ -117,7 +213,7 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True, commit: bool = 
     Raises:
         CheckpointError: the directory does not exist or the write failed (the cause is chained).
     """
-    target = Path(path)
+    target = checked_path(path, action="write")
     if not target.parent.is_dir():
         raise CheckpointError(
             f"Cannot write {str(target)!r}: directory {str(target.parent)!r} does not exist; create it first."
@@ -129,6 +225,8 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True, commit: bool = 
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
+    except OSError as exc:  # a loop of links at the target, no permission to look
+        raise CheckpointError(f"Cannot write {shown(target)}: {exc.strerror or exc}.") from exc
     tmp = temporary_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

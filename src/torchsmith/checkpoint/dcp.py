@@ -6,15 +6,25 @@ key, global shape, dtype, which file and bytes hold each shard) and one
 ``pickle.load`` and non-tensor entries with ``torch.load(weights_only=False)``,
 either of which runs whatever code the file names. Here:
 
-- ``.metadata`` is unpickled by an unpickler that resolves only the classes
-  DCP metadata is made of (``torch.distributed.checkpoint.metadata``,
-  ``_StorageInfo``, ``torch.Size``, dtypes, layouts, ``pathlib`` paths);
-  anything else raises :class:`UnsafeCheckpointError` naming it;
-- tensors are read by torch's own reader (``torch.load(weights_only=True)``);
+- ``.metadata`` is read like every checkpoint file (a regular file inside the
+  directory), bounded by ``Limits.max_dcp_entries``, its memory estimated
+  before it is unpickled (``pickle_budget``), and unpickled by an unpickler
+  that resolves only the classes DCP metadata is made of
+  (``torch.distributed.checkpoint.metadata``, ``_StorageInfo``, ``torch.Size``,
+  dtypes, layouts, ``pathlib`` paths); anything else raises
+  :class:`UnsafeCheckpointError` naming it;
+- it is then checked against the directory (``dcp_layout.check_layout``):
+  pieces stored in plain file names inside it, at byte ranges inside their
+  files, tiling each tensor exactly; so a load allocates at most what the
+  files hold and every value comes from this checkpoint;
+- tensors are read by torch's own reader (``torch.load(weights_only=True)``)
+  from data files opened as regular files inside the directory, each stored
+  entry checked first (no compressed zip records, torchsmith's allow-list);
 - non-tensor entries (optimizer hyper-parameters, scheduler state) go through
   ``torch.load(weights_only=True)`` as well: numbers, strings, lists, dicts.
 
-``trusted=True`` restores torch's own, unrestricted behaviour.
+``trusted=True`` unpickles ``.metadata`` and entries as torch does (code may
+run); the layout is checked all the same.
 
     >>> import tempfile, torch
     >>> from torchsmith import convert_checkpoint, save_distributed
@@ -38,14 +48,22 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from ..errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
+from .files import checked_path, open_regular
 from .formats import DCP_METADATA_NAME, DCP_MODEL_KEY
+from .limits import DCP_ENTRY_BYTES, current, enforce, how_to_raise
+from .pickle_budget import unpickled_bytes
+from .torch_format import check_zip_records, own_allowed, pickle_globals
 
-__all__ = ["is_dcp", "DCPReader", "SafeLoadPlanner", "dcp_errors", "read_dcp"]
+__all__ = ["is_dcp", "DCPReader", "SafeLoadPlanner", "check_blob", "dcp_errors", "read_dcp"]
+
+DCP_FILE_BYTES_PER_ENTRY = 1024  # .metadata may hold this many bytes per entry allowed (torch writes about 250)
+SMALL_ENTRY_BYTES = 1 << 20
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
@@ -68,7 +86,10 @@ _ALLOWED = {
 
 def is_dcp(path: str | os.PathLike) -> bool:
     """True when ``path`` is a directory written by ``torch.distributed.checkpoint`` (it holds ``.metadata``)."""
-    return Path(path).is_dir() and (Path(path) / DCP_METADATA_NAME).is_file()
+    try:
+        return Path(path).is_dir() and (Path(path) / DCP_METADATA_NAME).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL in it
+        return False
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -89,11 +110,81 @@ class _MetadataUnpickler(pickle.Unpickler):
         )
 
 
+class _Slice(io.RawIOBase):
+    """Bytes ``offset`` to ``offset + length`` of ``base``, as a seekable file of its own (torch's own view
+    miscounts ``seek(-n, SEEK_END)``, which zipfile needs)."""
+
+    def __init__(self, base, offset: int, length: int):
+        super().__init__()
+        self.base, self.offset, self.length, self.pos = base, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.length - self.pos)
+        if n <= 0:
+            return 0
+        self.base.seek(self.offset + self.pos)
+        got = self.base.readinto(memoryview(buffer)[:n])
+        self.pos += got
+        return got
+
+
+class _ContainedFileSystem(FileSystem):
+    """Data files opened as every checkpoint file is: regular files only, inside the directory."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[io.IOBase]:
+        if mode != "rb":
+            raise CheckpointError(f"the distributed checkpoint {str(self.root)!r} is opened for reading only.")
+        with io.BufferedReader(open_regular(path, inside=self.root)) as f:
+            yield f
+
+
+def check_blob(blob, size: int, *, entry: str, location: str) -> None:
+    """A stored entry (a ``torch.save`` zip) read as weights only: no compressed or oversized record, small
+    records matching their CRC-32, and a pickle naming only what torchsmith's allow-list holds.
+
+    ``entry`` and ``location`` name it in messages (``the distributed checkpoint entry 'fc.weight'``,
+    ``'/ckpt/__0_0.distcp', bytes 0-1,577``).
+    """
+    pickles = check_zip_records(blob, f"{entry} ({location})", size=size)
+    strangers = [g for p in pickles for g in pickle_globals(p) if not own_allowed(g)]
+    if strangers:
+        raise UnsafeCheckpointError(
+            f"{entry} is a pickle that wants to import {', '.join(dict.fromkeys(strangers))} while loading ({location}); "
+            f"torchsmith never runs code from a checkpoint. If you trust the checkpoint, pass trusted=True (CLI: --trusted)."
+        )
+
+
 class DCPReader(FileSystemReader):
-    """torch's ``FileSystemReader`` whose ``.metadata`` unpickling is restricted (unless ``trusted``)."""
+    """torch's ``FileSystemReader``, reading ``.metadata`` and the data files as every checkpoint is read.
+
+    ``.metadata`` is bounded (``Limits.max_dcp_entries``), estimated before it is unpickled
+    (:mod:`~torchsmith.checkpoint.pickle_budget`), unpickled with only DCP's classes (unless
+    ``trusted``), and checked against the directory (:func:`~torchsmith.checkpoint.dcp_layout.check_layout`);
+    data files are regular files inside the directory, and each stored entry is checked before torch
+    unpickles it. The metadata is read once per reader.
+    """
 
     def __init__(self, path: str | os.PathLike, *, trusted: bool = False):
-        path = Path(path)
+        path = checked_path(path)
         if not is_dcp(path):
             where = "does not exist" if not path.exists() else f"has no {DCP_METADATA_NAME} file"
             raise CheckpointError(
@@ -101,24 +192,60 @@ class DCPReader(FileSystemReader):
                 f"save_distributed() / torch.distributed.checkpoint.save() wrote."
             )
         super().__init__(path)
+        self.fs = _ContainedFileSystem(path)
         self.trusted = trusted
+        self._metadata: Metadata | None = None
+        self._stored: dict[tuple[str, int], str] = {}
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        if self.trusted:
-            return super().read_metadata(*args, **kwargs)
+        if self._metadata is None:
+            self._metadata = self._read_checked()
+        if getattr(self._metadata, "storage_meta", None) is not None:
+            self._metadata.storage_meta.load_id = self.load_id
+        return self._metadata
+
+    def _read_checked(self) -> Metadata:
+        from .dcp_layout import check_layout
+
         path = Path(self.path) / DCP_METADATA_NAME
+        where = repr(str(path))
+        bounds = current()
+        with open_regular(path, inside=self.path) as f:
+            size = os.fstat(f.fileno()).st_size
+            enforce("max_dcp_entries", size // DCP_FILE_BYTES_PER_ENTRY, f"{where} is {size:,} bytes, room for about {size // DCP_FILE_BYTES_PER_ENTRY:,} entries ({DCP_FILE_BYTES_PER_ENTRY} bytes each)")
+            data = f.read(size + 1)
+        if len(data) > size:
+            raise CorruptCheckpointError(f"{where} grew while it was read; read the checkpoint once it is complete.")
+        if not self.trusted:
+            budget = bounds.max_dcp_entries * DCP_ENTRY_BYTES
+            try:
+                unpickled_bytes(data, budget=budget, where=f"{where} is not readable DCP metadata: it")  # '... it uses the opcode ...'
+            except CorruptCheckpointError as e:
+                if "bytes to unpickle" in str(e):  # the estimate passed the bound: say which, and how to raise it
+                    raise CorruptCheckpointError(f"{e} {how_to_raise('max_dcp_entries')}") from None
+                raise
         try:
-            with open(path, "rb") as f:
-                metadata = _MetadataUnpickler(f, repr(str(path))).load()
+            unpickler = pickle.Unpickler(io.BytesIO(data)) if self.trusted else _MetadataUnpickler(io.BytesIO(data), where)
+            metadata = unpickler.load()
         except UnsafeCheckpointError:
             raise
-        except Exception as e:  # truncated or garbage bytes
-            raise CorruptCheckpointError(f"{str(path)!r} is not readable DCP metadata ({type(e).__name__}: {e}).") from e
+        except Exception as e:  # truncated or garbage bytes, a class refusing its state
+            raise CorruptCheckpointError(f"{where} is not readable DCP metadata ({type(e).__name__}: {e}).") from e
         if not isinstance(metadata, Metadata):
-            raise CorruptCheckpointError(f"{str(path)!r} holds a {type(metadata).__name__}, not DCP Metadata.")
-        if getattr(metadata, "storage_meta", None) is not None:
-            metadata.storage_meta.load_id = self.load_id
+            raise CorruptCheckpointError(f"{where} holds a {type(metadata).__name__}, not DCP Metadata.")
+        check_layout(metadata, self.path, trusted=self.trusted)
+        self._stored = {(info.relative_path, info.offset): key.fqn for key, info in metadata.storage_data.items()}  # for messages
         return metadata
+
+    def _slice_file(self, file, sinfo) -> io.IOBase:
+        view = _Slice(file, sinfo.offset, sinfo.length)
+        if sinfo.length <= SMALL_ENTRY_BYTES:  # read at once: zipfile and torch.load make many small reads
+            view = io.BytesIO(view.read())
+        if not self.trusted:
+            fqn = self._stored.get((sinfo.relative_path, sinfo.offset), "?")
+            location = f"{str(Path(self.path) / sinfo.relative_path)!r}, bytes {sinfo.offset:,}-{sinfo.offset + sinfo.length:,}"
+            check_blob(view, sinfo.length, entry=f"the distributed checkpoint entry {fqn!r}", location=location)
+        return view
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
@@ -187,10 +314,9 @@ def read_dcp(path: str | os.PathLike, *, key: str | None = DCP_MODEL_KEY, truste
         prefix = ""
     if not tensors:
         raise CheckpointError(f"{str(path)!r} is a distributed checkpoint without tensors; there is nothing to convert.")
-    sd = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in tensors.items()}
+    sd = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in tensors.items()}  # sizes checked: files hold them
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    reader = DCPReader(path, trusted=trusted)  # a fresh reader: _load_state_dict reads the metadata itself
-    with dcp_errors(path):
+    with dcp_errors(path):  # the same reader: the metadata it checked is the one the load plans from
         _load_state_dict(sd, storage_reader=reader, planner=SafeLoadPlanner(trusted=trusted, allow_partial_load=True), no_dist=True)
     return {k[len(prefix) :]: v for k, v in sd.items()}

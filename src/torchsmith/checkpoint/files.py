@@ -25,6 +25,7 @@ file outside the cache) is refused like any other.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -34,9 +35,47 @@ from typing import BinaryIO
 from ..errors import CheckpointError, CorruptCheckpointError
 from .limits import current, enforce, how_to_raise
 
-__all__ = ["open_regular", "read_json_bytes", "read_capped", "hf_cache_blobs"]
+__all__ = ["open_regular", "read_json_bytes", "read_capped", "hf_cache_blobs", "checked_path", "shown"]
 
 HF_SNAPSHOTS, HF_BLOBS, HF_MODEL_PREFIX = "snapshots", "blobs", "models--"  # the Hugging Face cache's layout
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as messages show it: quoted, and shortened when long (a 5,000-character name is one line).
+
+        >>> shown("runs/model.safetensors"), shown("a" * 5000)
+        ("'runs/model.safetensors'", "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'...'aaaaaaaaaaaaaaaaaaaa' (5,000 characters)")
+    """
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    return repr(text) if len(text) <= 160 else f"{text[:40]!r}...{text[-20:]!r} ({len(text):,} characters)"
+
+
+def checked_path(path: str | os.PathLike, *, action: str = "read") -> Path:
+    """``path`` as a ``Path``, once the system can look its name up: a name too long, holding a NUL byte, or
+    passing through a loop of symbolic links is refused here, where it is first used, not deep in a load.
+
+    A name that does not exist is fine (a caller says what it expected); ``action`` completes the message
+    (``Cannot {action} ...``).
+
+    Raises:
+        CheckpointError: naming the path (shortened) and the cause.
+    """
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise CheckpointError(f"Cannot {action} {path!r:.80}: expected a path (str or os.PathLike), got a {type(path).__name__}.") from None
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if "\x00" in text:
+        raise CheckpointError(f"Cannot {action} {shown(text)}: the name holds a NUL byte, which no file name can.")
+    try:
+        os.lstat(text)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:
+        why = {errno.ENAMETOOLONG: "the name is too long for the file system", errno.ELOOP: "it passes through a loop of symbolic links"}
+        raise CheckpointError(f"Cannot {action} {shown(text)}: {why.get(e.errno, e.strerror or str(e))}.") from e
+    return Path(text)
 
 
 def _real_path(fd: int, path: Path) -> str:

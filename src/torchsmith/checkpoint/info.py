@@ -25,6 +25,7 @@ from ..errors import CheckpointError
 from ..display import REPR_ROWS, capped, html_table, more
 from ..units import format_bytes
 from .keys import WRAPPER_SEGMENTS, match_keys, strip_wrappers
+from .files import checked_path
 from .formats import dtype_name
 from .limits import Limits, takes_limits
 from .sources import Source, open_source
@@ -321,7 +322,8 @@ def convert_checkpoint(
     from .dcp import is_dcp, read_dcp  # torch.distributed.checkpoint is imported only when converting
     from .weights import read_weights
 
-    if Path(dst).resolve() == Path(src).resolve():
+    src, dst = checked_path(src), checked_path(dst, action="write")
+    if os.path.realpath(dst) == os.path.realpath(src):  # realpath: a loop of links is a name, not an error
         raise CheckpointError(f"convert: output {str(dst)!r} is the input; choose another path.")
     if max_shard_size is not None:
         parse_size(max_shard_size)  # validate before reading anything
@@ -342,7 +344,10 @@ def convert_checkpoint(
 
     parent = Path(dst).parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission
+        raise CheckpointError(f"convert: cannot create the directory {str(parent)!r}: {e.strerror or e}. Nothing was written.") from e
     try:
         return save_weights(sd, dst, max_shard_size=max_shard_size, progress=tick)
     except BaseException:

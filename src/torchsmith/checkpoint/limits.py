@@ -20,7 +20,15 @@ or ``--limit NAME=VALUE`` on the command line:
     ...     current().max_header_bytes
     419430400
     >>> Limits.parse(["max_expansion=8", "max_config_values=50000"])
-    Limits(max_expansion=8.0, max_header_bytes=104857600, max_tensors=1000000, max_json_bytes=268435456, max_config_bytes=16777216, max_config_values=50000, max_config_depth=32)
+    Limits(max_expansion=8.0, max_header_bytes=104857600, max_tensors=300000, max_json_bytes=268435456, max_config_bytes=16777216, max_config_values=50000, max_config_depth=32, max_dcp_entries=100000, max_modules=100000, max_parameters=2000000000)
+
+A bound is a positive number no smaller than its floor (``FLOORS``: below it, nothing could load),
+written with ASCII digits (``--limit max_tensors=500_000``; ``max_expansion`` may have a fraction):
+
+    >>> Limits(max_expansion=0.5)
+    Traceback (most recent call last):
+    ...
+    torchsmith.errors.CheckpointError: Limits(max_expansion=0.5): at least 1 (a bound below that refuses every file).
 """
 
 from __future__ import annotations
@@ -30,13 +38,17 @@ import contextvars
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import CheckpointError, CorruptCheckpointError
+from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, did_you_mean
 
-__all__ = ["Limits", "applied", "current", "enforce", "how_to_raise", "takes_limits"]
+__all__ = [
+    "Limits", "FLOORS", "DCP_ENTRY_BYTES", "applied", "current", "enforce", "enforce_model_size", "how_to_raise",
+    "model_size", "takes_limits",
+]
 
 
 @dataclass(frozen=True)
@@ -49,22 +61,35 @@ class Limits:
             into a huge allocation (an expanded tensor, one storage viewed many times).
         max_header_bytes: the JSON header of one safetensors file.
         max_tensors: tensors in one safetensors file or shard index (a 671B mixture-of-experts
-            checkpoint holds about 100,000; each costs about 10 microseconds and 1-2 KiB to plan,
-            so a 100 MB header of 1.7 million empty tensors would take 20 s and 4 GB to load).
+            checkpoint with FP8 scales holds about 100,000; each costs about 2 KiB to plan and
+            load, so the default keeps a header's bookkeeping under 1 GB: a 100 MB header of a
+            million one-byte tensors is refused before it is parsed).
         max_json_bytes: a shard index (``*.safetensors.index.json``).
         max_config_bytes: a ``save_model`` directory's ``config.json``.
         max_config_values: numbers, strings, lists and dicts in its ``kwargs`` and ``steps``
             (a ResNet needs about 20): checked before the model is built.
         max_config_depth: how deeply those lists and dicts nest.
+        max_dcp_entries: stored pieces (tensor chunks and other entries) a distributed
+            checkpoint's ``.metadata`` lists; each takes about 3 KiB unpickled and 10 KiB to
+            plan (a model sharded over 8 ranks with Adam state: 3 x 8 per parameter tensor).
+            ``.metadata`` is refused before it is unpickled when it would take more than
+            ``DCP_ENTRY_BYTES`` per entry.
+        max_modules: modules a spec or ``config.json`` may build, counted as they are built
+            (ResNet-152 has 423; nested ``repeat`` multiplies).
+        max_parameters: parameter values a spec or ``config.json`` may build (ResNet-152 has
+            60 million), counted on the meta device before a real build allocates them.
     """
 
     max_expansion: float = 2.0
     max_header_bytes: int = 100 * 2**20
-    max_tensors: int = 1_000_000
+    max_tensors: int = 300_000
     max_json_bytes: int = 256 * 2**20
     max_config_bytes: int = 16 * 2**20
     max_config_values: int = 10_000
     max_config_depth: int = 32
+    max_dcp_entries: int = 100_000
+    max_modules: int = 100_000
+    max_parameters: int = 2_000_000_000
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -75,25 +100,55 @@ class Limits:
                 raise CheckpointError(
                     f"Limits({f.name}={value!r}): expected a positive {'number' if kind is float else 'integer'}."
                 )
+            if value < FLOORS[f.name]:
+                raise CheckpointError(
+                    f"Limits({f.name}={value!r}): at least {FLOORS[f.name]:g} (a bound below that refuses every file)."
+                )
             object.__setattr__(self, f.name, kind(value))
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> "Limits":
-        """Limits from ``NAME=VALUE`` strings (the CLI's ``--limit``); the rest keep their defaults."""
+        """Limits from ``NAME=VALUE`` strings (the CLI's ``--limit``); the rest keep their defaults.
+
+        ``NAME`` is a field name as written here; ``VALUE`` is ASCII digits (``_`` may group them),
+        with a fraction only for ``max_expansion``.
+        """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, float] = {}
         for item in items:
             name, sep, text = item.partition("=")
-            name = name.strip().replace("-", "_")
             if not sep or name not in fields:
+                hint = did_you_mean(name.strip().replace("-", "_"), fields, n=1) if name else ""
                 raise CheckpointError(
-                    f"--limit {item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}."
+                    f"--limit {item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}.{hint}"
                 )
-            try:
-                values[name] = float(text) if _kind(fields[name]) is float else int(text.replace("_", ""))
-            except ValueError:
-                raise CheckpointError(f"--limit {item!r}: {text!r} is not a number.") from None
+            is_float = _kind(fields[name]) is float
+            if len(text) > 40 or not (_DECIMAL if is_float else _INTEGER).fullmatch(text):
+                raise CheckpointError(
+                    f"--limit {item!r}: {text!r} is not {'a number' if is_float else 'a whole number'} written "
+                    f"with the digits 0-9 (e.g. {name}={'4' if is_float else '500000'})."
+                )
+            values[name] = float(text.replace("_", "")) if is_float else int(text.replace("_", ""))
         return cls(**values)
+
+
+# below these, nothing could load: an empty safetensors header is 8 bytes, a shard index
+# ({"weight_map":{}}) 17, the smallest config.json a few hundred, and its [kwargs, steps] 3 values
+FLOORS: dict[str, float] = {
+    "max_expansion": 1.0,
+    "max_header_bytes": 8,
+    "max_tensors": 1,
+    "max_json_bytes": 16,
+    "max_config_bytes": 128,
+    "max_config_values": 3,
+    "max_config_depth": 1,
+    "max_dcp_entries": 1,
+    "max_modules": 1,
+    "max_parameters": 1,
+}
+_INTEGER = re.compile(r"[0-9]+(?:_[0-9]+)*")  # ASCII only: str.isdigit and int() accept other scripts' digits
+_DECIMAL = re.compile(r"[0-9]+(?:_[0-9]+)*(?:\.[0-9]+)?")
+DCP_ENTRY_BYTES = 8192  # what one .metadata entry may take unpickled, in the estimate made before unpickling (torch's: about 6 KiB)
 
 
 def _kind(field: dataclasses.Field) -> type:
@@ -133,10 +188,24 @@ def how_to_raise(name: str, needed: float | None = None) -> str:
     return f"The limit is {name}={shown}; if you trust the file, raise it: limits=Limits({name}={hint}) (command line: --limit {name}={hint})."
 
 
-def enforce(name: str, found: int, what: str) -> None:
-    """Refuse ``found`` over the bound ``name``: ``CorruptCheckpointError("{what}, over the limit. ...")``."""
+def enforce(name: str, found: int, what: str, *, error: type[TorchsmithError] = CorruptCheckpointError) -> None:
+    """Refuse ``found`` over the bound ``name``: ``error("{what}, over the limit. ...")`` (a damaged or hostile
+    file by default; the spec builder raises ``SpecError``)."""
     if found > getattr(current(), name):
-        raise CorruptCheckpointError(f"{what}, over the limit. {how_to_raise(name, needed=found)}")
+        raise error(f"{what}, over the limit. {how_to_raise(name, needed=found)}")
+
+
+def model_size(module) -> tuple[int, int]:
+    """``(modules, parameter values)`` of an ``nn.Module``: what ``max_modules`` and ``max_parameters`` bound
+    (counted from shapes, so a model on the meta device counts the same as a real one)."""
+    return sum(1 for _ in module.modules()), sum(p.numel() for p in module.parameters())
+
+
+def enforce_model_size(modules: int, parameters: int, what: str, *, error: type[TorchsmithError] = CorruptCheckpointError) -> None:
+    """Refuse a model of more than ``max_modules`` modules or ``max_parameters`` parameter values (``what``
+    names what asks for it: ``"the spec"``, ``"'run/config.json'"``)."""
+    enforce("max_modules", modules, f"{what} builds {modules:,} modules (or more)", error=error)
+    enforce("max_parameters", parameters, f"{what} builds {parameters:,} parameter values (or more)", error=error)
 
 
 F = TypeVar("F", bound=Callable)

@@ -27,7 +27,10 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError, SignatureError
+from .files import checked_path, open_regular, shown
 from .formats import SIGNATURE_NAME, SIGNATURE_SUFFIX
+
+MAX_KEY_BYTES = 1 << 16  # a PEM key is a few hundred bytes
 
 __all__ = ["sign_checkpoint", "verify_checkpoint", "signature_path"]
 
@@ -49,11 +52,45 @@ def _library():
     return signing, verifying
 
 
-def _check_inputs(path: Path, key: str | os.PathLike, what: str) -> None:
+def _check_inputs(path: str | os.PathLike, key: str | os.PathLike, what: str) -> Path:
+    """The path to sign or verify, once it and the key are known good: a file or a directory that exists, and
+    a key file that holds a PEM key of the right kind (checked here: the library raises its own errors)."""
+    path = checked_path(path, action=what)
     if not path.exists():
-        raise CheckpointError(f"Cannot {what} {str(path)!r}: it does not exist.")
-    if not Path(key).is_file():
-        raise CheckpointError(f"Cannot {what} {str(path)!r}: key file {str(key)!r} does not exist (a PEM file).")
+        raise CheckpointError(f"Cannot {what} {shown(path)}: it does not exist.")
+    if not (path.is_dir() or path.is_file()):
+        raise CheckpointError(f"Cannot {what} {shown(path)}: it is neither a file nor a directory.")
+    key = checked_path(key, action=f"{what} with the key")
+    if not key.is_file():
+        raise CheckpointError(f"Cannot {what} {shown(path)}: key file {shown(key)} does not exist (a PEM file).")
+    with open_regular(key) as f:
+        pem = f.read(MAX_KEY_BYTES + 1)
+    _load_key(pem, private=what == "sign", where=shown(key))
+    return path
+
+
+def _load_key(pem: bytes, *, private: bool, where: str) -> None:
+    """Refuse a key file that is not a PEM elliptic-curve key of the kind asked for (private to sign, public to verify)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    kind = "private" if private else "public"
+    try:
+        if len(pem) > MAX_KEY_BYTES:
+            raise ValueError(f"it is over {MAX_KEY_BYTES:,} bytes")
+        key = serialization.load_pem_private_key(pem, password=None) if private else serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as e:  # not PEM, damaged, or encrypted (a password is asked for)
+        raise CheckpointError(
+            f"The key file {where} is not a PEM {kind} key ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}). "
+            f"Make one with `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`"
+            + ("" if private else " and `openssl ec -in key.pem -pubout -out pub.pem`") + "."
+        ) from e
+    except UnsupportedAlgorithm as e:
+        raise CheckpointError(f"The key file {where} holds a key this torchsmith cannot use ({type(e).__name__}: {e}).") from e
+    wanted = ec.EllipticCurvePrivateKey if private else ec.EllipticCurvePublicKey
+    if not isinstance(key, wanted):
+        raise CheckpointError(f"The key file {where} holds a {type(key).__name__.lstrip('_')}; signing uses elliptic-curve keys (prime256v1).")
 
 
 def sign_checkpoint(path: str | os.PathLike, *, private_key: str | os.PathLike, signature: str | os.PathLike | None = None) -> Path:
@@ -62,9 +99,8 @@ def sign_checkpoint(path: str | os.PathLike, *, private_key: str | os.PathLike, 
     Raises:
         CheckpointError: the path or key is missing, the package is not installed, or signing failed.
     """
-    path = Path(path)
-    _check_inputs(path, private_key, "sign")
-    signing, _ = _library()
+    signing, _ = _library()  # cryptography comes with it: the key is read with it
+    path = _check_inputs(path, private_key, "sign")
     out = Path(signature) if signature is not None else signature_path(path)
     from model_signing import hashing
 
@@ -84,9 +120,8 @@ def verify_checkpoint(path: str | os.PathLike, *, public_key: str | os.PathLike,
         SignatureError: no signature, or it does not match (a changed, added or removed file, another key).
         CheckpointError: the path or key is missing, or the package is not installed.
     """
-    path = Path(path)
-    _check_inputs(path, public_key, "verify")
     _, verifying = _library()
+    path = _check_inputs(path, public_key, "verify")
     from model_signing import hashing
 
     sig = Path(signature) if signature is not None else signature_path(path)

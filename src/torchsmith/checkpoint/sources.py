@@ -19,9 +19,8 @@ import torch
 from ..errors import CheckpointError, CorruptCheckpointError
 from . import _engine, safe_json
 from ._tensor_checks import check_tensors
-from .atomic import clean_stale_temporaries
 from .checksums import HASH_NAME, bytes_digest, checksum_error, is_digest
-from .files import open_regular, read_json_bytes
+from .files import checked_path, open_regular, read_json_bytes, shown
 from .formats import (
     DIRECTORY_CANDIDATES, DTYPES, INDEX_SUFFIX, META_ALIASES, META_INDEX_DIGEST, SAFETENSORS_SUFFIX, TORCHSMITH_KEY, format_for,
 )
@@ -208,8 +207,10 @@ def _sniff(path: Path, inside: Path | None) -> str:
 
 def _resolve(path: Path) -> tuple[Path, Path | None]:
     """The file to read, and the directory it must stay inside (when a directory was given), or None."""
+    path = checked_path(path)
     if not path.exists():
-        raise CheckpointError(f"No checkpoint at {str(path)!r}: the path does not exist (working directory {os.getcwd()!r}). Check the path, or pass the directory save_model wrote.")
+        what = "is a symbolic link that leads nowhere (dangling, or a loop of links)" if path.is_symlink() else "does not exist"
+        raise CheckpointError(f"No checkpoint at {shown(path)}: the path {what} (working directory {os.getcwd()!r}). Check the path, or pass the directory save_model wrote.")
     if path.is_dir():
         for name in DIRECTORY_CANDIDATES:
             if (path / name).is_file():
@@ -328,8 +329,7 @@ def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
         return path
     if is_hf_source(path):
         path = resolve_weights(path)
-    path, inside = _resolve(Path(path))
-    clean_stale_temporaries(path.parent)  # a save killed with -9 left one; any load may tidy it
+    path, inside = _resolve(Path(path))  # a reader never deletes: a temporary may be another host's save in progress
     if path.name.endswith(INDEX_SUFFIX):
         return _open_index(path, inside)
     try:

@@ -212,7 +212,7 @@ def _is_data_record(name: str) -> bool:
     return len(parts) >= 3 and parts[-2] == "data" and parts[-1].isdigit()
 
 
-def check_zip_records(opened, path: Path) -> list[bytes]:
+def check_zip_records(opened, path: Path | str, *, size: int | None = None) -> list[bytes]:
     """Check the CRC-32 of every record of a torch zip but the tensor data, before anything is unpickled.
 
     The pickle (``data.pkl``) holds the ``"torchsmith"`` entry with the checksums, the tensor names,
@@ -221,24 +221,28 @@ def check_zip_records(opened, path: Path) -> list[bytes]:
     uncompressed; a compressed one (a zip bomb's way to turn kilobytes into gigabytes) is refused
     without being inflated.
 
+    ``size``: the zip's length in bytes (default: the size of ``opened``'s file; a zip inside a larger
+    file, such as a distributed checkpoint's entry, passes its own, and a ``str`` naming it for messages).
+
     Returns the pickle records' bytes (for the allow-list scan).
 
     Raises:
         CorruptCheckpointError: a record whose bytes do not match their CRC, or a compressed or oversized record.
     """
-    size = os.fstat(opened.fileno()).st_size
+    size = os.fstat(opened.fileno()).st_size if size is None else size
+    where = repr(str(path)) if isinstance(path, Path) else path
     pickles = []
     try:
         with zipfile.ZipFile(opened) as z:
             for info in z.infolist():
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise CorruptCheckpointError(
-                        f"{str(path)!r}: record {info.filename!r} is compressed ({info.compress_size:,} bytes that "
+                        f"{where}: record {info.filename!r} is compressed ({info.compress_size:,} bytes that "
                         f"claim to inflate to {info.file_size:,}); torch writes records uncompressed, and torchsmith "
                         f"never inflates a checkpoint (a zip bomb). Re-save it with torch.save."
                     )
                 if info.file_size > size:
-                    raise CorruptCheckpointError(f"{str(path)!r}: record {info.filename!r} claims {info.file_size:,} bytes, more than the whole {size:,}-byte file.")
+                    raise CorruptCheckpointError(f"{where}: record {info.filename!r} claims {info.file_size:,} bytes, more than the whole {size:,}-byte file.")
                 if _is_data_record(info.filename):
                     continue
                 with z.open(info) as record:  # zipfile checks the CRC-32 when the record ends
@@ -246,9 +250,9 @@ def check_zip_records(opened, path: Path) -> list[bytes]:
                 if info.filename.endswith(".pkl"):
                     pickles.append(b"".join(chunks))
     except zipfile.BadZipFile as e:
-        raise CorruptCheckpointError(f"{str(path)!r} is a damaged torch file: {e} (the pickle or a small record changed).") from e
+        raise CorruptCheckpointError(f"{where} is a damaged torch file: {e} (the pickle or a small record changed).") from e
     except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
-        raise CorruptCheckpointError(f"{str(path)!r} is a damaged torch file ({type(e).__name__}: {e}).") from e
+        raise CorruptCheckpointError(f"{where} is a damaged torch file ({type(e).__name__}: {e}).") from e
     finally:
         opened.seek(0)
     return pickles

@@ -10,6 +10,7 @@ import re
 from typing import Optional
 
 import typer
+from typer.exceptions import TyperException
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -46,14 +47,24 @@ def _metavar(param) -> str:
 
 
 class _Commands(TyperGroup):
-    """Every command's TorchsmithError becomes its message on stderr and exit code 1; help shows each value by
-    name (``MODEL``, ``--dtype DTYPE``), flags alone."""
+    """Every command's TorchsmithError becomes its message on stderr and exit code 1; bad usage stays click's
+    (exit code 2). Anything else is a bug of ours: one line naming it, a request to report it, exit code 1.
+    Help shows each value by name (``MODEL``, ``--dtype DTYPE``), flags alone."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TorchsmithError as exc:
             err_console.print("[bold red]error:[/] " + escape(cli_message(str(exc))), markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from exc
+        except (TyperException, typer.Exit, typer.Abort):  # bad usage, an exit code a command chose, Ctrl-C
+            raise
+        except Exception as exc:  # the last resort: every refusal above is a TorchsmithError
+            cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            err_console.print(
+                f"[bold red]error:[/] {escape(cli_message(cause))} (this is a bug in torchsmith: please report it, with the command you ran)",
+                markup=True, highlight=False,
+            )
             raise typer.Exit(1) from exc
 
     def get_command(self, ctx, cmd_name):

@@ -17,7 +17,8 @@ from .app import app, err_console
 INSPECT_ROWS = 40  # rows `torchsmith inspect` prints without --all
 _LIMIT_HELP = (
     "Raise a bound for a file you trust, NAME=VALUE (repeatable): max_expansion, max_header_bytes, max_tensors, "
-    "max_json_bytes, max_config_bytes, max_config_values, max_config_depth (see torchsmith.Limits)."
+    "max_json_bytes, max_config_bytes, max_config_values, max_config_depth, max_dcp_entries, max_modules, "
+    "max_parameters (see torchsmith.Limits)."
 )
 
 
@@ -134,9 +135,11 @@ def _diff_side(target: str) -> str | dict:
 
     import torch
 
+    from ..checkpoint.files import checked_path
+
     from .inputs import registry
 
-    if Path(target).exists() or any(sep in target for sep in "/\\") or Path(target).suffix:
+    if checked_path(target).exists() or any(sep in target for sep in "/\\") or Path(target).suffix:
         return target
     with torch.device("meta"):
         return registry().create_model(target).state_dict()  # an unknown name: UnknownModelError with the closest names
@@ -199,3 +202,47 @@ def verify_cmd(
 
     verify_checkpoint(path, public_key=key, signature=signature)
     typer.echo(json.dumps({"path": path, "signature_ok": True}) if as_json else f"signature ok: {path}")
+
+
+def _age(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` -> seconds (a bad one is a usage error: exit code 2)."""
+    import re
+
+    m = re.fullmatch(r"([0-9]+)([smhd]?)", text.strip())
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not an age; write it as 90s, 30m, 2h or 1d", param_hint="--older-than")
+    return int(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
+@app.command("clean")
+def clean_cmd(
+    directory: str = typer.Argument(..., help="A directory checkpoints are saved in."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+    other_hosts: bool = typer.Option(False, "--other-hosts", help="Also remove other hosts' temporaries (needs --older-than)."),
+    older_than: Optional[str] = typer.Option(None, "--older-than", help="With --other-hosts: untouched for at least this long (90s, 30m, 2h, 1d)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Remove temporaries that interrupted saves left in DIRECTORY, saying why for each.
+
+    Loads never remove anything. Removed: temporaries of a process of this host that no longer runs; with
+    --other-hosts --older-than AGE, also other hosts' (on a shared file system their process cannot be
+    checked from here) once untouched for AGE. Everything else is listed and kept.
+    """
+    from ..checkpoint.atomic import clean_temporaries
+    from ..checkpoint.files import checked_path
+
+    if other_hosts and older_than is None:
+        raise typer.BadParameter("--other-hosts needs --older-than AGE (e.g. 2h): a younger temporary may be a save in progress", param_hint="--other-hosts")
+    path = checked_path(directory)
+    if not path.is_dir():
+        raise TorchsmithError(f"clean: {directory!r:.200} is not a directory.")
+    found = clean_temporaries(path, dry_run=dry_run, other_hosts_older_than=_age(older_than) if other_hosts else None)
+    if as_json:
+        typer.echo(json.dumps({"directory": directory, "dry_run": dry_run, "temporaries": [t.to_dict() for t in found]}, indent=2))
+        return
+    out = Console(highlight=False)
+    verb = "would remove" if dry_run else "removed"
+    for t in found:
+        out.print(f"{verb if t.remove else 'kept'} {t.path.name}: {t.reason}", markup=False)
+    removed = sum(t.remove for t in found)
+    out.print(f"{removed} {verb}, {len(found) - removed} kept" if found else f"no temporaries in {directory}", markup=False)

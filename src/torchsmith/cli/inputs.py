@@ -56,9 +56,10 @@ def refuse_weights_file(model: str, command: str) -> None:
     )
 
 
-def load_model_arg(model: str, *, meta: bool, command: str):
+def load_model_arg(model: str, *, meta: bool, command: str, limits=None):
     """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory;
-    a weights file is refused with what ``command`` takes and what to run instead."""
+    a weights file is refused with what ``command`` takes and what to run instead; ``limits`` (``--limit``) bound
+    what a spec or a directory's config.json may build."""
     import contextlib
     import os
 
@@ -69,14 +70,14 @@ def load_model_arg(model: str, *, meta: bool, command: str):
     if os.path.isdir(model):
         from ..models_io import load_model
 
-        return load_model(model)
+        return load_model(model, limits=limits)
     with torch.device("meta") if meta else contextlib.nullcontext():
         if model.lower().endswith(SPEC_SUFFIXES) and os.path.isfile(model):
             from pathlib import Path
 
             from ..spec import build
 
-            return build(Path(model))
+            return build(Path(model), limits=limits)
         return create_model(model)
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from .checkpoints import _LIMIT_HELP, _limits
 from .inputs import example_for, load_model_arg, spec_input
 
 
@@ -27,6 +28,7 @@ def summary_cmd(
     allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Shapes, parameters, FLOPs and memory of a model, on the meta device (no memory, no compute).
 
@@ -34,7 +36,7 @@ def summary_cmd(
     """
     from ..inspect import summary
 
-    net = load_model_arg(model, meta=backend == "meta" and not allow_real, command="summary")
+    net = load_model_arg(model, meta=backend == "meta" and not allow_real, command="summary", limits=_limits(limit))
     input_size = input_size or spec_input(model)
     s = summary(net, **example_for(net, input_size, dtype), depth=depth, mode=mode, backend=backend, allow_real=allow_real)
     if as_json:
@@ -56,13 +58,14 @@ def trace_cmd(
     input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", metavar="SHAPE", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long: zeros, i.e. token id 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts: every call with its path, type, depth and shapes."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Run a real forward on random inputs and print every module call with the shapes in and out."""
     import torch
 
     from ..inspect import trace
 
-    net = load_model_arg(model, meta=False, command="trace").eval()
+    net = load_model_arg(model, meta=False, command="trace", limits=_limits(limit)).eval()
     input_size = input_size or spec_input(model)
     make = lambda shape, dt: torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)  # noqa: E731
     with torch.no_grad():
@@ -80,11 +83,12 @@ def diagram_cmd(
     backend: str = typer.Option("meta", "--backend", help=_BACKEND_HELP),
     allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Write an interactive architecture diagram: one offline HTML file (open it in a browser)."""
     from ..inspect import diagram
 
-    net = load_model_arg(model, meta=backend == "meta" and not allow_real, command="diagram")
+    net = load_model_arg(model, meta=backend == "meta" and not allow_real, command="diagram", limits=_limits(limit))
     input_size = input_size or spec_input(model)
     out = diagram(net, **example_for(net, input_size, dtype), path=output, backend=backend, allow_real=allow_real)
     if as_json:

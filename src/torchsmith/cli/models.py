@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .app import app, err_console
+from .checkpoints import _LIMIT_HELP, _limits
 from .inputs import example_for, parse_inputs, registry, spec_input
 
 
@@ -47,6 +48,7 @@ def build_cmd(
     inputs: Optional[list[str]] = typer.Option(None, "--input", metavar="SHAPE", help="Input shape, e.g. 1,3,224,224 (or name=shape per graph input); overrides the spec's input."),
     save: Optional[str] = typer.Option(None, "--save", help="Save the built model here (config.json + model.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    limit: Optional[list[str]] = typer.Option(None, "--limit", help=_LIMIT_HELP),
 ) -> None:
     """Validate and build a model spec; print its summary, parameter count and output shape (and save it)."""
     from pathlib import Path
@@ -56,7 +58,7 @@ def build_cmd(
 
     doc = read_spec(Path(spec))
     input_size = parse_inputs(inputs) if inputs else None
-    model = build(doc, input_size=input_size, device=None if save else "meta")  # once; meta: no memory, no init
+    model = build(doc, input_size=input_size, device=None if save else "meta", limits=_limits(limit))  # once; meta: no memory, no init
     report = None
     if input_size is not None or "input" in doc:  # the summary of the built model (meta: no memory, no compute)
         from ..inspect import summary

@@ -20,6 +20,7 @@ looked up.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,12 +35,12 @@ from torch import nn
 from .._version import __version__
 from ..errors import CheckpointError, CorruptCheckpointError, TorchsmithError, UnknownModelError, UnsaveableModelError
 from ..checkpoint import safe_json
-from ..checkpoint.atomic import atomic_write_all, clean_stale_temporaries
+from ..checkpoint.atomic import atomic_write_all
 from ..checkpoint.checksums import bytes_digest
-from ..checkpoint.files import open_regular, read_capped
+from ..checkpoint.files import checked_path, open_regular, read_capped
 from ..checkpoint.formats import CONFIG_NAME, SIGNATURE_NAME, WEIGHTS_NAME, dtype_name
 from ..checkpoint.hub import is_hf_source, resolve_model
-from ..checkpoint.limits import Limits, current, how_to_raise, takes_limits
+from ..checkpoint.limits import Limits, applied, current, enforce_model_size, how_to_raise, model_size, takes_limits
 from ..checkpoint.safetensors_format import SafetensorsFile, write_safetensors
 from ..checkpoint.signing import verify_checkpoint
 from ..checkpoint.sources import SafetensorsSource
@@ -169,8 +170,12 @@ def check_rebuildable(model: nn.Module, config: dict[str, Any]) -> None:
     """
     decoded = _decode_config(json.loads(json.dumps(config)), "save_model")
     name = config["name"]
+    modules, parameters = model_size(model)
+    bounds = current()  # the model exists: rebuilding it may take what it takes (a load is bounded, not a save)
+    own_size = dataclasses.replace(bounds, max_modules=max(bounds.max_modules, modules), max_parameters=max(bounds.max_parameters, parameters))
     try:
-        rebuilt = rebuild(decoded, device="cpu", error=UnsaveableModelError)
+        with applied(own_size):
+            rebuilt = rebuild(decoded, device="cpu", error=UnsaveableModelError)
     except TorchsmithError as e:
         raise UnsaveableModelError(f"save_model: the recorded config of this {name!r} does not rebuild: {e}") from e
     diffs = _differences(rebuilt, model)
@@ -248,8 +253,11 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
     metadata = check_metadata(metadata)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = checked_path(directory, action="write")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission, a full disk
+        raise CheckpointError(f"save_model: cannot create the directory {str(directory)!r}: {e.strerror or e}. Nothing was written.") from e
     # both files are written and fsynced before either is renamed: a failure while writing (a full
     # disk) leaves the old pair in place; then the weights are renamed, then config.json, back to back
     # (a load in between reads the pair again)
@@ -425,9 +433,7 @@ def load_model(
     """
     if is_hf_source(directory):
         directory = resolve_model(directory, also=(SIGNATURE_NAME,) if verify_signature is not None else ())
-    directory = Path(directory)
-    if directory.is_dir():
-        clean_stale_temporaries(directory)  # a save killed with -9 left one (it would also fail a signature)
+    directory = checked_path(directory)  # a reader never deletes: a temporary may be another host's save in progress
     if verify_signature is not None:
         verify_checkpoint(directory, public_key=verify_signature)
     if directory.is_file():
@@ -446,6 +452,8 @@ def load_model(
         raise
     except Exception as e:
         raise CheckpointError(f"load_model: building {doc['name']!r} with {config['kwargs']} failed: {type(e).__name__}: {e}") from e
+    # built on meta: nothing allocated yet; a config asking for more than the bounds stops here
+    enforce_model_size(*model_size(model), f"load_model: {str(directory / CONFIG_NAME)!r}")
     # the very file whose header matched config.json, not the path again (a save may replace it meanwhile)
     source = SafetensorsSource(weights, [st], dict(st.aliases), dict(st.metadata), "safetensors")
     persistent = set(model.state_dict())

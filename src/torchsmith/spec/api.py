@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.limits import Limits, takes_limits
 from ..codec import encode, layer_names
 from ..errors import SpecError
 from ..registry import get_model_builder, model_config, register_model
@@ -55,11 +56,13 @@ def _input_entry(input_size: Sequence[int] | dict[str, Sequence[int]]) -> Any:
     raise SpecError(f"input_size must be a shape such as (1, 3, 224, 224), got {input_size!r}.")
 
 
+@takes_limits
 def build(
     spec: dict[str, Any] | str | os.PathLike,
     *,
     input_size: Sequence[int] | dict[str, Sequence[int]] | None = None,
     device: str | torch.device | None = None,
+    limits: Limits | None = None,
 ) -> nn.Module:
     """Build the model a spec describes.
 
@@ -68,9 +71,12 @@ def build(
         input_size: the input shape (overrides the spec's ``input``); with it, ``"auto"`` widths are
             inferred and every layer is checked against the shape reaching it, on the meta device.
         device: where to build (default: the current default device).
+        limits: the bounds on what the spec may build (``Limits.max_modules``, ``max_parameters``;
+            counted on the meta device as it is built, before a real build allocates).
 
     Raises:
-        SpecError: listing every problem with its path, e.g. ``layers.conv1.Conv2d.args[0]: expected int, got 'x'``.
+        SpecError: listing every problem with its path, e.g. ``layers.conv1.Conv2d.args[0]: expected int, got 'x'``;
+            or a spec asking for more modules or parameters than the limits allow (naming how to raise them).
 
     Example::
 
@@ -139,7 +145,13 @@ def _takes_a_name(annotation: Any) -> bool:
     return annotation is str or str in typing.get_args(annotation)
 
 
-def output_shapes(spec: dict[str, Any] | str | os.PathLike, *, input_size: Sequence[int] | dict[str, Sequence[int]] | None = None) -> Any:
+@takes_limits
+def output_shapes(
+    spec: dict[str, Any] | str | os.PathLike,
+    *,
+    input_size: Sequence[int] | dict[str, Sequence[int]] | None = None,
+    limits: Limits | None = None,
+) -> Any:
     """The output shape(s) of the spec's model for its ``input`` (or ``input_size``), found on the meta device.
 
     >>> output_shapes({"layers": [{"Conv2d": [3, 20, 5]}, "ReLU"]}, input_size=(1, 3, 224, 224))

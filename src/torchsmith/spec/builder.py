@@ -3,7 +3,13 @@
 With an input shape, a first pass builds on the meta device and runs meta tensors through each layer
 as it is built: "auto" arguments are read from the tensor that reaches the layer, and every layer is
 checked against the shape it receives. A second pass builds the real modules with the widths found
-(skipped when the caller is itself building on the meta device, as ``load_model`` does).
+(skipped when the caller is itself building on the meta device, as ``load_model`` does). Without an
+input shape the first pass on meta runs all the same before a real build.
+
+Every pass counts the modules and parameter values it builds, as it builds them, against
+``Limits.max_modules`` and ``Limits.max_parameters``: a ``repeat`` is sized from its first copy
+before the others are built, so nested repeats are refused after one copy of the inner ones, and
+the first pass (on meta) refuses before a real build allocates anything.
 
     >>> from torchsmith.spec.parse import parse_spec
     >>> root, shapes, _ = parse_spec({"input": [1, 3, 32, 32], "layers": [{"Conv2d": ["auto", 8, 3]}, "Flatten", {"Linear": ["auto", 10]}]})
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint.limits import enforce_model_size, model_size
 from ..codec import make_layer
 from ..errors import SpecError, TorchsmithError
 from ..registry import create_model
@@ -49,6 +56,13 @@ class _Builder:
         self.infer = infer
         self.resolved = resolved
         self.problems: list[str] = []
+        self.modules = self.parameters = 0  # built so far, against Limits.max_modules / max_parameters
+
+    def grow(self, modules: int, parameters: int, path: str) -> None:
+        """Count what was just built (or is about to be, for a repeat); refuse past the bounds at once."""
+        self.modules += modules
+        self.parameters += parameters
+        enforce_model_size(self.modules, self.parameters, f"the spec (at {path or 'its top'})", error=SpecError)
 
     def fail(self, path: str, message: str) -> tuple[None, None]:
         self.problems.append(f"{path}: {message}")
@@ -60,11 +74,18 @@ class _Builder:
         if isinstance(node, Repeat):
             copies = []
             for i in range(node.times):
+                before = (self.modules, self.parameters)
                 module, out = self.build(node.node, xs, f"{suffix}#{i}")
                 if module is None:
                     return None, None
+                if i == 0:  # the other copies cost as much: refuse now rather than after building them
+                    once = (self.modules - before[0], self.parameters - before[1])
+                    self.grow(once[0] * (node.times - 1), once[1] * (node.times - 1), node.path)
+                    self.modules -= once[0] * (node.times - 1)
+                    self.parameters -= once[1] * (node.times - 1)
                 copies.append(module)
                 xs = (out,) if self.infer else None
+            self.grow(1, 0, node.path)  # the Sequential holding the copies
             return nn.Sequential(*copies), (xs[0] if xs else None)
         if isinstance(node, Container):
             return self.container(node, xs, suffix)
@@ -84,6 +105,7 @@ class _Builder:
             xs = (out,) if self.infer else None
         if not ok:
             return None, None
+        self.grow(1, 0, node.path)
         out = xs[0] if xs else None
         if node.kind == "ModuleList":
             return LayerList(m for _, m in built), out
@@ -129,6 +151,7 @@ class _Builder:
             model = GraphModel(inputs=node.inputs, nodes=nodes, modules=modules, outputs=node.outputs)
         except (KeyError, TypeError, ValueError) as e:  # a name nn.Module refuses
             return self.fail(node.path, f"the graph cannot hold its modules: {e}")
+        self.grow(sum(1 for _ in model.modules()) - sum(sum(1 for _ in m.modules()) for m in modules.values()), 0, node.path)
         if not self.infer:
             return model, None
         out = node.outputs
@@ -171,6 +194,7 @@ class _Builder:
             return self.fail(node.path, f"{node.name}{_call_text(args, kwargs)} failed: {type(e).__name__}: {e}")
         if not isinstance(module, nn.Module):
             return self.fail(node.path, f"the block {node.name!r} returned a {type(module).__name__}, not an nn.Module")
+        self.grow(*model_size(module), node.path)
         if not self.infer or xs is None:
             return module, None
         try:
@@ -210,6 +234,11 @@ def _construct(root: Node, shapes: dict[str, tuple[int, ...]] | None) -> tuple[n
         SpecError: every layer that could not be built, or could not take the shape reaching it.
     """
     if shapes is None:
+        if torch.get_default_device().type != "meta":  # counted on meta first: a refusal allocates nothing
+            with torch.device("meta"):
+                counting = _Builder(infer=False, resolved={})
+                counting.build(root, None, "")
+            _raise(counting.problems)
         builder = _Builder(infer=False, resolved={})
         model, _ = builder.build(root, None, "")
         _raise(builder.problems)

@@ -10,12 +10,12 @@ cycles, very deep nesting and alias bombs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import safe_json
 from ..errors import SpecError
 
 __all__ = ["read_spec", "MAX_NODES", "MAX_DEPTH"]
@@ -73,16 +73,22 @@ def _parse(text: str, where: str) -> Any:
 
     if text.lstrip().startswith("{"):
         try:
-            return json.loads(text)
-        except ValueError:
-            pass  # YAML flow style is not always JSON
+            return safe_json.loads(text)
+        except ValueError as e:
+            if "nested too deeply" in str(e):  # YAML would recurse just as deep
+                raise SpecError(f"{where} nests too deeply (at most {MAX_DEPTH} levels).") from e
+            # YAML flow style is not always JSON: read it as YAML below
     try:
         _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), where)  # nodes only: nothing constructed
         return yaml.safe_load(text)
+    except SpecError:
+        raise
     except yaml.YAMLError as e:
         raise SpecError(f"{where} is not valid YAML/JSON: {e}") from e
     except RecursionError as e:
         raise SpecError(f"{where} nests too deeply (at most {MAX_DEPTH} levels).") from e
+    except ValueError as e:  # a value Python will not make: an integer of more than 4,300 digits
+        raise SpecError(f"{where} holds a value that cannot be read: {str(e).split(';')[0]}.") from e
 
 
 def _refuse_duplicate_keys(root: Any, where: str) -> None:

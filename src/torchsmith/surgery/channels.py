@@ -143,20 +143,25 @@ def adapt_input_channels(
 
 
 def adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
-    """The weight change of :func:`adapt_input_channels`, recorded (replayed by ``load_model`` with no probe)."""
+    """The weight change of :func:`adapt_input_channels`, recorded (replayed by ``load_model`` with no probe).
+
+    On the meta device (a replay before the weights are read) only the new shape is made: nothing is
+    allocated, however many channels a config asks for.
+    """
     conv = get_module(model, path)
     parametrizations = unparametrized(conv)  # weight_norm ...: edited as the weight it computes, then put back
     weight = conv.weight.detach()  # (O, C, *k)
     source = weight.shape[1]
-    if in_chans <= source:
+    if weight.is_meta:
+        new = weight.new_empty(weight.shape[0], in_chans, *weight.shape[2:])  # (O, in_chans, *k), shapes only
+    elif in_chans <= source:
         new = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])  # (O, in_chans, *k)
         new.index_add_(1, torch.arange(source, device=weight.device) % in_chans, weight)
     else:
-        old_of_new = torch.arange(in_chans, device="cpu") % source  # new channel j stands for j % C (meta has no bincount)
-        repeats = torch.bincount(old_of_new, minlength=source)[old_of_new]  # (N,) new channels sharing j's old one
+        old_of_new = torch.arange(in_chans, device=weight.device) % source  # (N,) new channel j stands for j % C
+        repeats = in_chans // source + (old_of_new < in_chans % source).to(weight.dtype)  # (N,) new channels sharing it
         shape = (1, in_chans) + (1,) * (weight.dim() - 2)
-        scale = repeats.to(device=weight.device, dtype=weight.dtype).reshape(shape)
-        new = weight[:, old_of_new.to(weight.device)] / scale  # (O, in_chans, *k)
+        new = weight[:, old_of_new] / repeats.reshape(shape)  # (O, in_chans, *k)
     conv.weight = nn.Parameter(new, requires_grad=conv.weight.requires_grad)
     conv.in_channels = in_chans
     reparametrize(conv, parametrizations, path=path, action="adapt_input_channels")
