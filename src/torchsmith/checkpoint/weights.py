@@ -31,13 +31,14 @@ from ._gc import gc_paused
 from ._interrupts import deferred_interrupts
 from .atomic import atomic_write
 from .formats import DTYPE_NAMES, META_ALIASES, META_INDEX_DIGEST, RESERVED_PREFIX, dtype_name, format_for, index_path, is_shard_of, shard_names
-from .keys import match_keys
+from .keys import Rename
 from .limits import Limits, takes_limits
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
 from .safetensors_format import write_safetensors
 from .sources import Source, TensorSource, index_digest, open_source, tensor_identity
 from .torch_format import write_torch_file
+from .upgrades import plan_keys
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
 
@@ -255,31 +256,27 @@ def _castable(a: torch.dtype, b: torch.dtype) -> bool:
     return ints and b not in (torch.bool,) and not b.is_floating_point and not b.is_complex
 
 
-def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport, list]:
-    """Check every key, shape and dtype; return the report and ``(target, file_key)`` writes."""
+def _plan(src: Source, model: nn.Module, prefix: str | None, rename: Rename | None = None, verify: bool = True) -> tuple[LoadReport, list, list]:
+    """Check every key, shape and dtype; return the report, the ``(target, file_key)`` reads and the
+    ``(target, tensor)`` writes of values a module's upgrade made (BatchNorm's ``num_batches_tracked``)."""
     targets = model.state_dict(keep_vars=True)
-    match = match_keys(src.keys(), targets, prefix=prefix)
+    keys = plan_keys(model, src.keys(), targets, prefix=prefix, rename=rename, spec=src.spec,
+                     read=lambda fk: src.read(fk, verify=verify), metadata=getattr(src, "module_metadata", None))  # fmt: skip
     report = LoadReport(
-        path=str(src.path),
-        format=src.format,
-        missing=list(match.missing),
-        unexpected=list(match.unexpected),
-        prefixes_removed=dict(match.removed),
-        prefixes_added=dict(match.added),
-        source_key=src.source_key,
-        other_keys=list(src.other_keys),
-        tied=sorted(src.aliases.items()),
-        model_keys=len(targets),
-        unlisted=list(src.unlisted),
+        path=str(src.path), format=src.format, missing=keys.missing, unexpected=keys.unexpected,
+        prefixes_removed=keys.removed, prefixes_added=keys.added, source_key=src.source_key,
+        other_keys=list(src.other_keys), tied=sorted(src.aliases.items()), model_keys=len(targets),
+        unlisted=list(src.unlisted), renamed=keys.renamed, dropped=keys.dropped, upgraded=keys.upgraded,
     )
-    writes = []
+    writes, values = [], []
     done: dict[tuple, str] = {}
     # one loop of plain lookups: a 100k-key plan in a fraction of a second
     specs, aliases, loaded = src._specs(), src.aliases, report.loaded
-    values = nbytes = 0
-    for mk, fk in match.pairs.items():
+    n_values = nbytes = 0
+    for mk, fk in keys.pairs.items():
         target = targets[mk]
-        shape, dtype = specs[aliases.get(fk, fk)]
+        value = fk if isinstance(fk, torch.Tensor) else None
+        shape, dtype = (tuple(value.shape), value.dtype) if value is not None else specs[aliases.get(fk, fk)]
         same = dtype == target.dtype
         if target.shape != shape or not (same or _castable(dtype, target.dtype)):
             report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), dtype_name(dtype), dtype_name(target.dtype)))
@@ -291,23 +288,27 @@ def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport
         if ident in done:  # tied in the model: one write serves both keys
             continue
         done[ident] = mk
+        if value is not None:
+            if value is not target:  # a module's upgrade kept the model's own value: nothing to write
+                values.append((target, value))
+            continue
         writes.append((target, fk))
         n = target.numel()
-        values += n
+        n_values += n
         nbytes += n * target.element_size()
-    report.values, report.nbytes = values, nbytes
+    report.values, report.nbytes = n_values, nbytes
     # a model key the file lacks whose tensor is one the load fills is tied (save_pretrained drops lm_head.weight)
     for mk in list(report.missing):
         partner = done.get(tensor_identity(targets[mk]))
         if partner is not None:
             report.missing.remove(mk)
             report.tied_in_model.append((mk, partner))
-    return report, writes
+    return report, writes, values
 
 
 def _left_on_meta(report: LoadReport, model: nn.Module, writes: list, map_location) -> dict[str, torch.Tensor]:
     """Meta tensors the writes will not fill: recompute the ones the model can (returned), name the rest."""
-    filled = {id(target) for target, _ in writes}
+    filled = {id(target) for target, _ in writes}  # values (upgrades) included: the caller passes both
     left = {name: t for name, t in meta_tensors(model).items() if id(t) not in filled}
     if not left:
         return {}
@@ -355,7 +356,7 @@ def check_fits(model: nn.Module, src: Source) -> None:
 
     ``load_model`` runs it on the model built on the meta device before any real allocation.
     """
-    report, _ = _plan(src, model, None)
+    report, _, _ = _plan(src, model, None)
     report.checksums = src.checksum_status
     _refuse(report, model, strict=True, skip_mismatched=False)
 
@@ -406,6 +407,7 @@ def load_weights(
     strict: bool = True,
     prefix: str | None = "auto",
     skip_mismatched: bool = False,
+    rename: Rename | None = None,
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     trusted: bool = False,
@@ -426,6 +428,11 @@ def load_weights(
     can be rebuilt (registry config, transformers ``config``), else named under
     ``on_meta``: a failure, refused when ``strict``.
     Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
+    ``rename``: ``{regex: replacement}`` applied in order with ``re.sub``, or a callable ``key -> key``
+    (None drops the key), applied to the file's keys before matching (``report.renamed``). The upgrades modules
+    declare for older files are applied as ``load_state_dict`` would (``_load_from_state_dict``, load-state-dict
+    pre-hooks, the ``version`` in a torch file's metadata): torchvision's FPN keys ``inner_blocks.0.weight``,
+    BatchNorm without ``num_batches_tracked`` (``report.upgraded``).
 
     Transactional: keys, shapes, dtypes and checksums are all checked before
     anything is written; on any error the model is byte-for-byte unchanged.
@@ -453,8 +460,8 @@ def load_weights(
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
     src = open_source(path, trusted=trusted)
-    report, writes = _plan(src, model, prefix)
-    rebuilt = _left_on_meta(report, model, writes, map_location)
+    report, writes, values = _plan(src, model, prefix, rename, verify)
+    rebuilt = _left_on_meta(report, model, writes + values, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "present" if src.checksum_status == "present" else "absent"  # what a refusal reports
     _refuse(report, model, strict, skip_mismatched)
@@ -469,6 +476,7 @@ def load_weights(
         fresh = [(target, fk, _empty(src.spec(fk))) for target, fk in batch]
         src.read_many([(fk, t) for _, fk, t in fresh], verify=on_the_fly)
         new.update((id(target), t.to(device=map_location, dtype=target.dtype)) for target, _, t in fresh)
+    new.update((id(target), v.to(device=map_location, dtype=target.dtype)) for target, v in values if target.is_meta)
     # the copy: a Ctrl-C now would leave some tensors old and some new; it is raised when the copy ends
     with deferred_interrupts(), torch.no_grad():
         # live targets: straight into the parameter's memory when it has the file's layout, else through a temporary
@@ -480,6 +488,9 @@ def load_weights(
         src.read_many(direct, verify=False)
         for fk, dst in other:
             dst.copy_(src.tensors[src.real(fk)] if isinstance(src, TensorSource) else src.read(fk, verify=False))
+        for target, v in values:
+            if not target.is_meta:
+                target.data.copy_(v)
         if on_the_fly:
             report.checksums_checked = len(writes)
         _assign(model, new)
