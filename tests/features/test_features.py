@@ -424,3 +424,16 @@ def test_feature_info_takes_example_inputs_of_any_dtype():
     assert info == [FeatureInfo(16, 0, "mix", layout="tokens")]
     with pytest.raises(FeatureExtractionError, match="example_inputs="):
         feature_info(Tokens(), return_nodes=["mix"], example_inputs=torch.randn(2, 7))  # floats: embedding refuses
+
+
+def test_feature_info_of_a_node_without_a_tensor_output_says_which_nodes_to_ask_for():
+    """Found by the sweep (transformers' vision models, timm's efficientvim): the refusal named no next step."""
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x.mean()
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Pair())
+    with pytest.raises(FeatureExtractionError, match=r"node '1' of Sequential gives tuple.*Pass return_nodes=.*feature_nodes\(model\)"):
+        feature_info(model, (1, 3, 16, 16), ["1"])
+    assert feature_info(model, (1, 3, 16, 16), ["0"]) == [FeatureInfo(4, 1, "0")]
