@@ -21,7 +21,13 @@ PRELOAD = ["torch", "torchvision.models", "timm", "transformers", "torchsmith", 
 
 
 def _child(task: str, case: dict, ops: list[str], folder: str) -> None:
+    import logging
+    import warnings
+
     from .worker import run_case, verify_case
+
+    warnings.simplefilter("ignore")  # the libraries' own warnings (deprecations, tied weights): the page says what matters
+    logging.getLogger("torch").setLevel(logging.CRITICAL)  # fake-tensor tracebacks of a probe that falls back
 
     case_ = Case(**case)
     run_case(case_, ops, folder) if task == "run" else verify_case(case_, folder)

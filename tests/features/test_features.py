@@ -134,6 +134,40 @@ def test_function_nodes_and_values_before_in_place_ops(resnet18):
     assert (out["layer1.0.add"] < 0).any()  # really before the ReLU
 
 
+def _shortcut(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """As torchvision MViT's ``_add_shortcut``: writes into ``x``; the caller ignores the result."""
+    x.add_(skip)
+    return x
+
+
+torch.fx.wrap("_shortcut")
+
+
+class WritesInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)  # (B, 4)
+        _shortcut(y, x)  # kept whole by fx (wrapped), result unused
+        z = self.b(y)
+        z.mul_(2)  # an in-place method, result unused
+        return self.c(z)
+
+
+def test_in_place_writes_whose_result_is_unused_are_kept():
+    """Found by the sweep (torchvision mvit_v2_s): dead-code elimination dropped `_add_shortcut(x, q)`, whose
+    result is unused but which writes into x; every later value was wrong (error 1.4 at scale 1.4)."""
+    model = WritesInPlace().eval()
+    x = torch.randn(2, 4)
+    seen = hooked_outputs(model, x, ["a", "b", "c"])
+    out = extract_features(model, ["a", "b", "c"], mode="fx")(x)
+    for name in ("a", "b", "c"):
+        torch.testing.assert_close(out[name], seen[name][0], rtol=0, atol=0)
+    torch.testing.assert_close(extract_features(model, ["b"], mode="fx")(x)["b"], seen["b"][0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["fx", "hooks"])
 def test_module_called_twice_first_call_by_name_then_suffixes(resnet18, mode):
     ex = extract_features(resnet18, ["layer1.0.relu", "layer1.0.relu_1"], mode=mode)
