@@ -19,7 +19,7 @@ import torchsmith as ts
 from helpers import bits
 
 from .cases import Case, attempts, build, example
-from .checks import OPERATIONS, Subject, differences, leaves, outcome
+from .checks import Subject, check, differences, leaves, outcome
 
 SAVED = ("weights", "save_model")  # checked in a fresh process
 
@@ -99,8 +99,6 @@ def run_case(case: Case, ops: list[str], folder: str) -> None:
         if op in SAVED:
             continue
         started = log.start(op)
-        from .checks import check
-
         result, detail = check(op, subject)
         log.done(op, result, detail[:2000], started)
     if "weights" in ops:
