@@ -132,14 +132,26 @@ def counts(records: list[dict]) -> dict[str, int]:
     return out
 
 
+def interleaved(cases: list[Case]) -> list[Case]:
+    """``cases`` taken in turn from each library, so that a sweep stopped part way covers all of them."""
+    queues: dict[str, list[Case]] = {}
+    for case in cases:
+        queues.setdefault(case.library, []).append(case)
+    out = []
+    while any(queues.values()):
+        out += [q.pop(0) for q in queues.values() if q]
+    return out
+
+
 def sweep(cases: list[Case], *, state: Path, timeout: float, ops: list[str] = OPS, console=None) -> list[dict]:
-    """Run ``cases`` not already in ``state/results.jsonl``; every record of ``cases``, in order."""
+    """Run ``cases`` not already in ``state/results.jsonl`` (the libraries in turn); every record of ``cases``, in
+    order."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     results_path = state / "results.jsonl"
     done = load_results(results_path)
-    todo = [c for c in cases if c.name not in done]
+    todo = interleaved([c for c in cases if c.name not in done])
     pool = Pool(timeout)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[tally]}"), console=console) as progress:  # fmt: skip
