@@ -80,7 +80,8 @@ test-interop: $(ISTAMP)
 
 # every operation on every torchvision builder, ~170 timm and ~30 transformers models (an hour or more on 2 cores):
 # writes docs/compatibility.md and docs/compatibility.json; resumes from .sweep/ after an interruption.
-# SWEEP_ARGS="--sample 20" or "--only 'timm.*'" for a part (written to .sweep/), "--fresh" to start over
+# SWEEP_ARGS="--sample 20" or "--only 'timm.*'" for a part (written to .sweep/), "--fresh" to start over,
+# "--publish" to publish a stopped sweep's finished models (the page says how many of how many)
 sweep: $(ISTAMP)
 	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(IPY) -m sweep $(SWEEP_ARGS)
 

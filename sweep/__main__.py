@@ -15,7 +15,7 @@ from . import ROOT
 from .cases import all_cases, sample
 from .checks import OPS
 from .publish import publish
-from .run import counts, sweep
+from .run import counts, load_results, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="forget earlier results in --state and run everything again")
     parser.add_argument("--out", type=Path, help="where compatibility.md/.json go (default: docs/ for a full run, else --state)")
     parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--publish", action="store_true",
+                        help="run nothing: publish what --state holds so far (a stopped sweep; the page says how much ran)")  # fmt: skip
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
@@ -46,12 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         for c in cases:
             print(f"{c.name}\t{c.family}\t{c.kind}\t{c.params or ''}")
         return 0
-    console.print(f"{len(cases)} models x {len(OPS)} operations; results in {args.state / 'results.jsonl'}", highlight=False)
     started = time.monotonic()
-    records = sweep(cases, state=args.state, timeout=args.timeout, console=console)
+    if args.publish:
+        done = load_results(args.state / "results.jsonl")
+        records, wall = [done[c.name] for c in cases if c.name in done], None
+    else:
+        console.print(f"{len(cases)} models x {len(OPS)} operations; results in {args.state / 'results.jsonl'}", highlight=False)
+        records = sweep(cases, state=args.state, timeout=args.timeout, console=console)
+        wall = time.monotonic() - started
     out = args.out or (ROOT / "docs" if full else args.state)
     command = "python -m sweep " + " ".join(argv if argv is not None else sys.argv[1:])
-    md_path, _ = publish(records, out, command=command.strip(), wall_seconds=time.monotonic() - started)
+    md_path, _ = publish(records, out, command=command.strip(), wall_seconds=wall, planned=[c.name for c in cases])
     tally = counts(records)
     console.print(f"wrote {md_path}: " + ", ".join(f"{k} {v}" for k, v in tally.items()), highlight=False)
     return 1 if tally["wrong"] or tally["crash"] else 0

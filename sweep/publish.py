@@ -56,12 +56,16 @@ def _applicable(c: dict[str, int]) -> int:
     return c["ok"] + c["refused"] + c["wrong"] + c["crash"]
 
 
-def document(records: list[dict], *, command: str, wall_seconds: float | None) -> dict:
+def document(records: list[dict], *, command: str, wall_seconds: float | None, planned: list[str] | None = None) -> dict:
+    """``planned``: every model of the run, where ``records`` holds only those that finished (a stopped sweep)."""
+    ran = {r["name"] for r in records}
     return {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "versions": versions(),
         "models": len(records),
+        "planned": len(planned) if planned else len(records),
+        "not_yet_run": [name for name in planned or [] if name not in ran],
         "model_seconds": round(sum(r["seconds"] for r in records), 1),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "totals": totals(records),
@@ -88,6 +92,7 @@ def markdown(doc: dict) -> str:
         f"{hours:.1f} hours of model time. Versions: "
         + ", ".join(f"{k} {md(val)}" for k, val in v.items()) + ".",
         "",
+        *_partial(doc),
         "Each model is built with random weights (torchvision `weights=None`, timm `pretrained=False`, transformers "
         "from tiny configs; nothing is downloaded) and each operation runs in a child process against an independent "
         "reference: parameters by deduplicated `numel`, FLOPs by `FlopCounterMode`, features by forward hooks, a new "
@@ -138,8 +143,23 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def publish(records: list[dict], out: Path, *, command: str, wall_seconds: float | None) -> tuple[Path, Path]:
-    doc = document(records, command=command, wall_seconds=wall_seconds)
+def _partial(doc: dict) -> list[str]:
+    """The note a page of a stopped sweep opens with: how much ran, and how to run the rest."""
+    missing = doc.get("not_yet_run") or []
+    if not missing:
+        return []
+    return [
+        f"**A partial run: {doc['models']} of {doc['planned']} models finished** before the sweep was stopped; the "
+        f"counts below are of those {doc['models']} only. `make sweep` resumes from `.sweep/results.jsonl` and runs "
+        f"the other {len(missing)} (listed in compatibility.json under `not_yet_run`); the models run the libraries "
+        "in turn, so the finished ones spread over torchvision, timm and transformers.",
+        "",
+    ]
+
+
+def publish(records: list[dict], out: Path, *, command: str, wall_seconds: float | None,
+            planned: list[str] | None = None) -> tuple[Path, Path]:  # fmt: skip
+    doc = document(records, command=command, wall_seconds=wall_seconds, planned=planned)
     out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out / "compatibility.md", out / "compatibility.json"
     json_path.write_text(json.dumps(doc, indent=1) + "\n")

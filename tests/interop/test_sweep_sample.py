@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the sweep is a tool at the repository root, not library code
 
 from sweep.cases import all_cases, sample  # noqa: E402
-from sweep.checks import differences, outcome  # noqa: E402
-from sweep.publish import md  # noqa: E402
-from sweep.run import sweep  # noqa: E402
+from sweep.checks import OPS, differences, outcome  # noqa: E402
+from sweep.publish import document, markdown, md  # noqa: E402
+from sweep.run import interleaved, sweep  # noqa: E402
 
 import torchsmith as ts  # noqa: E402
 
@@ -75,3 +75,20 @@ def test_what_reaches_the_page_is_escaped(text):
     cell = md(text)
     assert "<" not in cell and "\n" not in cell
     assert all(c not in cell.replace(f"\\{c}", "") for c in "|`*[]")
+
+
+# a sweep stopped part way
+
+
+def test_a_stopped_sweep_covers_every_library_and_its_page_says_how_much_ran(tmp_path):
+    cases = all_cases(tmp_path)
+    first = interleaved(cases)[:9]
+    assert sorted(c.name for c in interleaved(cases)) == sorted(c.name for c in cases)  # each once
+    assert [c.library for c in first] == ["torchvision", "timm", "transformers"] * 3
+    record = {"name": first[0].name, "library": first[0].library, "family": first[0].family, "seconds": 1.0,
+              "ops": {op: {"result": "ok", "detail": "", "seconds": 0.1} for op in OPS}}  # fmt: skip
+    doc = document([record], command="python -m sweep --publish", wall_seconds=None, planned=[c.name for c in cases])
+    assert (doc["models"], doc["planned"], len(doc["not_yet_run"])) == (1, len(cases), len(cases) - 1)
+    assert f"**A partial run: 1 of {len(cases)} models finished**" in markdown(doc)
+    whole = document([record], command="python -m sweep", wall_seconds=1.0, planned=[first[0].name])
+    assert "partial" not in markdown(whole) and whole["not_yet_run"] == []
