@@ -5,6 +5,8 @@ import json
 import pytest
 from helpers import DATA
 
+pytest_plugins = ["hub_fixtures"]  # torch_home, weights_table, hf_cache: hubs the tests build themselves
+
 
 @pytest.fixture(scope="session")
 def reference() -> dict:

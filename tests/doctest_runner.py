@@ -1,5 +1,6 @@
 """Run ``>>>`` examples (docstrings, docs pages, the README) the one way: ELLIPSIS and NORMALIZE_WHITESPACE,
-torch and the public API in scope, a fixed seed, in a temporary working directory (examples that write files)."""
+torch and the public API in scope, a fixed seed, in a temporary working directory (examples that write files),
+offline, with an empty torch hub cache of their own (TORCH_HOME in that directory): no example needs the network."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 
 import torchsmith
 from torchsmith import steps as _steps
+from torchsmith.pretrained import restore_table, table_state
 from torchsmith.registry import _REGISTRY
 from torchsmith.spec import names as _spec_names
 
@@ -28,7 +30,8 @@ def run(test: doctest.DocTest, workdir: Path, options: int = OPTIONS) -> str:
 
     ``options``: doctest's flags (``doctest.ELLIPSIS`` alone compares printed tables space for space).
 
-    Models, spec blocks, graph ops and recorded operations an example registers are unregistered afterwards.
+    Models, spec blocks, graph ops, recorded operations and pretrained weights an example registers are
+    unregistered afterwards.
     """
     test.globs = {**namespace(), **test.globs}
     runner = doctest.DocTestRunner(optionflags=options)
@@ -37,6 +40,9 @@ def run(test: doctest.DocTest, workdir: Path, options: int = OPTIONS) -> str:
     threads = torch.get_num_threads()
     registered = dict(_REGISTRY)
     blocks, ops, steps = dict(_spec_names._BLOCKS), dict(_spec_names._OPS), dict(_steps._OPS)
+    weights = table_state()
+    env = {k: os.environ.get(k) for k in ("TORCH_HOME", "TORCHSMITH_OFFLINE")}
+    os.environ.update(TORCH_HOME=str(Path(workdir) / "torch-home"), TORCHSMITH_OFFLINE="1")
     torch.manual_seed(0)
     os.chdir(workdir)
     try:
@@ -49,6 +55,12 @@ def run(test: doctest.DocTest, workdir: Path, options: int = OPTIONS) -> str:
         for table, saved in ((_spec_names._BLOCKS, blocks), (_spec_names._OPS, ops), (_steps._OPS, steps)):
             table.clear()
             table.update(saved)
+        restore_table(weights)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return "".join(out) if runner.failures else ""
 
 

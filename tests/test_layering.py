@@ -15,6 +15,7 @@ RANKS = {
     "errors": 0, "_version": 0, "units": 0,
     "checkpoint": 1, "layers": 1,
     "codec": 1.5,  # layer names and config values as data: above layers and the dtype table, below the registry
+    "pretrained": 1.75,  # the weights table, fetching files, loading them: checkpoint code, no model code
     "registry": 2, "runner": 2,
     "steps": 2.5,  # the recorded-operation table: appends through the registry, imported by zoo and surgery
     "zoo": 3, "features": 3, "surgery": 4, "inspect": 3, "spec": 4,

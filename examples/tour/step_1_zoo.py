@@ -1,4 +1,4 @@
-"""Step 1 - the zoo: list models, a ResNet-152 + FPN backbone, the tutorial's U-Net.
+"""Step 1 - the zoo: list models, pretrained weights, a ResNet-152 + FPN backbone, the tutorial's U-Net.
 
 Run alone: python examples/tour/step_1_zoo.py
 """
@@ -10,13 +10,39 @@ from rich.console import Console
 from rich.table import Table
 
 import torchsmith
+from torchsmith.pretrained import cache_path
 
 console = Console()
+
+
+def pretrained() -> None:
+    """torchvision's weights for resnet18, when the torch hub cache has them (the tour runs offline too)."""
+    weights = torchsmith.get_weights("resnet18")  # the default, what pretrained=True picks
+    file = cache_path(weights)
+    console.print(f"\n[bold]pretrained weights[/]: {', '.join(torchsmith.list_pretrained('resnet*'))}")
+    if not file.is_file():
+        console.print(
+            f"{weights.name} ({weights.meta['file_size_mb']} MB, {weights.meta['acc@1']}% top-1) is not in the torch hub "
+            f"cache ({file}). `torchsmith fetch resnet18` downloads it there (verified), or copy it from a machine "
+            f"that has it; this step then builds [bold]create_model('resnet18', pretrained=True)[/]."
+        )
+        return
+    model = torchsmith.create_model("resnet18", pretrained=True).eval()  # from the cache: nothing downloaded
+    cfg = torchsmith.data_config(model)
+    console.print(f"resnet18 with {weights.name} from {file}; preprocessing: {cfg}")
+    ramp = torch.linspace(0, 1, 224)
+    image = torch.stack([ramp.expand(224, 224), ramp.expand(224, 224).T, 1 - ramp.expand(224, 224)])  # (3, H, W)
+    x = ((image - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None])[None]
+    with torch.no_grad():
+        top = model(x).softmax(-1)[0].topk(3)
+    guesses = ", ".join(f"{weights.categories[i]} {p:.0%}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+    console.print(f"its top 3 for a colour ramp (no real image here): {guesses}")
 
 
 def main() -> None:
     names = torchsmith.list_models()
     console.print(f"[bold]{len(names)} registered models:[/] {', '.join(names)}")
+    pretrained()
 
     # the tutorial's detection backbone, in one line (frozen BN, layer2-4 trainable)
     fpn = torchsmith.create_model("resnet152_fpn").eval()

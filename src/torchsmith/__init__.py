@@ -41,11 +41,13 @@ from .errors import (
     UnsafeCheckpointError,
     UnsaveableModelError,
     SignatureError,
+    DownloadError,
 )
 from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
 from .inspect import Summary, Trace, diagram, summary, trace
 from .layers import FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
 from ._version import __version__
+from .pretrained import Weights, data_config, fetch_weights, get_weights, list_pretrained, register_weights
 from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
 from .surgery import (
     FreezeReport,
@@ -83,6 +85,7 @@ __all__ = [
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
     "SignatureError",
+    "DownloadError",
     "SpecError",
     # registry
     "create_model",
@@ -92,6 +95,13 @@ __all__ = [
     "get_model_builder",
     "model_config",
     "update_config",
+    # pretrained weights: create_model(name, pretrained=True / weights=TAG)
+    "list_pretrained",
+    "get_weights",
+    "register_weights",
+    "fetch_weights",
+    "data_config",
+    "Weights",
     # layers
     "FeatureInfo",
     "FeatureInfoList",

@@ -28,6 +28,7 @@ __all__ = [
     "IncompatibleCheckpointError",
     "UnsaveableModelError",
     "SignatureError",
+    "DownloadError",
     "SpecError",
 ]
 
@@ -123,6 +124,11 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class SignatureError(CheckpointError):
     """A checkpoint whose signature is missing or does not match its files and the public key given."""
+
+
+class DownloadError(CheckpointError):
+    """Weights that are neither at hand nor downloadable (offline, no network, an HTTP error); the message names
+    the URL and the exact path to put the file at."""
 
 
 class UnsaveableModelError(CheckpointError):

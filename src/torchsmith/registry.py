@@ -23,6 +23,7 @@ import copy
 import fnmatch
 import functools
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from torch import nn
 
 from .codec import nn_layer
 from .errors import DuplicateModelError, ModelConfigError, UnknownModelError, did_you_mean
+from .pretrained import get_weights, is_rebuilding, load_pretrained
 
 __all__ = [
     "register_model",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 CONFIG_ATTR = "torchsmith_config"
+WEIGHTS_KEYWORDS = ("pretrained", "weights", "weights_path")  # create_model's own, unless a builder takes them
 TORCH_NN = "torch.nn."  # config names of torch.nn layers built through create_layer
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -158,16 +161,61 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
         ) from None
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with keyword arguments.
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    weights_path: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments, optionally with pretrained weights.
+
+    ``pretrained=True`` loads the model's default weights, ``weights="IMAGENET1K_V2"`` the weights of that tag
+    (``torchsmith.list_pretrained()``; ``register_weights`` adds your own); ``weights_path`` reads them from that
+    file instead of the torch hub cache or a download (hash-checked all the same). ``num_classes`` defaults to
+    the weights'; with another value, everything but the classifier is loaded (logged as a warning). The
+    config records ``weights`` (the tag), so ``save_model`` / ``load_model`` keep it (``data_config`` answers
+    after a load) without reading the weights again: they come from the saved file. A builder that takes
+    ``pretrained`` or ``weights`` itself gets them as they are.
+
+    Raises:
+        UnknownModelError: no such model. ModelConfigError: bad arguments, or no such weights.
+        DownloadError, CorruptCheckpointError: the weights are not at hand and cannot be downloaded, or their
+            file's hash does not match.
 
     Example::
 
         >>> m = create_model("resnet50", num_classes=20)
         >>> m(torch.randn(2, 3, 224, 224)).shape
         torch.Size([2, 20])
+        >>> create_model("resnet50", weights="IMAGENET1K_V3")
+        Traceback (most recent call last):
+        ...
+        torchsmith.errors.ModelConfigError: 'resnet50' has no weights 'IMAGENET1K_V3'. Did you mean 'IMAGENET1K_V2', 'IMAGENET1K_V1'? ...
     """
-    return get_model_builder(name)(**kwargs)
+    builder = get_model_builder(name)
+    asked = {k: v for k, v in zip(WEIGHTS_KEYWORDS, (pretrained, weights, weights_path)) if v is not None and v is not False}
+    if not asked:
+        return builder(**kwargs)
+    params = inspect.signature(builder).parameters
+    if any(k in params for k in WEIGHTS_KEYWORDS):  # the builder loads its own weights (a torchvision wrapper)
+        return builder(**kwargs, **asked)
+    if pretrained not in (True, False) or (pretrained and weights is not None):
+        raise ModelConfigError(
+            f"create_model({name!r}): pass pretrained=True (the default weights) or weights=TAG, not "
+            f"pretrained={pretrained!r} with weights={weights!r}."
+        )
+    if not is_rebuilding():
+        entry = get_weights(name, weights)  # an unknown tag fails before anything is built
+        if entry.num_classes is not None and "num_classes" in params and "num_classes" not in kwargs:
+            kwargs["num_classes"] = entry.num_classes  # torchvision's rule: the weights' classes unless asked
+    model = builder(**kwargs)
+    load_pretrained(model, name, weights, weights_path=weights_path)
+    cfg = getattr(model, CONFIG_ATTR, None)
+    if cfg is not None:
+        cfg["kwargs"]["weights"] = model.pretrained_cfg["tag"]  # the tag, also for pretrained=True
+    return model
 
 
 def create_layer(name: str, **kwargs: Any) -> nn.Module:

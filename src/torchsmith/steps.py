@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import DuplicateModelError, ModelConfigError, did_you_mean
+from .pretrained import rebuilding
 from .registry import create_model, update_config
 
 __all__ = ["RecordedOp", "recorded_op", "recorded_ops", "record", "replay_steps", "finish_loaded", "build_from_config"]
@@ -153,10 +154,13 @@ def finish_loaded(model: nn.Module, steps: list[Mapping[str, Any]]) -> nn.Module
 def build_from_config(config: Mapping[str, Any], *, device: str | torch.device | None = "meta") -> nn.Module:
     """Build ``config["name"]`` with its keywords and replay its steps, on ``device`` (None: the current default).
 
-    The result records the same config, so it can be saved again.
+    The result records the same config, so it can be saved again. Weights the config names (``weights``,
+    ``backbone_weights``) are recorded, not read: a config rebuilds a structure, and ``load_model`` reads the
+    weights from the file saved with it (so a rebuild needs no network).
     """
     if device is None:
-        model = create_model(config["name"], **config["kwargs"])
-        return replay_steps(model, list(config.get("steps", [])))
+        with rebuilding():
+            model = create_model(config["name"], **config["kwargs"])
+            return replay_steps(model, list(config.get("steps", [])))
     with torch.device(device):
         return build_from_config(config, device=None)

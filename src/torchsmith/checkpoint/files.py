@@ -6,6 +6,11 @@ the open); a file that a directory or an index names must really live in that di
 opened file's real path (``/proc/self/fd/N``, so a link swapped in after the check does not count)
 must be inside the directory's real path, so a symlink out of a checkpoint directory is refused.
 
+One kind of link is accepted: in a snapshot of the Hugging Face cache (``models--ORG--NAME/snapshots/REV/``)
+every file is a link into the same repository's ``blobs/`` folder, so a file opened there may resolve into
+``models--ORG--NAME/blobs/`` of that very repository; a link anywhere else (another repository's blobs, a
+file outside the cache) is refused like any other.
+
     >>> d = save_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2), "run")
     >>> with open_regular("run/config.json", inside="run", limit="max_config_bytes") as f:
     ...     f.read(1)
@@ -29,7 +34,9 @@ from typing import BinaryIO
 from ..errors import CheckpointError, CorruptCheckpointError
 from .limits import current, enforce, how_to_raise
 
-__all__ = ["open_regular", "read_json_bytes", "read_capped"]
+__all__ = ["open_regular", "read_json_bytes", "read_capped", "hf_cache_blobs"]
+
+HF_SNAPSHOTS, HF_BLOBS, HF_MODEL_PREFIX = "snapshots", "blobs", "models--"  # the Hugging Face cache's layout
 
 
 def _real_path(fd: int, path: Path) -> str:
@@ -39,6 +46,26 @@ def _real_path(fd: int, path: Path) -> str:
         return os.path.realpath(path)
 
 
+def hf_cache_blobs(root: str) -> str | None:
+    """The ``blobs`` folder of the Hugging Face cache repository whose snapshot holds the real path ``root``
+    (``.../models--ORG--NAME/snapshots/REV[/...]`` -> ``.../models--ORG--NAME/blobs``), else None.
+
+    >>> hf_cache_blobs("/cache/hub/models--timm--resnet18.a1_in1k/snapshots/0123abcd")
+    '/cache/hub/models--timm--resnet18.a1_in1k/blobs'
+    >>> hf_cache_blobs("/cache/hub/models--timm--resnet18.a1_in1k/blobs") is None
+    True
+    """
+    parts = Path(root).parts
+    for i in range(len(parts) - 2, 0, -1):  # the innermost snapshots/REV below a models--ORG--NAME folder
+        if parts[i] == HF_SNAPSHOTS and parts[i - 1].startswith(HF_MODEL_PREFIX):
+            return str(Path(*parts[:i], HF_BLOBS))
+    return None
+
+
+def _inside(real: str, root: str) -> bool:
+    return os.path.commonpath([real, root]) == root
+
+
 def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = None, limit: str | None = None) -> BinaryIO:
     """An unbuffered binary handle on the regular file ``path``.
 
@@ -46,8 +73,8 @@ def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
 
     Raises:
         CheckpointError: the file cannot be opened, or it is not a regular file (FIFO, device, directory).
-        CorruptCheckpointError: ``path`` resolves outside ``inside`` (a link out of the checkpoint directory),
-            or the file is larger than its ``limit``.
+        CorruptCheckpointError: ``path`` resolves outside ``inside`` (a link out of the checkpoint directory;
+            in a Hugging Face cache snapshot, out of its repository's ``blobs/``), or the file is larger than its ``limit``.
     """
     path = Path(path)
     try:
@@ -64,9 +91,11 @@ def open_regular(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
             )
         if inside is not None:
             real, root = _real_path(fd, path), os.path.realpath(inside)
-            if os.path.commonpath([real, root]) != root:
+            blobs = hf_cache_blobs(root)
+            if not _inside(real, root) and not (blobs is not None and _inside(real, blobs)):
+                also = f" and its Hugging Face cache repository's {blobs!r}" if blobs is not None else ""
                 raise CorruptCheckpointError(
-                    f"Refused {str(path)!r}: it resolves to {real!r}, outside the checkpoint directory {root!r} "
+                    f"Refused {str(path)!r}: it resolves to {real!r}, outside the checkpoint directory {root!r}{also} "
                     f"(a symbolic link out of the directory). A checkpoint directory must hold its own files; copy "
                     f"the file in, or pass the file itself."
                 )

@@ -24,6 +24,7 @@ from .files import open_regular, read_json_bytes
 from .formats import (
     DIRECTORY_CANDIDATES, DTYPES, INDEX_SUFFIX, META_ALIASES, META_INDEX_DIGEST, SAFETENSORS_SUFFIX, TORCHSMITH_KEY, format_for,
 )
+from .hub import is_hf_source, resolve_weights
 from .keys import STATE_DICT_KEYS, find_state_dict
 from .limits import enforce
 from .safetensors_format import SafetensorsFile
@@ -293,7 +294,8 @@ def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
 
 
 def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
-    """The checkpoint at ``path`` (file, index or directory), its header validated, no data read yet.
+    """The checkpoint at ``path`` (file, index or directory; an ``hf://`` source is first resolved to files of
+    the Hugging Face cache, see :mod:`~torchsmith.checkpoint.hub`), its header validated, no data read yet.
 
     Raises:
         CheckpointError: no checkpoint there; CorruptCheckpointError: damaged header or index;
@@ -301,6 +303,8 @@ def open_source(path: str | os.PathLike, *, trusted: bool = False) -> Source:
     """
     if isinstance(path, Source):  # already open (load_model hands over the file it checked)
         return path
+    if is_hf_source(path):
+        path = resolve_weights(path)
     path, inside = _resolve(Path(path))
     clean_stale_temporaries(path.parent)  # a save killed with -9 left one; any load may tidy it
     if path.name.endswith(INDEX_SUFFIX):

@@ -6,11 +6,11 @@
 Exit codes: 0 success, 1 a torchsmith error (message on stderr), 2 bad usage.
 
 One module per group of commands: ``models`` (list, build, spec-schema), ``checkpoints`` (inspect, convert,
-diff, sign, verify), ``inspection`` (summary, trace, diagram); ``app`` holds the Typer app, error handling and
+diff, sign, verify), ``inspection`` (summary, trace, diagram), ``pretrained`` (pretrained, fetch); ``app`` holds the Typer app, error handling and
 the entry point. Nothing imports this package.
 """
 
-from . import checkpoints, inspection, models  # noqa: F401 - each registers its commands on the app
+from . import checkpoints, inspection, models, pretrained  # noqa: F401 - each registers its commands on the app
 from .app import app, main
 
 __all__ = ["app", "main"]

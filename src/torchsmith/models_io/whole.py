@@ -36,7 +36,8 @@ from ..checkpoint import safe_json
 from ..checkpoint.atomic import atomic_write_all, clean_stale_temporaries
 from ..checkpoint.checksums import bytes_digest
 from ..checkpoint.files import open_regular, read_capped
-from ..checkpoint.formats import CONFIG_NAME, WEIGHTS_NAME, dtype_name
+from ..checkpoint.formats import CONFIG_NAME, SIGNATURE_NAME, WEIGHTS_NAME, dtype_name
+from ..checkpoint.hub import is_hf_source, resolve_model
 from ..checkpoint.limits import Limits, current, how_to_raise, takes_limits
 from ..checkpoint.safetensors_format import SafetensorsFile, write_safetensors
 from ..checkpoint.signing import verify_checkpoint
@@ -350,6 +351,9 @@ def load_model(
     A legacy whole-model pickle (``torch.save(model)``) is refused with an
     error naming what it would import; with ``trusted=True`` it is unpickled.
 
+    ``directory`` may be ``hf://ORG/NAME[@REVISION][/FOLDER]``: a save_model directory pushed to the Hugging
+    Face Hub, read from the Hugging Face cache (fetched into it first unless offline).
+
     ``verify_signature``: a public key (PEM); the directory's signature (``model.sig``, made by
     :func:`sign_checkpoint` / ``torchsmith sign``) is checked against it before anything is read.
 
@@ -358,6 +362,8 @@ def load_model(
             (import the module that registers it first); plus the errors of load_weights.
         SignatureError: ``verify_signature`` was given and the signature is missing or does not match.
     """
+    if is_hf_source(directory):
+        directory = resolve_model(directory, also=(SIGNATURE_NAME,) if verify_signature is not None else ())
     directory = Path(directory)
     if directory.is_dir():
         clean_stale_temporaries(directory)  # a save killed with -9 left one (it would also fail a signature)

@@ -7,7 +7,7 @@ so a builder named after its family (``torchsmith.zoo.unet``, ``torchsmith.zoo.m
 never shadows the module that defines it.
 """
 
-from . import fpns, mlps, multi_input, resnets, unets
+from . import fpns, mlps, multi_input, resnets, unets, weights  # weights: torchvision's, registered for the ResNets
 from .fpns import *  # noqa: F403
 from .mlps import *  # noqa: F403
 from .multi_input import *  # noqa: F403

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from ..pretrained import CFG_ATTR
 from ..steps import record
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,3 +41,12 @@ def set_classifier(model: nn.Module, attr: str, new: nn.Module, num_classes: int
     setattr(model, attr, new)
     model.num_classes = num_classes
     record(model, "replace_head", num_classes=num_classes, path=attr)
+
+
+def with_backbone_cfg(model: nn.Module, backbone: nn.Module) -> nn.Module:
+    """Give a model built on a pretrained backbone the backbone's weights config (its preprocessing, for
+    ``data_config``), without its classifier; returns ``model``."""
+    cfg = getattr(backbone, CFG_ATTR, None)
+    if cfg is not None:
+        object.__setattr__(model, CFG_ATTR, {**cfg, "num_classes": None, "classifier": None})
+    return model

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from ..layers import ChildrenRunner, ExtraFPNBlock, FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+from ..pretrained import load_pretrained
 from ..registry import register_model
-from ._factory import keywords_of
+from ._factory import keywords_of, with_backbone_cfg
 from .resnets import build_resnet
 
 __all__ = [
@@ -122,6 +123,7 @@ def resnet_fpn_backbone(
     extra_blocks: str | ExtraFPNBlock | None = None,
     norm_layer: str | Callable[[int], nn.Module] | None = FrozenBatchNorm2d,
     out_channels: int = 256,
+    backbone_weights: str | bool | None = None,
 ) -> BackboneWithFPN:
     """A ResNet + FPN backbone equal to torchvision's ``resnet_fpn_backbone``.
 
@@ -133,6 +135,9 @@ def resnet_fpn_backbone(
         extra_blocks: ``None`` / ``"pool"`` (max-pool level), ``"p6p7"`` or a block.
         norm_layer: the backbone's norm (frozen BatchNorm by default).
         out_channels: channels of every pyramid level.
+        backbone_weights: pretrained weights of ``backbone_name`` for the ResNet (a tag such as
+            ``"IMAGENET1K_V2"``, or True for its default; ``torchsmith.list_pretrained``), as torchvision's
+            ``weights_backbone``. The FPN layers keep their initial values.
 
     Example::
 
@@ -146,6 +151,8 @@ def resnet_fpn_backbone(
     if not returned_layers or any(k not in (1, 2, 3, 4) for k in returned_layers) or returned_layers != sorted(set(returned_layers)):
         raise ModelConfigError(f"returned_layers must be increasing stage numbers from 1..4, got {returned_layers}.")
     backbone = build_resnet(backbone_name, norm_layer=norm_layer)
+    if backbone_weights is not None and backbone_weights is not False:
+        load_pretrained(backbone, backbone_name, backbone_weights, backbone=True)
 
     # freeze everything but the last `trainable_layers` stages (torchvision's rule)
     layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
@@ -159,7 +166,7 @@ def resnet_fpn_backbone(
     channels = {f.module: f.channels for f in backbone.feature_info}  # what each stage gives, as the ResNet says
     in_channels_list = [channels[f"layer{k}"] for k in returned_layers]
     extra = _extra_block(extra_blocks, in_channels_list[-1], out_channels)
-    return BackboneWithFPN(backbone, return_layers, in_channels_list, out_channels, extra_blocks=extra)
+    return with_backbone_cfg(BackboneWithFPN(backbone, return_layers, in_channels_list, out_channels, extra_blocks=extra), backbone)
 
 
 @register_model

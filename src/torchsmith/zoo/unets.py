@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from ..codec import get_act_layer, get_norm_layer
 from ..errors import ModelConfigError
 from ..layers import FeatureInfo, FeatureInfoList
+from ..pretrained import load_pretrained
 from ..registry import register_model
-from ._factory import keywords_of, set_classifier
+from ._factory import keywords_of, set_classifier, with_backbone_cfg
 from .fpns import LayerGetter
 from .resnets import build_resnet
 
@@ -294,9 +295,16 @@ def unet_on_resnet(
     norm_layer: str | Layer | None = None,
     act_layer: str | Layer | None = None,
     final_activation: str | None = None,
+    backbone_weights: str | bool | None = None,
 ) -> EncoderUNet:
-    """A U-Net decoder on a zoo ResNet encoder (see :class:`EncoderUNet`); logits by default."""
+    """A U-Net decoder on a zoo ResNet encoder (see :class:`EncoderUNet`); logits by default.
+
+    ``backbone_weights``: pretrained weights of ``backbone_name`` for the encoder (a tag, or True for its
+    default; ``torchsmith.list_pretrained``); the decoder keeps its initial values.
+    """
     encoder = build_resnet(backbone_name, num_classes=0, in_chans=in_chans, norm_layer=norm_layer)
+    if backbone_weights is not None and backbone_weights is not False:
+        load_pretrained(encoder, backbone_name, backbone_weights, backbone=True)
     model = EncoderUNet(
         encoder,
         num_classes=num_classes,
@@ -307,7 +315,7 @@ def unet_on_resnet(
         final_activation=final_activation,
     )
     model.in_chans = in_chans
-    return model
+    return with_backbone_cfg(model, encoder)
 
 
 @register_model
