@@ -151,8 +151,9 @@ def _partial(doc: dict) -> list[str]:
     return [
         f"**A partial run: {doc['models']} of {doc['planned']} models finished** before the sweep was stopped; the "
         f"counts below are of those {doc['models']} only. `make sweep` resumes from `.sweep/results.jsonl` and runs "
-        f"the other {len(missing)} (listed in compatibility.json under `not_yet_run`); the models run the libraries "
-        "in turn, so the finished ones spread over torchvision, timm and transformers.",
+        f"the other {len(missing)} (listed in compatibility.json under `not_yet_run`); the sweep takes the "
+        "libraries in turn and each library's smallest models first, so the finished ones spread over torchvision, "
+        "timm and transformers, and the ones not yet run are the largest.",
         "",
     ]
 

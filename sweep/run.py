@@ -133,9 +133,10 @@ def counts(records: list[dict]) -> dict[str, int]:
 
 
 def interleaved(cases: list[Case]) -> list[Case]:
-    """``cases`` taken in turn from each library, so that a sweep stopped part way covers all of them."""
+    """``cases`` taken in turn from each library, the smallest first, so that a sweep stopped part way covers all
+    three libraries and as many models as it could (what is left is the largest)."""
     queues: dict[str, list[Case]] = {}
-    for case in cases:
+    for case in sorted(cases, key=lambda c: c.params if c.params is not None else float("inf")):
         queues.setdefault(case.library, []).append(case)
     out = []
     while any(queues.values()):
