@@ -281,3 +281,41 @@ def test_lazy_models_are_refused_with_the_next_step(tmp_path):
     ts.save_weights(nn.Sequential(nn.Linear(3, 2)), tmp_path / "w.safetensors")
     with pytest.raises(ts.CheckpointError, match="run one forward first"):
         ts.load_weights(nn.Sequential(nn.LazyLinear(2)), tmp_path / "w.safetensors")
+
+
+class NeedsVersion(nn.Module):
+    """Like torchvision's MNASNet: refuses a state dict whose metadata names no version."""
+
+    _version = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        if local_metadata.get("version") not in (1, 2):
+            raise ValueError(f"version should be set to 1 or 2 instead of {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_a_module_that_needs_a_version_reads_a_file_without_one_as_its_own(tmp_path):
+    source = filled(NeedsVersion(), seed=4)
+    ts.save_weights(source, tmp_path / "w.safetensors")  # safetensors: no per-module metadata
+    with pytest.raises(ValueError, match="instead of None"):  # torch's own path on the same tensors
+        NeedsVersion().load_state_dict(dict(source.state_dict()))
+    model = fresh(NeedsVersion)
+    report = ts.load_weights(model, tmp_path / "w.safetensors")
+    assert snapshot(model) == snapshot(as_loaded_by_torch(NeedsVersion, source.state_dict()))  # with its metadata
+    assert report.ok and changes(report) == [("", "assumed", "version 2", None)]
+    assert "no version in the file: read as the model's version 2" in report.upgraded[0].describe()
+
+
+def test_a_module_that_refuses_the_files_version_is_a_checkpoint_error(tmp_path):
+    state = filled(NeedsVersion(), seed=4).state_dict()
+    state._metadata[""] = {"version": 7}
+    torch.save(state, tmp_path / "v7.pt")
+    model = fresh(NeedsVersion)
+    before = snapshot(model)
+    with pytest.raises(ts.CheckpointError, match=r"NeedsVersion refused .* \(version 7\).*instead of 7.*rename="):
+        ts.load_weights(model, tmp_path / "v7.pt")
+    assert snapshot(model) == before

@@ -74,3 +74,16 @@ def test_a_detector_checkpoint_without_batch_counts_keeps_the_model_counts(tmp_p
     assert snapshot(ours) == snapshot(theirs) and report.ok
     assert {u.change for u in report.upgraded} == {"added"}
     assert len(report.upgraded) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())
+
+
+def test_mnasnet_weights_load_though_the_file_names_no_version(tmp_path):
+    """torchvision's MNASNet refuses a state dict without its version (load_state_dict of a safetensors file
+    raises ValueError); a file we saved has the model's layout, so it is read as the model's version."""
+    import torchvision.models as tvm
+
+    source = built(lambda: tvm.mnasnet0_5(), seed=1)
+    ts.save_weights(source, tmp_path / "mnasnet.safetensors")
+    model = built(lambda: tvm.mnasnet0_5(), seed=2)
+    report = ts.load_weights(model, tmp_path / "mnasnet.safetensors")
+    assert snapshot(model) == snapshot(source) and report.ok
+    assert [(u.module, u.change, u.key) for u in report.upgraded] == [("", "assumed", "version 2")]

@@ -51,8 +51,10 @@ class Upgrade:
     """One change a module made to the checkpoint's keys while loading (``LoadReport.upgraded``).
 
     ``change``: ``"renamed"`` (``key`` -> ``new_key``), ``"added"`` (``new_key`` given a value the file lacks,
-    e.g. BatchNorm's ``num_batches_tracked``), ``"removed"`` (``key`` dropped) or ``"computed"`` (``new_key``
-    computed from the file's tensors: read, then run through the module's own code).
+    e.g. BatchNorm's ``num_batches_tracked``), ``"removed"`` (``key`` dropped), ``"computed"`` (``new_key``
+    computed from the file's tensors: read, then run through the module's own code) or ``"assumed"`` (the file
+    names no version and the module refuses to load without one, as torchvision's MNASNet does: it is read as the
+    model's own version, ``key``).
     """
 
     module: str
@@ -64,7 +66,8 @@ class Upgrade:
     def describe(self) -> str:
         where = f"{self.cls} at {self.module!r}" if self.module else self.cls
         what = {"renamed": f"{self.key} -> {self.new_key}", "added": f"{self.new_key} added",
-                "removed": f"{self.key} dropped", "computed": f"{self.new_key} computed from the file"}[self.change]  # fmt: skip
+                "removed": f"{self.key} dropped", "computed": f"{self.new_key} computed from the file",
+                "assumed": f"no version in the file: read as the model's {self.key}"}[self.change]  # fmt: skip
         return f"{what}  (by {where})"
 
 
@@ -262,10 +265,37 @@ def upgrade(
             reported.add((change, key, new_key))
             result.changes.append(Upgrade(path, type(module).__name__, change, key, new_key))
 
+    def call(path: str, module: nn.Module, local: dict[str, torch.Tensor], prefix: str, meta: dict) -> dict:
+        """The module's hook on ``local`` (in place); the metadata it ran with. A file that names no version for a
+        module that will not load without one is read as the model's own version (the layout it was saved in)."""
+        trial = dict(local)
+        try:
+            _shadow(module)._load_from_state_dict(trial, prefix, dict(meta), True, [], [], [])
+        except Exception as error:
+            where = f"{type(module).__name__} at {path!r}" if path else type(module).__name__
+            if "version" in meta:
+                raise CheckpointError(f"load_weights: {where} refused the file's keys under {prefix!r} (version "
+                                      f"{meta['version']}): {error}. Load the file with the model's own load_state_dict "
+                                      "to see the module's own error, or pass rename= to give the keys the layout it "
+                                      "expects.") from error  # fmt: skip
+            meta = {**meta, "version": module._version}
+            trial = dict(local)
+            try:
+                _shadow(module)._load_from_state_dict(trial, prefix, dict(meta), True, [], [], [])
+            except Exception as again:
+                raise CheckpointError(f"load_weights: {where} refused the file's keys under {prefix!r}, with no version "
+                                      f"and with the model's ({module._version}): {again}. Load the file with the "
+                                      "model's own load_state_dict to see the module's own error, or pass rename= to give "
+                                      "the keys the layout it expects.") from again  # fmt: skip
+            note(path, module, "assumed", f"version {module._version}", None)
+        local.clear()
+        local.update(trial)
+        return meta
+
     def run(path: str, module: nn.Module, local: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         before = dict(local)
         meta = {**canon_meta.get(_canonical_path(path), {}), "assign_to_params_buffers": True}
-        _shadow(module)._load_from_state_dict(local, prefix, meta, True, [], [], [])
+        meta = call(path, module, local, prefix, meta)
         computed = any(
             isinstance(v, torch.Tensor) and v.is_meta and id(v) not in origin and id(v) not in own for v in local.values()
         ) or any(v._version for v in before.values() if id(v) in stand_ins)  # a new meta value, or a stand-in changed in place
