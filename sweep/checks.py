@@ -376,7 +376,10 @@ def op_freeze(s: Subject) -> str:
         out = model(*_batch_of_two(s), **{k: torch.cat([v, v]) for k, v in s.kwargs.items()})
     except Exception as e:  # noqa: BLE001 - the model's own train mode: the flags were checked above
         return f"{head!r} trainable; no SGD step ({type(e).__name__} in the model's train mode)"
-    pred = prediction(out) if prediction(out) is not None else next(iter(leaves(out).values()))
+    # the prediction, else any output the trainable head feeds (googlenet's train mode ends with an auxiliary head)
+    pred = next((t for t in (prediction(out), *leaves(out).values()) if t is not None and t.requires_grad), None)
+    if pred is None:
+        return f"{head!r} trainable; no output of the model's train mode depends on it (no SGD step)"
     pred.float().square().mean().backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     moved = {id(p) for n, p in model.named_parameters() if not torch.equal(p.detach(), params[n])}
