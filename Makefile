@@ -8,20 +8,29 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 # Peer-model tests (torchvision, timm, transformers) need the torch build their compiled ops match,
 # so they run in a second environment; torchsmith comes from src/ through PYTHONPATH.
+# A CUDA torch cannot be avoided there: PyPI's torchvision 0.29.1 links torch's CUDA libraries (its _C.so
+# needs libtorch_cuda.so), and torch 2.14.1's own import loads 12 nvidia-* libraries. The lock file pins every
+# package and is installed with --no-deps, leaving out what the suite never loads: triton (248 MB download,
+# 895 MiB installed), nvidia-cusolver (201 MB, 234 MiB), cuda-bindings and the dev tools. Measured (2026-12-02,
+# fresh venv, empty pip cache): 55 wheels, 2.55 GB, 4.5 GiB in .venv-interop (4,620 MiB); unpinned, with the dev
+# extras, it was about 3.2 GB and 5.9 GiB. The largest: torch 554 MB, nvidia-cudnn 553, nvidia-cublas 423.
 INTEROP      := .venv-interop
 IPY          := $(INTEROP)/bin/python
-INTEROP_PKGS := torch==2.14.1 torchvision==0.29.1 timm transformers==4.57.6
+INTEROP_LOCK := tests/interop/requirements.txt
 ISTAMP       := $(INTEROP)/.installed
 
 .PHONY: install interop demo demo-distributed test test-main test-interop sweep faults fuzz bench clean vendor-elk
 
-# the diagram's browser tests drive Debian's Chromium through Playwright (no browser download)
-CHROMIUM := /usr/bin/chromium
+# the browser tests (the diagram page, the notebook tables) drive Debian's Chromium through Playwright (no
+# browser download). Another Chromium: make test CHROMIUM=/path/to/chromium. Without it the main suite does not
+# run: the target stops with what to do (installing it needs root).
+CHROMIUM ?= /usr/bin/chromium
 # the layout engine inlined into diagram pages, vendored from npm (src/torchsmith/inspect/vendor/README.md)
 ELK_VERSION ?= 0.12.1
 VENDOR      := src/torchsmith/inspect/vendor
 
 $(STAMP): pyproject.toml Makefile
+	@echo "== install: $(VENV) with $(TORCH) (the CPU wheel) and torchsmith's dependencies"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
@@ -30,17 +39,22 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-$(ISTAMP): pyproject.toml Makefile
+$(ISTAMP): $(INTEROP_LOCK) Makefile
+	@echo "== interop: the peer-model environment $(INTEROP) (torch 2.14.1, torchvision, timm, transformers; 2.55 GB of wheels)"
 	test -x $(IPY) || $(PYTHON) -m venv $(INTEROP)
 	$(IPY) -m pip install --quiet --upgrade pip
-	$(IPY) -m pip install --quiet $(INTEROP_PKGS)
-	$(IPY) -m pip install --quiet -e ".[dev]" $(INTEROP_PKGS)
+	$(IPY) -m pip install --progress-bar on --no-deps -r $(INTEROP_LOCK)
 	touch $(ISTAMP)
 
 interop: $(ISTAMP)
 
 $(CHROMIUM):
-	apt-get update && apt-get install -y chromium
+	@echo "== chromium: $(CHROMIUM) is missing; the browser tests (diagram page, notebook tables) need it: apt-get install chromium (Debian's package, about 480 MB with its libraries)"
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "error: installing Chromium needs root. Run 'sudo apt-get install chromium' (or your system's package), or point to one: make test CHROMIUM=/path/to/chromium" >&2; \
+	  exit 1; \
+	fi
+	apt-get update -qq && apt-get install -y -qq chromium
 
 # refresh the vendored elkjs from the npm registry: make vendor-elk ELK_VERSION=x.y.z
 vendor-elk:
@@ -49,7 +63,8 @@ vendor-elk:
 	cp .elk/package/LICENSE.md $(VENDOR)/ELK-LICENSE.md
 	rm -rf .elk
 
-demo: $(STAMP) $(CHROMIUM)
+demo: $(STAMP)
+	@echo "== demo: the tour (examples/tour.py), 8 steps"
 	$(PY) examples/tour.py
 
 # examples/finetune_digits.py in full on 2 processes: DDP, FSDP2, two single-process "nodes"; then convert
@@ -72,7 +87,7 @@ test: test-main test-interop
 
 test-main: $(STAMP) $(CHROMIUM)
 	@echo "== test-main: the main suite on the CPU torch ($(VENV))"
-	$(PY) -m pytest
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 test-interop: $(ISTAMP)
 	@echo "== test-interop: peer models (torchvision, timm, transformers) in $(INTEROP)"

@@ -7,6 +7,7 @@ their own modules beside this one (``ckpt_models``, ``inspect_models``, ``refere
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +21,10 @@ DATA = TESTS / "data"
 GOLDEN = TESTS / "golden"
 SPECS = ROOT / "examples" / "specs"
 DOCS = ROOT / "docs"
+# the browser the Playwright tests drive: Debian's Chromium, or the one `make test CHROMIUM=...` names
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
 # tensors as bytes and copies

@@ -157,6 +157,7 @@ class QuietLinear(nn.Linear):
     (nn.Sequential(nn.Linear(2, 2), nn.Sequential(Swish())), "1.0: test_codec.Swish is not a torch.nn layer"),
     (nn.Sequential(), "<module>: an empty Sequential (use nn.Identity())"),
     (nn.ModuleDict({"a-b": nn.ReLU()}), "<module>: the child name 'a-b' is not letters, digits and _"),
+    (nn.ModuleDict({"a\n": nn.ReLU()}), "<module>: the child name 'a\\n' is not letters, digits and _"),  # not "$"
     (nn.utils.parametrizations.weight_norm(nn.Linear(2, 2)), "ParametrizedLinear is not a torch.nn layer on the allow-list"),
     (nn.MultiheadAttention(8, 2), "torch.nn.modules.activation.MultiheadAttention is not a torch.nn layer on the allow-list"),
 ])  # fmt: skip
@@ -175,6 +176,7 @@ def test_a_container_holding_tensors_of_its_own_is_refused():
     ({"Sequential": []}, "<module>.Sequential: no layers"),
     ({"ModuleList": {"a": "ReLU"}}, "<module>.ModuleList: expected a list of layers"),
     ({"Sequential": {"a.b": "ReLU"}}, "child names ['a.b'] are not letters, digits and _"),
+    ({"Sequential": {"a\n": "ReLU"}}, "child names ['a\\n'] are not letters, digits and _"),  # a final newline too
     ({"Linear": {"in_features": 2, "out_features": 2, "device": "cuda"}}, "<module>.Linear: expected {argument: value} (no device or dtype)"),
     ({"Linear": [2, 2]}, "<module>.Linear: expected {argument: value}"),
     ({"Linear": {"in_features": 2}}, "<module>: Linear({'in_features': 2}) failed: TypeError"),

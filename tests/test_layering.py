@@ -12,9 +12,10 @@ SRC = ROOT / "src" / "torchsmith"
 
 # area -> rank; an area may import its own modules and any area of a lower rank
 RANKS = {
-    "errors": 0, "_version": 0, "units": 0,
+    "errors": 0, "_version": 0, "units": 0, "display": 0,
     "checkpoint": 1, "layers": 1,
     "codec": 1.5,  # layer names and config values as data: above layers and the dtype table, below the registry
+    "kept": 1.5, "paths": 1.5,  # the model as it was (restores); module paths (aliases, torch.compile wrappers)
     "pretrained": 1.75,  # the weights table, fetching files, loading them: checkpoint code, no model code
     "registry": 2, "runner": 2,
     "steps": 2.5,  # the recorded-operation table: appends through the registry, imported by zoo and surgery

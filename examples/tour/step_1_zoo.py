@@ -15,6 +15,24 @@ from torchsmith.pretrained import cache_path
 console = Console()
 
 
+def fpn_table(fpn) -> Table:
+    """The backbone's outputs on one 224x224 image: level, shape, stride."""
+    with torch.no_grad():
+        feats = fpn(torch.randn(1, 3, 224, 224))
+    title = "resnet152_fpn on a 1x3x224x224 image"
+    table = Table(title=title, min_width=len(title))
+    for col in ("level", "shape", "stride"):
+        table.add_column(col)
+    for info, (level, t) in zip(fpn.feature_info, feats.items()):
+        table.add_row(level, "x".join(map(str, t.shape)), str(info.stride))
+    return table
+
+
+def tables() -> list:
+    """What this step prints as tables (tests/test_examples.py checks they fit 80 columns)."""
+    return [fpn_table(torchsmith.create_model("resnet152_fpn").eval())]
+
+
 def pretrained() -> None:
     """torchvision's weights for resnet18, when the torch hub cache has them (the tour runs offline too)."""
     weights = torchsmith.get_weights("resnet18")  # the default, what pretrained=True picks
@@ -46,14 +64,7 @@ def main() -> None:
 
     # the tutorial's detection backbone, in one line (frozen BN, layer2-4 trainable)
     fpn = torchsmith.create_model("resnet152_fpn").eval()
-    with torch.no_grad():
-        feats = fpn(torch.randn(1, 3, 224, 224))
-    table = Table(title="resnet152_fpn on a 1x3x224x224 image")
-    for col in ("level", "shape", "stride"):
-        table.add_column(col)
-    for info, (level, t) in zip(fpn.feature_info, feats.items()):
-        table.add_row(level, "x".join(map(str, t.shape)), str(info.stride))
-    console.print(table)
+    console.print(fpn_table(fpn))
     trainable = sum(p.numel() for p in fpn.parameters() if p.requires_grad)
     console.print(f"parameters: {sum(p.numel() for p in fpn.parameters()):,} ({trainable:,} trainable)")
 

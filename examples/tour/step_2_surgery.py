@@ -1,8 +1,9 @@
 """Step 2 - surgery: modifying a pretrained ResNet-50, done right (heads, freezing, extra inputs, features, speed).
 
 The tutorial's section 4 on our resnet50: its head change that changes nothing,
-fixed; its named classifier; its image + extra-input model; freezing all but
-layer2-4 with a report; intermediate features by nested name; and the
+fixed; its named classifier; an edit that would break the model, refused with
+the model as it was; its image + extra-input model; freezing all but layer2-4
+with a report; intermediate features by nested name; and the
 inference speed-up of ``optimize_for_inference``, printed as a ratio.
 """
 
@@ -14,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -33,6 +35,21 @@ def speed_up(model: nn.Module, fast: nn.Module, x: torch.Tensor, rounds: int = 3
                 m(x)
                 best[id(m)] = min(best[id(m)], time.perf_counter() - start)
     return best[id(model)] / best[id(fast)]
+
+
+def features_table(backbone: nn.Module, x: torch.Tensor) -> Table:
+    """Features by nested name: the output names, the nodes they come from, their shapes."""
+    body = ts.extract_features(backbone.eval(), {"layer2": "c3", "layer3.1.conv2": "mid", "layer4": "c5"})
+    table = Table("output", "node", "shape", title=f"extract_features (strategy: {body.strategy})")
+    for (node, name), y in zip(body.return_nodes.items(), body(x).values()):
+        table.add_row(name, node, str(tuple(y.shape)))
+    return table
+
+
+def tables() -> list:
+    """What this step prints as tables (tests/test_examples.py checks they fit 80 columns)."""
+    backbone = ts.freeze(ts.create_model("resnet50"), exclude=["layer2", "layer3", "layer4"])
+    return [features_table(backbone, torch.randn(1, 3, 224, 224))]
 
 
 def main() -> None:
@@ -56,6 +73,13 @@ def main() -> None:
     probs = model(x)
     console.print(f"named classifier: {list(model.fc._modules)} -> {tuple(probs.shape)}, rows sum to {probs.sum(1).item():.3f}")
 
+    # 2b. an edit that leaves the model unable to run is refused, naming the layer, and rolled back
+    try:
+        ts.replace_module(model, "layer4.2.conv3", nn.Conv2d(512, 1024, 1, bias=False))  # bn3 expects 2048
+    except ts.SurgeryError as err:
+        console.print(f"replace_module of the wrong width: [red]refused[/] ({escape(str(err).split(': ', 1)[1])})")
+    console.print(f"  layer4.2.conv3 still {model.layer4[2].conv3.out_channels} channels; output {tuple(model(x).shape)}")
+
     # 3. image + one extra scalar per sample
     both = ts.add_inputs(ts.create_model("resnet50"), extra_features=1, num_classes=10).eval()
     out = both(torch.randn(2, 3, 224, 224), torch.tensor([0.3, 1.7]))
@@ -67,11 +91,7 @@ def main() -> None:
     console.print(str(ts.freeze_report(backbone)))
 
     # 5. features by nested name, and their shapes without computing anything
-    body = ts.extract_features(backbone.eval(), {"layer2": "c3", "layer3.1.conv2": "mid", "layer4": "c5"})
-    table = Table("output", "node", "shape", title=f"extract_features (strategy: {body.strategy})")
-    for (node, name), y in zip(body.return_nodes.items(), body(x).values()):
-        table.add_row(name, node, str(tuple(y.shape)))
-    console.print(table)
+    console.print(features_table(backbone, x))
     info = ts.feature_info(backbone, (1, 3, 224, 224))
     console.print("feature_info on meta: " + ", ".join(f"{f.module} {f.channels}ch/{f.stride}" for f in info))
 

@@ -7,23 +7,19 @@
     >>> torchsmith.save_model(model, "out/resnet50-20")          # config.json + model.safetensors
     PosixPath('out/resnet50-20')
     >>> model = torchsmith.load_model("out/resnet50-20")         # rebuilt without pickle
+
+``import torchsmith`` is instant: the errors and ``__version__`` are here at once; the first use of any other
+public name imports the whole API (torch, the zoo's registrations) in one go (PEP 562 ``__getattr__``), so the
+command line's ``--help`` and ``--version`` never import torch.
 """
 
-from .checkpoint import (
-    CheckpointDiff,
-    CheckpointInfo,
-    Limits,
-    LoadReport,
-    convert_checkpoint,
-    diff_checkpoints,
-    inspect_checkpoint,
-    load_weights,
-    read_weights,
-    save_weights,
-    sign_checkpoint,
-    verify_checkpoint,
-)
-from .distributed import load_distributed, save_distributed
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
 from .errors import (
     CheckpointError,
     ChecksumError,
@@ -43,29 +39,45 @@ from .errors import (
     SignatureError,
     DownloadError,
 )
-from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
-from .inspect import Summary, Trace, diagram, summary, trace
-from .layers import FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
-from ._version import __version__
-from .pretrained import Weights, data_config, fetch_weights, get_weights, list_pretrained, register_weights
-from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
-from .surgery import (
-    FreezeReport,
-    MultiInputModel,
-    adapt_input_channels,
-    add_inputs,
-    fold_batchnorm,
-    freeze,
-    freeze_report,
-    get_module,
-    optimize_for_inference,
-    replace_head,
-    replace_module,
-    unfreeze,
-)
-from .models_io import build_from_config, load_model, save_model
-from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
-from .spec import GraphModel, LayerDict, LayerList, build, register_block, spec_schema, to_spec
+
+if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getattr__ imports these
+    from .checkpoint import (
+        CheckpointDiff,
+        CheckpointInfo,
+        Limits,
+        LoadReport,
+        convert_checkpoint,
+        diff_checkpoints,
+        inspect_checkpoint,
+        load_weights,
+        read_weights,
+        save_weights,
+        sign_checkpoint,
+        verify_checkpoint,
+    )
+    from .distributed import load_distributed, save_distributed
+    from .features import FeatureExtractor, extract_features, feature_info, feature_nodes
+    from .inspect import Summary, Trace, diagram, summary, trace
+    from .layers import FeatureInfo, FeatureInfoList, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelMaxPool, LastLevelP6P7
+    from .pretrained import Weights, data_config, fetch_weights, get_weights, list_pretrained, register_weights
+    from .registry import create_layer, create_model, get_model_builder, list_models, model_config, register_model, update_config
+    from .surgery import (
+        FreezeReport,
+        MultiInputModel,
+        adapt_input_channels,
+        add_inputs,
+        fold_batchnorm,
+        freeze,
+        freeze_report,
+        get_module,
+        optimize_for_inference,
+        replace_head,
+        replace_module,
+        unfreeze,
+    )
+    from .models_io import build_from_config, load_model, save_model
+    from .zoo import MLP, BackboneWithFPN, EncoderUNet, ResNet, UNet
+    from .spec import GraphModel, LayerDict, LayerList, build, register_block, spec_schema, to_spec
 
 __all__ = [
     "__version__",
@@ -167,3 +179,33 @@ __all__ = [
     "LayerList",
     "LayerDict",
 ]
+
+
+# the modules whose public names are above, imported together on first use (the zoo registers its models then)
+_MODULES = ("checkpoint", "distributed", "features", "inspect", "layers", "pretrained", "registry", "surgery", "models_io", "zoo", "spec")
+
+
+def _load_api() -> None:
+    """Import every module of the API and bind each public name here (once; later lookups are plain globals)."""
+    modules = [importlib.import_module(f".{m}", __name__) for m in _MODULES]
+    for name in __all__:
+        if name in globals():
+            continue
+        owner = next((m for m in modules if name in getattr(m, "__all__", ())), None) or next(
+            (m for m in modules if hasattr(m, name)), None)
+        if owner is None:
+            raise ImportError(f"torchsmith.__all__ names {name!r}, which none of {_MODULES} defines")
+        globals()[name] = getattr(owner, name)
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        _load_api()
+        return globals()[name]
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # a subpackage: torchsmith.zoo, torchsmith.cli, ...
+    raise AttributeError(f"module 'torchsmith' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

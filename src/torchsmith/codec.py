@@ -13,6 +13,7 @@ Everything that writes a model down as data, or reads it back, goes through here
 - **Modules.** :func:`describe_module` writes a module built only from allow-listed layers inside
   ``Sequential`` / ``ModuleList`` / ``ModuleDict`` as a spec layer (``{"Linear": {"in_features": 4,
   ...}}``), checked by rebuilding it; :func:`build_module` builds such a description.
+  :func:`module_arguments` reads a module's arguments back for people (the diagram's details panel).
 
 To allow another torch.nn layer, add its name to ``_NN_NAMES`` below and a case with non-default
 arguments to ``PLAIN`` in tests/test_codec.py (which proves each argument comes back).
@@ -36,11 +37,12 @@ Nothing here changes its arguments; every function returns a new object.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -65,6 +67,7 @@ __all__ = [
     "encode",
     "decode",
     "describe_module",
+    "module_arguments",
     "build_module",
 ]
 
@@ -125,7 +128,7 @@ for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _SHORT.setdefault(_cls, _name)
 _NN_NAME = {cls: name for name, cls in NN_LAYERS.items()}
-_CHILD = re.compile(r"^[A-Za-z0-9_]+$")  # what a spec accepts as a child's name
+_CHILD = re.compile(r"^[A-Za-z0-9_]+\Z")  # what a spec accepts as a child's name (\Z: "$" passes a final newline)
 
 
 def layer_names() -> list[str]:
@@ -364,19 +367,53 @@ def _describe_children(kind: str, module: nn.Module, path: str, problems: list[s
     return {kind: {n: d for n, d in items}}
 
 
+@functools.lru_cache(maxsize=1024)
+def _constructor_parameters(cls: type) -> tuple[inspect.Parameter, ...]:
+    """The parameters of ``cls.__init__`` an instance may keep as attributes (not ``*args``, ``device``, ``dtype``)."""
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):  # a constructor without a signature (a C extension)
+        return ()
+    return tuple(p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                 and p.name not in ("device", "dtype") and not p.name.startswith("_"))
+
+
+def _read_back(module: nn.Module) -> Iterator[tuple[inspect.Parameter, Any]]:
+    """Each constructor parameter of ``module``'s class with the attribute of the same name (``_MISSING`` where
+    there is none); a boolean parameter held as a tensor or None (``bias=True``) as True / False."""
+    for p in _constructor_parameters(type(module)):
+        try:
+            value = getattr(module, p.name, _MISSING)
+        except Exception:  # a property that raises is not an argument we can read
+            value = _MISSING
+        if isinstance(p.default, bool) and (value is None or isinstance(value, Tensor)):
+            value = value is not None  # bias=True: the attribute is the bias itself, or None
+        yield p, value
+
+
+def module_arguments(module: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of ``module`` that read back from its attributes as plain values (defaults
+    included); those it keeps under another name, or as objects, are left out. For people: the diagram's details.
+
+    >>> module_arguments(nn.Conv2d(3, 8, 3, stride=2, bias=False))["stride"], module_arguments(nn.Linear(4, 2))
+    ([2, 2], {'in_features': 4, 'out_features': 2, 'bias': True})
+    """
+    out: dict[str, Any] = {}
+    for p, value in _read_back(module):
+        plain = _plain(value) if value is not _MISSING else _UNPLAIN
+        if plain is not _UNPLAIN:
+            out[p.name] = plain
+    return out
+
+
 def _arguments(module: nn.Module, where: str, problems: list[str]) -> dict[str, Any]:
     """The constructor's keyword arguments read back from ``module``'s attributes, defaults left out."""
     out: dict[str, Any] = {}
-    for p in list(inspect.signature(type(module).__init__).parameters.values())[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype") or p.name.startswith("_"):
-            continue
-        if not hasattr(module, p.name):
+    for p, value in _read_back(module):
+        if value is _MISSING:
             if p.default is p.empty:
                 problems.append(f"{where}: {type(module).__name__}'s argument {p.name!r} cannot be read back")
             continue
-        value = getattr(module, p.name)
-        if isinstance(p.default, bool) and (value is None or isinstance(value, Tensor)):
-            value = value is not None  # bias=True: the attribute is the bias itself, or None
         plain = _plain(value)
         if plain is _UNPLAIN:
             problems.append(f"{where}: {type(module).__name__}'s argument {p.name}={value!r} is not a plain value")
@@ -386,6 +423,7 @@ def _arguments(module: nn.Module, where: str, problems: list[str]) -> dict[str, 
 
 
 _UNPLAIN = object()
+_MISSING = object()
 
 
 def _plain(value: Any) -> Any:

@@ -65,10 +65,20 @@ def _bound_kwargs(fn: Callable[..., Any], args: tuple, kwargs: dict, *, name: st
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
-        accepted = [p for p in sig.parameters if p != "self"]
+        accepted = [p for p, v in sig.parameters.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+        open_ended = any(v.kind is v.VAR_KEYWORD for v in sig.parameters.values())
+        unknown = [k for k in kwargs if k not in accepted] if not open_ended else []
+        problem = (f"{name}: unknown keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                   if unknown else f"{name}: {exc}")
+        own = [k for k in WEIGHTS_KEYWORDS if k not in accepted]  # create_model's: a misspelling of them is theirs
+        hint = "" if not unknown else (f" {unknown[0]!r} is create_model's keyword, not the builder's."
+                                       if unknown[0] in own else did_you_mean(unknown[0], accepted + own))
+        if any(k in own for k in unknown) or any(repr(k) in hint for k in own):
+            hint += (f" Pretrained weights: torchsmith.create_model({name!r}, pretrained=True) (the default) or "
+                     f"weights=TAG (torchsmith.list_pretrained({(name + '*')!r}) lists the tags).")
         raise ModelConfigError(
-            f"{name}: {exc}. It accepts the keyword arguments {accepted}; see help(torchsmith.zoo.{name}) "
-            f"or the builder's docstring."
+            f"{problem}.{hint} It accepts the keyword arguments {accepted}; see "
+            f"help(torchsmith.get_model_builder({name!r}))."
         ) from None
     out: dict[str, Any] = {}
     for key, value in bound.arguments.items():

@@ -41,11 +41,12 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
 from .errors import TorchsmithError
+from .kept import modes_kept, restored_on_failure, untouched
 
 __all__ = [
     "BACKENDS", "CONV_TYPES", "Call", "ExampleInputs", "StandIns",
     "as_call", "backend_order", "describe", "example_call", "example_input", "main_output", "map_tensors",
-    "modes_kept", "on_stand_ins", "output_tensors", "probe", "refuse_uninitialised", "renamed",
+    "modes_kept", "on_stand_ins", "output_tensors", "probe", "refuse_uninitialised", "renamed", "restored_on_failure",
     "tensor_leaves", "untouched",
 ]  # fmt: skip
 
@@ -288,57 +289,6 @@ def refuse_uninitialised(model: nn.Module, *, error: type[TorchsmithError] = Tor
             f"({', '.join(map(repr, lazy))}); "
             "run one forward first (model(example_input)) to initialise its lazy layers."
         )
-
-
-@contextmanager
-def modes_kept(model: nn.Module, *, training: bool | None = None) -> Iterator[nn.Module]:
-    """Restore every submodule's ``training`` flag on exit, optionally setting one mode inside."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        if training is not None:
-            model.train(training)
-        yield model
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
-@contextmanager
-def untouched(model: nn.Module, *, values: bool = False) -> Iterator[nn.Module]:
-    """Put every module back on exit: its class, plain attributes, parameter / buffer / submodule slots,
-    hook dicts (in place: handles keep pointing at them), ``training``, and lazy parameters a forward
-    materialised. With ``values=True`` buffer values are restored too (for code that runs the model's
-    own buffers, such as fx tracing)."""
-    saved = []
-    for module in model.modules():
-        state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
-        saved.append((module, type(module), state))
-    buffers = [(b, b.clone()) for b in model.buffers() if not is_lazy(b)] if values else []
-    lazy = [(t, type(t), t.data) for t in [*model.parameters(), *model.buffers()] if is_lazy(t)]
-    try:
-        yield model
-    finally:
-        for tensor, cls, data in lazy:  # materialised in place (UninitializedParameter -> Parameter)
-            if type(tensor) is not cls:
-                tensor.data = data
-                tensor.__class__ = cls
-        for module, cls, state in saved:
-            if type(module) is not cls:  # a lazy module materialised (LazyLinear -> Linear)
-                module.__class__ = cls
-            current = module.__dict__
-            for key in [k for k in current if k not in state]:
-                del current[key]
-            for key, value in state.items():
-                now = current.get(key)
-                if isinstance(value, dict) and isinstance(now, dict) and type(now) is type(value):
-                    now.clear()
-                    now.update(value)
-                else:
-                    current[key] = value
-        with torch.no_grad():
-            for buffer, value in buffers:
-                if buffer.shape == value.shape:
-                    buffer.copy_(value)
 
 
 # stand-ins and the run

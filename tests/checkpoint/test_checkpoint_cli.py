@@ -49,11 +49,11 @@ def test_convert_pt_to_sharded_safetensors_and_back(tmp_path):
     ts.save_weights(nn.DataParallel(src), tmp_path / "dp.pt")
     result = run("convert", str(tmp_path / "dp.pt"), str(tmp_path / "m.safetensors"), "--strip-prefix", "module.", "--max-shard-size", "1000", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["output"] == str(tmp_path / "m.safetensors.index.json")
+    assert json.loads(result.stdout)["output"] == str(tmp_path / "m" / "m.safetensors.index.json")  # shards in m/
     dst = TinyNet(width=16)
-    report = ts.load_weights(dst, tmp_path / "m.safetensors.index.json", prefix=None)
+    report = ts.load_weights(dst, tmp_path / "m" / "m.safetensors.index.json", prefix=None)
     assert snapshot(dst) == snapshot(src) and report.checksums == "verified"
-    result = run("convert", str(tmp_path / "m.safetensors.index.json"), str(tmp_path / "back.pt"))
+    result = run("convert", str(tmp_path / "m" / "m.safetensors.index.json"), str(tmp_path / "back.pt"))
     assert result.exit_code == 0 and "wrote" in result.stdout
     assert torch.equal(ts.read_weights(tmp_path / "back.pt")["conv.weight"], src.conv.weight)
 
@@ -102,3 +102,46 @@ def test_inspect_summarizes_many_tensors_unless_asked_for_all(tmp_path):
     assert "and 60 more tensors" in result.stdout and "tensors: 100" in result.stdout
     result = run("inspect", str(path), "--all")
     assert "layer099.w" in result.stdout and "more tensors" not in result.stdout
+
+
+def test_convert_json_is_the_report_and_shards_go_into_a_folder_named_after_the_target(tmp_path):
+    src = filled(TinyNet(width=16), seed=3)
+    ts.save_weights(nn.DataParallel(src), tmp_path / "dp.pt")
+    result = run("convert", str(tmp_path / "dp.pt"), str(tmp_path / "out" / "m.safetensors"), "--strip-prefix", "module.",
+                 "--max-shard-size", "1000", "--json")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    folder = tmp_path / "out" / "m"
+    shards = sorted(p.name for p in folder.iterdir())
+    assert row["folder"] == str(folder) and row["output"] == str(folder / "m.safetensors.index.json")
+    assert row["files"] == shards and "m.safetensors.index.json" in shards and len(shards) > 2
+    assert all(name.startswith("m-000") for name in shards if name != "m.safetensors.index.json")
+    sd = src.state_dict()
+    assert row["tensors"] == len(sd) and row["values"] == sum(t.numel() for t in sd.values())
+    assert row["bytes"] == sum(t.numel() * t.element_size() for t in sd.values())
+    assert row["format"] == "safetensors-sharded" and row["stripped_prefix"] == "module."
+    dst = TinyNet(width=16)
+    assert ts.load_weights(dst, folder).ok and snapshot(dst) == snapshot(src)  # the folder loads as is
+    result = run("convert", str(tmp_path / "dp.pt"), str(tmp_path / "one.safetensors"), "--strip-prefix", "module.")
+    assert result.exit_code == 0 and result.stdout.startswith(f"wrote {tmp_path / 'one.safetensors'}: {len(sd)} tensors")
+
+
+def test_diff_groups_by_kind_caps_each_and_shows_keys_as_matched(tmp_path):
+    a = {f"block{i:02d}.w": torch.zeros(2) for i in range(30)}
+    b = {f"module.block{i:02d}.w": torch.zeros(3 if i < 12 else 2) for i in range(15)}
+    b.update({f"module.extra{i:02d}": torch.ones(1) for i in range(11)})
+    ts.save_weights(a, tmp_path / "a.safetensors")
+    ts.save_weights(b, tmp_path / "b.safetensors")
+    result = run("diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"))
+    assert result.exit_code == 3, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"keys matched after removing 'module.' from 15 keys of {tmp_path / 'b.safetensors'}"
+    assert f"only in {tmp_path / 'a.safetensors'}: 15" in lines and f"only in {tmp_path / 'b.safetensors'}: 11" in lines
+    assert "shape differs: 12" in lines and lines[-1] == "different"
+    assert "  shape differs" not in result.stdout and "module." not in "".join(lines[1:])  # keys as matched
+    assert sum(line.startswith("  - ") for line in lines) == 10 and "  ... and 5 more (--all lists them; --json gives all)" in lines
+    assert sum(line.startswith("  + ") for line in lines) == 10 and "  ... and 1 more (--all lists them; --json gives all)" in lines
+    assert "  block00.w: (2,) vs (3,)" in lines
+    full = run("diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--all").stdout.splitlines()
+    assert sum(line.startswith("  - ") for line in full) == 15 and sum(line.startswith("  + ") for line in full) == 11
+    assert sum(line.startswith("  block") and " vs " in line for line in full) == 12 and "more (" not in "".join(full)

@@ -73,3 +73,16 @@ def test_cli_sign_and_verify_exit_codes(tmp_path):
     (directory / "config.json").write_text("{}")
     result = runner.invoke(app, ["verify", str(directory), "--key", str(public)])
     assert result.exit_code == 1 and "Signature check" in result.output
+
+
+def test_cli_sign_and_verify_json(tmp_path):
+    import json
+
+    private, public = _keys(tmp_path, "k")
+    path = ts.save_weights(filled(ts.create_model("ckpt_tiny"), seed=1), tmp_path / "w.safetensors")
+    runner = CliRunner()
+    result = runner.invoke(app, ["sign", str(path), "--key", str(private), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"path": str(path), "signature": str(path) + ".sig"}
+    result = runner.invoke(app, ["verify", str(path), "--key", str(public), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"path": str(path), "signature_ok": True}

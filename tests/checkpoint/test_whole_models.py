@@ -130,6 +130,11 @@ CASES = {
         [torch.randn(3, 4)],
     ),  # fmt: skip
     "replace_head_layered": (lambda: ts.replace_head(r18(), 10, hidden=[32, 16], dropout=0.25, output="LogSoftmax"), [img()]),
+    "replace_head_tutorial": (  # the tutorial's named head in one call; "replace_module_plain" is the same head by hand
+        lambda: ts.replace_head(randomise_bn_(ts.create_model("resnet50")), 10, hidden=[128], dropout=0.5,
+                                names=["fc1", "relu1", "dropout1", "fc2", "output"], output="LogSoftmax"),
+        [img()],
+    ),  # fmt: skip
     "chain_resnet": (lambda: chain(r18(), ["layer4", "fc"]), [img(1)]),
     "chain_unet": (lambda: chain(tiny_unet(), ["decoder", "head"]), [img(1, 8)]),
     "chain_fpn": (lambda: ts.fold_batchnorm(ts.adapt_input_channels(ts.create_model("resnet18_fpn", out_channels=8), 2).eval()), [img(2)]),

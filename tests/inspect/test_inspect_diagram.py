@@ -1,12 +1,13 @@
 """diagram(): the graph it records (skip connections, folding) and the page in a real browser.
 
 The browser is Debian's Chromium (/usr/bin/chromium, installed by `make test`), driven by Playwright
-with the network cut: the page must work from the file alone.
+with the network cut (tests/browser.py): the page must work from the file alone. What the page offers
+beyond opening and searching (zoom, pan, fit, edge shapes, details, export) is in
+test_inspect_diagram_view.py; hostile names in tests/reliability/test_reliability_diagram.py.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections import Counter
 
@@ -18,9 +19,7 @@ import torchsmith as ts
 from torchsmith.inspect.collect import collect, module_params
 from torchsmith.inspect.graph import FlowGraph
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+from browser import Opened, browser, click, decode_png, ready, shown  # noqa: F401 (browser: the fixture)
 
 
 def graph_of(model, *shape):
@@ -54,6 +53,58 @@ def test_repeated_blocks_are_folded_and_nodes_carry_numbers():
     assert by_id[conv["parent"]]["path"] == "layer1.0"
 
 
+def test_edges_carry_the_shapes_hooks_see_and_nodes_their_inputs_and_arguments():
+    model = ts.create_model("resnet18")
+    seen = {}  # path -> (input shapes, output shape) from hooks on a real forward
+
+    def hook(path):
+        def record(module, args, output):
+            seen.setdefault(path, ([tuple(x.shape) for x in args], tuple(output.shape)))
+        return record
+
+    hooks = [m.register_forward_hook(hook(p)) for p, m in model.named_modules() if p]
+    model(torch.zeros(1, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    g = graph_of(model, 1, 3, 64, 64)
+    assert len(g["edge_shapes"]) == len(g["edges"])
+    node = {it["path"]: it for it in g["items"] if it["kind"] == "module"}
+    by_id = {it["id"]: it for it in g["items"]}
+    checked = 0
+    for (src, dst), shapes in zip(g["edges"], g["edge_shapes"]):
+        a, b = by_id[src], by_id[dst]
+        if a["kind"] == "module" and b["kind"] == "module":  # conv1 -> bn1: the tensor bn1 took
+            assert shapes == [list(s) for s in seen[b["path"]][0]]
+            checked += 1
+    flat = g["edge_shapes"][g["edges"].index([node["avgpool"]["id"], node["fc"]["id"]])]
+    assert flat == [[1, 512]] and seen["avgpool"][1] == (1, 512, 1, 1)  # the edge carries the flattened view fc took
+    assert checked >= 20
+    for path, (ins, _) in seen.items():
+        if path in node:
+            assert node[path]["inputs"] == [str(s) for s in ins]
+    conv = dict(node["conv1"]["args"])
+    c = model.conv1
+    assert (conv["in_channels"], conv["out_channels"], conv["kernel_size"], conv["stride"], conv["padding"], conv["bias"]) == (
+        str(c.in_channels), str(c.out_channels), str(c.kernel_size), str(c.stride), str(c.padding), str(c.bias is not None))
+    assert dict(node["fc"]["args"]) == {"in_features": "512", "out_features": "1000", "bias": "True"}
+
+
+def test_inputs_and_outputs_are_named_by_their_keys():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x, *, extra):
+            return {"logits": self.fc(x), "aux": extra * 2}
+
+    model = Two()
+    run = collect(model, (torch.zeros(2, 4, device="meta"),), {"extra": torch.zeros(5, device="meta")}, backend="meta",
+                  training=None, params=module_params(model), flow_factory=FlowGraph)
+    labels = [it["label"] for it in run.graph.to_dict()["items"] if it["kind"] in ("input", "output")]
+    assert labels == ["input 0", "input extra", "output logits", "output aux"]
+
+
 def test_diagram_of_a_model_meta_cannot_run_needs_allow_real(tmp_path):
     from test_inspect import ItemModel
     from helpers import probe_differences, probe_snapshot
@@ -70,54 +121,13 @@ def test_diagram_of_a_model_meta_cannot_run_needs_allow_real(tmp_path):
 # the page in a browser
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 def open_page(browser, path):
-    page = browser.new_page(viewport={"width": 1200, "height": 800})
-    errors, requests = [], []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.route("**/*", lambda route: (requests.append(route.request.url), route.continue_()
-                                      if route.request.url.startswith("file://") else route.abort()))
-    page.goto(path.as_uri())
-    ready(page)
-    return page, errors, requests
-
-
-def ready(page, timeout=60_000):
-    page.wait_for_function("document.body.dataset.ready === '1'", timeout=timeout)
-
-
-def click(page, path):
-    """Click a node's header (an open group's middle holds its children), then wait for the new layout."""
-    page.click(f"g.node[data-path='{path}']", position={"x": 12, "y": 10})
-    ready(page)
-
-
-def shown(page) -> set[str]:
-    return set(page.eval_on_selector_all("g.node", "els => els.map(e => e.dataset.path)"))
+    opened = Opened(browser, path)
+    return opened.page, opened.errors, opened.requests
 
 
 def distinct_colours(browser, png: bytes) -> int:
-    """Decode the screenshot in the browser (canvas) and count its distinct colours."""
-    page = browser.new_page()
-    n = page.evaluate("""async (src) => {
-        const img = new Image(); img.src = src; await img.decode();
-        const c = document.createElement('canvas'); c.width = img.width; c.height = img.height;
-        const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
-        const d = ctx.getImageData(0, 0, c.width, c.height).data; const seen = new Set();
-        for (let i = 0; i < d.length; i += 4) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-        return seen.size; }""", "data:image/png;base64," + base64.b64encode(png).decode())
-    page.close()
-    return n
+    return decode_png(browser, png)["colours"]
 
 
 def test_page_renders_offline_without_errors(browser, tmp_path):

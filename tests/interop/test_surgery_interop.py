@@ -55,7 +55,7 @@ def test_get_module_and_replace_module_are_the_model_own_paths(peer):
     with pytest.raises(SurgeryError, match="Did you mean"):
         get_module(model, path + "x")
     marker = nn.Identity()
-    replace_module(model, path, marker)
+    replace_module(model, path, marker, check=False)  # a marker, not a layer that fits: issue 19's check would refuse it
     assert model.get_submodule(path) is marker
 
 

@@ -189,3 +189,25 @@ def test_from_outside_a_graph():
 def test_x_keys_hold_yaml_anchors():
     model = ts.build("x-conv: &conv {Conv2d: {args: [auto, 8, 3], padding: 1}}\ninput: [1, 3, 8, 8]\nlayers: [*conv, ReLU, *conv]\n")
     assert (model[0].in_channels, model[2].in_channels) == (3, 8) and model[0] is not model[2]
+
+
+def test_output_keys_are_names_like_node_and_input_names():
+    for key in ("<img src=x onerror=alert(1)>", "</script>", "a b", "__DATA__\u2028", ""):
+        got = problems({"graph": {"inputs": ["x"], "nodes": {"a": "ReLU"}, "outputs": {key: "a", "ok": "a"}}})
+        assert got == [f"graph.outputs[{key!r}]: {key!r} cannot name an output: use letters, digits and _"]
+    got = problems({"graph": {"nodes": {"a": "ReLU"}, "outputs": {1: "a"}}})  # not a string: refused as the spec is read
+    assert len(got) == 1 and got[0].startswith("graph.outputs") and "1" in got[0]
+    model = ts.build({"graph": {"inputs": ["__DATA__"], "nodes": {"a": "ReLU"}, "outputs": {"__ELK__": "a"}}})
+    assert list(model(__DATA__=torch.zeros(2))) == ["__ELK__"]  # placeholders are plain names: the page escapes them
+
+
+def test_a_trailing_newline_is_not_part_of_a_name():
+    # "$" in a pattern matches before a final "\n": "x\n" passed as an input, a node and an output name
+    got = problems({"graph": {"inputs": ["x\n"], "nodes": {"a": {"ReLU": None, "from": "x\n"}}, "outputs": ["a"]}})
+    assert got and got[0].startswith("graph.inputs: expected a list of input names")
+    got = problems({"graph": {"inputs": ["x"], "nodes": {"a\n": {"ReLU": None, "from": "x"}}}})
+    assert got and got[0] == f"graph.nodes.a\n: {'a' + chr(10)!r} cannot name a node: use letters, digits, _ and dots between parts, and no module attribute name"
+    got = problems({"graph": {"inputs": ["x"], "nodes": {"a": {"ReLU": None, "from": "x"}}, "outputs": {"o\n": "a"}}})
+    assert got == [f"graph.outputs[{'o' + chr(10)!r}]: {'o' + chr(10)!r} cannot name an output: use letters, digits and _"]
+    got = problems({"layers": {"a\n": "ReLU"}})
+    assert len(got) == 1 and "cannot name a child module" in got[0]

@@ -111,8 +111,18 @@ def test_ambiguous_head_lists_candidates():
 
     with pytest.raises(SurgeryError, match="candidates a, b"):
         replace_head(TwoHeads(), 5)
-    model = replace_head(TwoHeads(), 5, path="a")
-    assert model.a.out_features == 5
+    model = TwoHeads()
+    before = fingerprint(model)
+    with pytest.raises(SurgeryError, match=r"unable to run on \(\(1, 4\)\).*size of tensor a \(5\).*as it was"):
+        replace_head(model, 5, path="a")  # a: 5 outputs + b: 3 no longer adds up (issue 19: edits check themselves)
+    assert fingerprint(model) == before and model.a.out_features == 3
+
+    class TwoOutputs(TwoHeads):
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    model = replace_head(TwoOutputs(), 5, path="b")
+    assert model.b.out_features == 5 and [y.shape[1] for y in model(torch.randn(2, 4))] == [3, 5]
 
 
 # freezing

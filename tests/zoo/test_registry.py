@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import torchsmith
-from torchsmith import DuplicateModelError, TorchsmithError, UnknownModelError, create_model, list_models, register_model
+from torchsmith import DuplicateModelError, TorchsmithError, UnknownModelError, create_model, get_model_builder, list_models, register_model
 from torchsmith.registry import _REGISTRY
 
 ZOO = {
@@ -218,3 +218,28 @@ def test_create_layer_builds_only_the_allow_list_and_says_what_to_do():
     with pytest.raises(UnknownModelError, match="not on torchsmith's allow-list"):
         create_model("torch.nn.Sequential")  # a container is not a layer: the config name is refused too
     assert type(create_model("torch.nn.Hardswish")) is nn.Hardswish  # what save_model wrote before still builds
+
+
+def test_unknown_keywords_of_create_model_get_a_did_you_mean():
+    with pytest.raises(torchsmith.ModelConfigError) as caught:
+        create_model("resnet50", num_clases=3, in_chanels=1)
+    message = str(caught.value)
+    assert message.startswith("resnet50: unknown keyword arguments 'num_clases', 'in_chanels'. Did you mean 'num_classes'")
+    assert "help(torchsmith.get_model_builder('resnet50'))" in message and "torchsmith.zoo.resnet50" not in message
+
+
+@pytest.mark.parametrize("kwargs, suggested", [({"pretraind": True}, "'pretrained'"), ({"weight": "X"}, "'weights'")])
+def test_a_misspelt_weights_keyword_is_suggested_with_the_way_to_load_weights(kwargs, suggested):
+    with pytest.raises(torchsmith.ModelConfigError) as caught:
+        create_model("resnet50", **kwargs)
+    message = str(caught.value)
+    assert f"Did you mean {suggested}" in message
+    assert "torchsmith.create_model('resnet50', pretrained=True)" in message and "list_pretrained('resnet50*')" in message
+
+
+def test_the_builder_called_with_pretrained_points_to_create_model():
+    with pytest.raises(torchsmith.ModelConfigError) as caught:
+        get_model_builder("resnet50")(pretrained=True)
+    message = str(caught.value)
+    assert "'pretrained' is create_model's keyword, not the builder's" in message and "Did you mean" not in message
+    assert "torchsmith.create_model('resnet50', pretrained=True)" in message

@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .keys import WRAPPER_SEGMENTS, match_keys
+from ..display import REPR_ROWS, capped, html_table, more
+from ..units import format_bytes
+from .keys import WRAPPER_SEGMENTS, match_keys, strip_wrappers
 from .formats import dtype_name
 from .limits import Limits, takes_limits
 from .sources import Source, open_source
@@ -55,6 +57,44 @@ class CheckpointInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def _notes(self) -> list[str]:
+        notes = [
+            f"tensors: {self.tensors:,}   values: {self.values:,}   bytes: {self.nbytes:,} ({format_bytes(self.nbytes, large_decimals=1)})",
+            f"checksums: {self.checksums}",
+        ]
+        if self.prefixes:
+            notes.append("prefixes: " + ", ".join(f"{p!r} on {n:,} keys" for p, n in self.prefixes.items()))
+        if self.source_key:
+            notes.append(f"weights under {self.source_key!r}; other entries: {', '.join(self.other_keys) or 'none'}")
+        return notes
+
+    def _rows(self, limit: int | None) -> tuple[list[tuple[str, str, str]], int]:
+        shown, left = capped(self.entries, limit)
+        rows = [(k + (f" = {self.aliases[k]}" if k in self.aliases else ""), "(" + ", ".join(map(str, shape)) + ")", dtype)
+                for k, shape, dtype in shown]
+        return rows, left
+
+    def render(self, limit: int | None = None) -> str:
+        """Every tensor as ``key  shape  dtype`` (the first ``limit``, then a count), and the totals."""
+        rows, left = self._rows(limit)
+        widths = [max((len(r[i]) for r in rows), default=0) for i in range(2)]
+        lines = [f"{self.path} ({self.format}, {self.layout})"]
+        lines += [f"  {k:<{widths[0]}}  {shape:<{widths[1]}}  {dtype}" for k, shape, dtype in rows]
+        if left:
+            lines.append("  " + more(left, "tensors", "print(info) lists them; info.entries holds them"))
+        return "\n".join(lines + self._notes())
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:  # the REPL: the first 40 tensors and the totals
+        return self.render(REPR_ROWS)
+
+    def _repr_html_(self) -> str:
+        rows, left = self._rows(REPR_ROWS)
+        notes = [more(left, "tensors", "print(info) lists them"), *self._notes()]
+        return html_table(f"{self.path} ({self.format}, {self.layout})", ["key", "shape", "dtype"], rows, notes=notes)
 
 
 def _prefix_counts(keys: list[str]) -> dict[str, int]:
@@ -118,7 +158,11 @@ def inspect_checkpoint(path: str | os.PathLike, *, verify: bool = True, trusted:
 
 @dataclass
 class CheckpointDiff:
-    """Differences between two checkpoints (``a`` and ``b``), keys matched as load_weights would."""
+    """Differences between two checkpoints (``a`` and ``b``), keys matched as load_weights would.
+
+    Keys are ``a``'s (``only_in_b``: ``b``'s); ``prefixes`` names the wrapper segments (``module.``) that one
+    side had and the other not, per side, with the number of keys, as the match removed them.
+    """
 
     a: str
     b: str
@@ -127,6 +171,7 @@ class CheckpointDiff:
     shape: dict[str, tuple[list[int], list[int]]]
     dtype: dict[str, tuple[str, str]]
     max_abs_diff: dict[str, float]
+    prefixes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def same(self) -> bool:
@@ -136,6 +181,53 @@ class CheckpointDiff:
         out = asdict(self)
         out["same"] = self.same
         return out
+
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """``(kind, lines)`` per kind of difference, keys as matched (wrapper segments removed), in the order
+        only in a, only in b, shape, dtype, values (largest difference first)."""
+        def key(k: str) -> str:
+            return strip_wrappers(k)[0]
+
+        differing = sorted(((k, v) for k, v in self.max_abs_diff.items() if v), key=lambda kv: -kv[1])
+        groups = [
+            (f"only in {self.a}", [f"- {key(k)}" for k in self.only_in_a]),
+            (f"only in {self.b}", [f"+ {key(k)}" for k in self.only_in_b]),
+            ("shape differs", [f"{key(k)}: {tuple(sa)} vs {tuple(sb)}" for k, (sa, sb) in self.shape.items()]),
+            ("dtype differs", [f"{key(k)}: {ta} vs {tb}" for k, (ta, tb) in self.dtype.items()]),
+        ]
+        if self.max_abs_diff:
+            groups.append((f"values differ (max abs difference; {len(self.max_abs_diff):,} shared tensors compared)",
+                           [f"{key(k)}: {v:.3g}" for k, v in differing]))
+        return [(kind, lines) for kind, lines in groups if lines]
+
+    def render(self, limit: int | None = None, *, more_hint: str = "print(diff) lists them") -> str:
+        """The differences grouped by kind, each with its count and its first ``limit`` lines (all: None)."""
+        lines = [f"keys matched after removing {prefix!r} from {n:,} keys of {name}"
+                 for side, name in (("a", self.a), ("b", self.b)) for prefix, n in self.prefixes.get(side, {}).items()]
+        for kind, items in self.groups():
+            shown, left = capped(items, limit)
+            lines += [f"{kind}: {len(items):,}", *(f"  {line}" for line in shown)]
+            if left:
+                lines.append("  " + more(left, "", more_hint))
+        return "\n".join([*lines, "same" if self.same else "different"])
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:  # the REPL: the first 10 of each kind
+        return self.render(DIFF_ROWS)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for kind, items in self.groups():
+            shown, left = capped(items, DIFF_ROWS)
+            rows += [(f"{kind} ({len(items):,})" if i == 0 else "", line) for i, line in enumerate(shown)]
+            if left:
+                rows.append(("", more(left, "", "print(diff) lists them")))
+        return html_table(f"{self.a} vs {self.b}: {'same' if self.same else 'different'}", ["kind", "key"], rows)
+
+
+DIFF_ROWS = 10  # lines of each kind of difference repr() and `torchsmith diff` show
 
 
 Tensors = Mapping[str, torch.Tensor]
@@ -198,7 +290,8 @@ def diff_checkpoints(
         if ta.is_meta or tb.is_meta:
             continue
         maxdiff[ka] = _max_abs_diff(ta, tb)
-    return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff)
+    prefixes = {side: dict(found) for side, found in (("a", match.added), ("b", match.removed)) if found}
+    return CheckpointDiff(name_a, name_b, list(match.missing), list(match.unexpected), shape, dtype, maxdiff, prefixes)
 
 
 @takes_limits

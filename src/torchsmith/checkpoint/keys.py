@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -25,7 +26,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "WRAPPER_SEGMENTS", "STATE_DICT_KEYS", "Rename", "strip_wrappers", "find_state_dict", "rename_keys", "apply_prefix",
-    "match_keys", "KeyMatch",
+    "match_keys", "KeyMatch", "explaining_prefix", "LayoutGuess", "register_layout_guesser", "guess_layout",
 ]
 
 Rename = Mapping[str, str] | Callable[[str], "str | None"]
@@ -123,6 +124,8 @@ def find_state_dict(obj: object, where: str = "checkpoint") -> tuple[dict[str, t
         )
     if isinstance(obj, torch.nn.Module):
         return dict(obj.state_dict()), None, []
+    if getattr(obj, "__name__", None) == "state_dict" and isinstance(getattr(obj, "__self__", None), torch.nn.Module):
+        return dict(obj()), None, []  # torch.save(model.state_dict, path), loaded trusted: the call it lacked
     raise CheckpointError(
         f"No weights found in {where}: it holds a {type(obj).__name__}, expected a mapping of tensors."
     )
@@ -213,3 +216,73 @@ def match_keys(file_keys: Iterable[str], model_keys: Iterable[str], *, prefix: s
     used = set(result.pairs.values())
     result.unexpected = [k for k in file_keys if k not in used]
     return result
+
+
+# explaining a mismatch
+
+
+def _prefixes_to(keys: Iterable[str], targets: set[str]) -> Counter:
+    """For each key, every leading run of segments whose removal leaves a key in ``targets``: prefix -> count."""
+    found: Counter = Counter()
+    for key in keys:
+        at = key.find(".")
+        while at != -1:
+            if key[at + 1 :] in targets:
+                found[key[: at + 1]] += 1
+            at = key.find(".", at + 1)
+    return found
+
+
+def explaining_prefix(missing: Iterable[str], unexpected: Iterable[str]) -> tuple[str, int] | None:
+    """A prefix that, stripped from the file's keys or added to them, would find at least half the missing
+    keys: ``(prefix, keys it finds)``; None when no prefix explains the mismatch (a different model).
+
+    >>> explaining_prefix(["layer1.w", "fc.w"], ["backbone.layer1.w", "backbone.fc.w", "head.w"])
+    ('backbone.', 2)
+    >>> explaining_prefix(["backbone.layer1.w"], ["layer1.w"])
+    ('backbone.', 1)
+    >>> explaining_prefix(["layer1.w", "layer2.w"], ["conv.w", "bn.w"]) is None
+    True
+    """
+    missing, unexpected = list(missing), list(unexpected)
+    if not missing or not unexpected:
+        return None
+    counts = _prefixes_to(unexpected, set(missing)) + _prefixes_to(missing, set(unexpected))
+    if not counts:
+        return None
+    prefix, n = max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))
+    return (prefix, n) if 2 * n >= len(missing) else None
+
+
+class LayoutGuess(NamedTuple):
+    """The model a checkpoint's keys were saved from: its name, and what differs (``""``: nothing)."""
+
+    name: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name!r}{self.detail}"
+
+
+LayoutGuesser = Callable[[Mapping[str, tuple[int, ...]]], "LayoutGuess | None"]
+_GUESSERS: list[LayoutGuesser] = []
+
+
+def register_layout_guesser(fn: LayoutGuesser) -> LayoutGuesser:
+    """Register ``fn(shapes) -> LayoutGuess or None``: which model a checkpoint's keys (``{key: shape}``, wrapper
+    segments removed) were saved from, for the message of a load that does not fit. The checkpoint code knows no
+    models; the registry-aware layer (:mod:`torchsmith.models_io`) registers one that compares the registered
+    models' layouts. Returns ``fn`` (a decorator)."""
+    if fn not in _GUESSERS:
+        _GUESSERS.append(fn)
+    return fn
+
+
+def guess_layout(shapes: Mapping[str, tuple[int, ...]]) -> LayoutGuess | None:
+    """What the registered guessers say the keys belong to (the last registered first), or None."""
+    canonical = {strip_wrappers(k)[0]: tuple(v) for k, v in shapes.items()}
+    for guess in reversed(_GUESSERS):
+        found = guess(canonical)
+        if found:
+            return found
+    return None

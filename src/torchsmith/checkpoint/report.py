@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from ..display import capped, html_table, more
 from ..units import format_bytes
 from .upgrades import Upgrade
 
@@ -118,9 +120,10 @@ class LoadReport:
         out["ok"] = self.ok
         return out
 
-    def _lines(self) -> list[tuple[str, str]]:
+    def _lines(self, refused: bool = False) -> list[tuple[str, str]]:
         tied = f" (+{len(self.tied_in_model)} tied)" if self.tied_in_model else ""
-        rows = [("loaded", f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes, large_decimals=1)})")]
+        counts = f"{len(self.loaded)}{tied} of {self.model_keys} model tensors, {self.values:,} values ({format_bytes(self.nbytes, large_decimals=1)})"
+        rows = [("matching", f"{counts}; none loaded (refused)") if refused else ("loaded", counts)]
         if self.source_key:
             others = f"; not loaded: {', '.join(self.other_keys)}" if self.other_keys else ""
             rows.append(("source", f"training checkpoint, weights under {self.source_key!r}{others}"))
@@ -143,10 +146,8 @@ class LoadReport:
             rows.append(("unlisted", f"{len(self.unlisted)} in the shards but not in the index, not loaded: {shown}"))
         return rows
 
-    def __str__(self) -> str:
-        lines = [f"LoadReport  {self.path} ({self.format})"]
-        lines += [f"  {label:<11} {text}" for label, text in self._lines()]
-        sections = (
+    def _sections(self) -> list[tuple[str, list, Callable]]:
+        return [
             ("missing", self.missing, lambda k: k),
             ("unexpected", self.unexpected, lambda k: k),
             ("mismatched", self.mismatched, lambda m: (m.key, m.reason)),
@@ -157,20 +158,49 @@ class LoadReport:
             ("upgraded", self.upgraded, lambda u: u.describe()),
             ("recomputed", self.recomputed, lambda k: (k, "not in the file; computed by building the model again")),
             ("on meta", self.on_meta, lambda k: (k, "no values: not loaded, and the model cannot recompute it")),
-        )
-        for label, items, fmt in sections:
+        ]
+
+    def render(self, limit: int | None = None, *, owner: str = "report", refused: bool = False) -> str:
+        """The report as text: every key (``limit=None``, as ``str()``), or the first ``limit`` of each kind
+        and a count of the rest (as ``repr()``, and the message of a refused load, where ``owner`` names
+        the object whose fields list them all and ``refused`` says the matching keys were not loaded)."""
+        lines = [f"LoadReport  {self.path} ({self.format})"]
+        lines += [f"  {label:<11} {text}" for label, text in self._lines(refused)]
+        for label, items, fmt in self._sections():
             if not items:
                 continue
-            lines.append(f"  {label:<11} {len(items)}")
-            cells = [fmt(i) for i in items]
+            lines.append(f"  {label:<11} {len(items):,}")
+            shown, left = capped(items, limit)
+            cells = [fmt(i) for i in shown]
             width = max((len(c[0]) for c in cells if isinstance(c, tuple)), default=0)
             for c in cells:
                 lines.append(f"    {c[0]:<{width}}  {c[1]}" if isinstance(c, tuple) else f"    {c}")
+            if left:
+                lines.append(f"    {more(left, label, f'{owner}.{_FIELDS[label]} lists all')}")
         lines.append(f"  {'result':<11} {'ok' if self.ok else 'INCOMPLETE: see above'}")
         return "\n".join(lines)
 
-    def __repr__(self) -> str:
-        return (
-            f"LoadReport(path={self.path!r}, loaded={len(self.loaded)}, missing={len(self.missing)}, "
-            f"unexpected={len(self.unexpected)}, mismatched={len(self.mismatched)}, checksums={self.checksums!r})"
-        )
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:  # the REPL: the same table, the first few keys of each kind
+        return self.render(REPR_KEYS)
+
+    def _repr_html_(self) -> str:  # a notebook: one row per line of the report, every key escaped
+        rows = list(self._lines())
+        for label, items, fmt in self._sections():
+            if not items:
+                continue
+            shown, left = capped(items, REPR_KEYS)
+            for i, c in enumerate(fmt(x) for x in shown):
+                key, text = c if isinstance(c, tuple) else (c, "")
+                rows.append((f"{label} ({len(items):,})" if i == 0 else "", f"{key}  {text}".rstrip()))
+            if left:
+                rows.append(("", more(left, label, f"report.{_FIELDS[label]} lists all")))
+        rows.append(("result", "ok" if self.ok else "INCOMPLETE"))
+        return html_table(f"LoadReport  {self.path} ({self.format})", ["item", "detail"], rows)
+
+
+REPR_KEYS = 5  # keys of each kind repr() shows
+_FIELDS = {"missing": "missing", "unexpected": "unexpected", "mismatched": "mismatched", "casts": "casts",
+           "tied": "tied", "upgraded": "upgraded", "recomputed": "recomputed", "on meta": "on_meta"}

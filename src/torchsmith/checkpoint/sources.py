@@ -189,13 +189,14 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
         for name in DIRECTORY_CANDIDATES:
             if (path / name).is_file():
                 return path / name, path
-        singles = sorted(path.glob(f"*{SAFETENSORS_SUFFIX}"))
-        if len(singles) == 1:
-            return singles[0], path
+        for pattern in (f"*{SAFETENSORS_SUFFIX}{INDEX_SUFFIX}", f"*{SAFETENSORS_SUFFIX}"):  # a sharded convert's folder
+            singles = sorted(path.glob(pattern))
+            if len(singles) == 1:
+                return singles[0], path
         found = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
-            f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(DIRECTORY_CANDIDATES)} "
-            f"or a single *{SAFETENSORS_SUFFIX}; found {found}. Pass the file itself."
+            f"No checkpoint found in directory {str(path)!r}: looked for {', '.join(DIRECTORY_CANDIDATES)}, "
+            f"a single *{SAFETENSORS_SUFFIX}{INDEX_SUFFIX} or a single *{SAFETENSORS_SUFFIX}; found {found}. Pass the file itself."
         )
     return path, None
 

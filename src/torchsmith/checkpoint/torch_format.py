@@ -129,6 +129,28 @@ def _unsafe_globals(path: Path) -> list[str]:
     return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
+_SKIPPED = ("PROTO", "FRAME", "BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE")
+
+
+def bound_method(data: bytes) -> str | None:
+    """The method name when the pickle ``data`` holds a bound method, ``getattr(obj, "state_dict")`` (what
+    ``torch.save(model.state_dict, path)`` writes, without the call), else None. Read without unpickling.
+
+    >>> import pickle
+    >>> bound_method(pickle.dumps(getattr, protocol=2)) is None
+    True
+    """
+    try:
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(io.BytesIO(data)) if op.name not in _SKIPPED]
+    except Exception:  # malformed: not this case
+        return None
+    if len(ops) < 4 or [name for name, _ in ops[-3:]] != ["TUPLE2", "REDUCE", "STOP"]:
+        return None
+    first, method = ops[0], ops[-4]
+    is_getattr = first[0] == "GLOBAL" and _python3_name(*str(first[1]).split(" ", 1)) == "builtins.getattr"
+    return str(method[1]) if is_getattr and method[0] in _STRING_OPS else None
+
+
 def refusal(path: Path, names: list[str], cause: str = "") -> UnsafeCheckpointError:
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     wanted = (
@@ -162,6 +184,15 @@ def read_torch_file(path: str | Path, *, trusted: bool = False, mmap: bool = Fal
         pickles = check_zip_records(opened, path) if is_zip else [_legacy_head(opened)]
         if not trusted:
             strangers = [g for p in pickles for g in pickle_globals(p) if not own_allowed(g)]
+            method = bound_method(pickles[0]) if strangers and len(pickles) == 1 else None
+            if method:
+                raise UnsafeCheckpointError(
+                    f"{str(path)!r}: this file holds model.{method} without the call: it was saved as "
+                    f"torch.save(model.{method}, path), a bound method, which pickles the whole model with its code instead of its weights. Save "
+                    f"model.{method}() (with parentheses), or use torchsmith.save_weights(model, path). Nothing was "
+                    f"executed. If you made this file, convert it once to recover the weights: `torchsmith convert "
+                    f"{path} {path.with_suffix(SAFETENSORS_SUFFIX).name} --trusted` (in Python: trusted=True)."
+                )
             if strangers:
                 raise refusal(path, list(dict.fromkeys(strangers)))
         return _load_pinned(path, _pinned(opened, path), trusted, mmap and is_zip, map_location)

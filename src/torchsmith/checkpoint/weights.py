@@ -7,9 +7,8 @@
     >>> report.ok
     True
 
-Loading validates everything (keys, shapes, dtypes, checksums) before writing
-a single byte into the model, then reads each tensor straight from the file
-into the parameter it belongs to: no second copy of the weights in memory.
+Loading validates everything (keys, shapes, dtypes, checksums) before writing a single byte into the model, then
+reads each tensor straight from the file into the parameter it belongs to: no second copy of the weights in memory.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from ._gc import gc_paused
 from ._interrupts import deferred_interrupts
 from .atomic import atomic_write
 from .formats import DTYPE_NAMES, META_ALIASES, META_INDEX_DIGEST, RESERVED_PREFIX, dtype_name, format_for, index_path, is_shard_of, shard_names
-from .keys import Rename
+from .keys import Rename, explaining_prefix, guess_layout
 from .limits import Limits, takes_limits
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
@@ -248,9 +247,7 @@ def read_weights(path: str | os.PathLike, *, map_location: str | torch.device = 
 
 
 def _castable(a: torch.dtype, b: torch.dtype) -> bool:
-    if a == b:
-        return True
-    if a.is_floating_point and b.is_floating_point:
+    if a == b or (a.is_floating_point and b.is_floating_point):
         return True
     ints = a not in (torch.bool,) and not a.is_floating_point and not a.is_complex
     return ints and b not in (torch.bool,) and not b.is_floating_point and not b.is_complex
@@ -319,34 +316,42 @@ def _left_on_meta(report: LoadReport, model: nn.Module, writes: list, map_locati
     return rebuilt
 
 
-def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool) -> None:
+ERROR_KEYS = 3  # keys of each kind the message of a refused load names (the error's .report has all)
+
+
+def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched: bool, src: Source) -> None:
     problems = []
     if strict and report.missing:
-        problems.append(f"{len(report.missing)} model keys missing from the file")
+        problems.append(f"{len(report.missing):,} model keys missing from the file")
     if strict and report.unexpected:
-        problems.append(f"{len(report.unexpected)} file keys unknown to the model")
+        problems.append(f"{len(report.unexpected):,} file keys unknown to the model")
     if report.mismatched and not skip_mismatched:
-        problems.append(f"{len(report.mismatched)} keys with a different shape or dtype")
+        problems.append(f"{len(report.mismatched):,} keys with a different shape or dtype")
     if strict and report.on_meta:
-        problems.append(f"{len(report.on_meta)} tensors would be left on the meta device, without values")
+        problems.append(f"{len(report.on_meta):,} tensors would be left on the meta device, without values")
     if not problems:
         return
     hints = []
+    looks_like = guess_layout({k: src.spec(k)[0] for k in src.keys()}) if report.missing or report.unexpected else None
+    if looks_like:
+        hints.append(f"these weights look like {looks_like}: build that model to load them")
+    explained = explaining_prefix(report.missing, report.unexpected) if strict else None
+    if explained:
+        prefix, n = explained
+        hints.append(f"pass prefix={prefix!r} to strip it from the file's keys or add it to them "
+                     f"(it finds {n:,} of the {len(report.missing):,} missing keys)")
     if strict and (report.missing or report.unexpected):
         hints.append("pass strict=False to load the keys that match")
     if report.mismatched and not skip_mismatched:
         hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
-    if report.missing and report.unexpected:
-        hints.append("pass prefix='backbone.' to add or strip a prefix")
     if strict and report.on_meta:
-        hints.append(
-            "build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
-            "tensors under 'on meta' values before using the model"
-        )
+        hints.append("build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
+                     "tensors under 'on meta' values before using the model")  # fmt: skip
     advice = "; ".join(hints)
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
-        f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n{report}",
+        f"Nothing was loaded; the model is unchanged. {advice[0].upper() + advice[1:]}.\n"
+        f"{report.render(ERROR_KEYS, owner='error.report', refused=True)}",
         report,
     )
 
@@ -358,7 +363,7 @@ def check_fits(model: nn.Module, src: Source) -> None:
     """
     report, _, _ = _plan(src, model, None)
     report.checksums = src.checksum_status
-    _refuse(report, model, strict=True, skip_mismatched=False)
+    _refuse(report, model, strict=True, skip_mismatched=False, src=src)
 
 
 def _batches(writes: list, src: Source, map_location) -> list[list]:
@@ -415,32 +420,26 @@ def load_weights(
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and report what happened.
 
-    Reads safetensors (single or sharded), torch files (``weights_only=True``;
-    training-loop dicts under ``state_dict`` / ``model_state_dict`` / ``model``
-    are found) and ``save_model`` directories. ``prefix="auto"`` handles
-    ``module.`` / ``_orig_mod.`` on either side; a string such as
-    ``"backbone."`` is stripped from or added to the file's keys; ``None``
-    matches keys exactly. Parameters on the meta device are materialised on
-    ``map_location``; others are written in place, on their own device. A key
-    the file lacks whose tensor is the very tensor of a loaded key (an output
-    layer tied to the embedding) is ``tied``, not missing. Tensors no file holds
-    (non-persistent buffers) that are still on meta are recomputed when the model
-    can be rebuilt (registry config, transformers ``config``), else named under
-    ``on_meta``: a failure, refused when ``strict``.
-    Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
-    ``rename``: ``{regex: replacement}`` applied in order with ``re.sub``, or a callable ``key -> key``
-    (None drops the key), applied to the file's keys before matching (``report.renamed``). The upgrades modules
-    declare for older files are applied as ``load_state_dict`` would (``_load_from_state_dict``, load-state-dict
-    pre-hooks, the ``version`` in a torch file's metadata): torchvision's FPN keys ``inner_blocks.0.weight``,
-    BatchNorm without ``num_batches_tracked`` (``report.upgraded``).
+    Reads safetensors (single or sharded), torch files (``weights_only=True``; training-loop dicts under
+    ``state_dict`` / ``model_state_dict`` / ``model`` are found) and ``save_model`` directories. ``prefix="auto"``
+    handles ``module.`` / ``_orig_mod.`` on either side; a string such as ``"backbone."`` is stripped from or added
+    to the file's keys; ``None`` matches keys exactly. Parameters on the meta device are materialised on
+    ``map_location``; others are written in place, on their own device. A key the file lacks whose tensor is the
+    very tensor of a loaded key (an output layer tied to the embedding) is ``tied``, not missing. Tensors no file
+    holds (non-persistent buffers) that are still on meta are recomputed when the model can be rebuilt (registry
+    config, transformers ``config``), else named under ``on_meta``: a failure, refused when ``strict``.
+    Floating-point dtypes are cast (and reported); other dtype changes are mismatches. ``rename``: ``{regex: repl}``
+    (in order, ``re.sub``) or a callable ``key -> key`` (None drops the key), applied before matching
+    (``report.renamed``). Upgrades modules declare (``_load_from_state_dict``, load-state-dict pre-hooks, a torch
+    file's ``version`` metadata) apply as in ``load_state_dict``: torchvision's old FPN keys, BatchNorm without
+    ``num_batches_tracked`` (``report.upgraded``; docs/checkpoints.md).
 
-    Transactional: keys, shapes, dtypes and checksums are all checked before
-    anything is written; on any error the model is byte-for-byte unchanged.
+    Transactional: keys, shapes, dtypes and checksums are all checked before anything is written; on any error the
+    model is byte-for-byte unchanged.
 
-    Bounded: a file that asks for more than :class:`Limits` allow (a header over
-    100 MB, a torch file whose tensors would take over 2x its size) is refused
-    before anything is allocated, naming the bound; ``limits=Limits(...)`` raises
-    one for a file you trust (every load function and ``--limit`` take it too).
+    Bounded: a file that asks for more than :class:`Limits` allow (a header over 100 MB, a torch file whose tensors
+    would take over 2x its size) is refused before anything is allocated, naming the bound; ``limits=Limits(...)``
+    raises one for a file you trust (every load function and ``--limit`` take it too).
 
     Raises:
         IncompatibleCheckpointError: missing / unexpected keys or tensors left on meta (``strict``), or
@@ -464,7 +463,7 @@ def load_weights(
     rebuilt = _left_on_meta(report, model, writes + values, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "present" if src.checksum_status == "present" else "absent"  # what a refusal reports
-    _refuse(report, model, strict, skip_mismatched)
+    _refuse(report, model, strict, skip_mismatched, src)
     report.checksums = "verified" if checking else ("skipped" if src.checksum_status == "present" else "absent")
     in_place = [w for w in writes if not w[0].is_meta]
     if checking and in_place:  # verify before touching the model: the pass that keeps the load transactional

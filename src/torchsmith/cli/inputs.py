@@ -20,15 +20,52 @@ def parse_dtype(name: str):
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def load_model_arg(model: str, *, meta: bool):
-    """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory."""
+def registry():
+    """The registry module with the built-in models in it (importing the zoo and spec registers them)."""
+    from .. import registry, spec, zoo  # noqa: F401
+
+    return registry
+
+
+def refuse_weights_file(model: str, command: str) -> None:
+    """A MODEL argument of ``command`` that names a weights file: say what to run instead (its tensors:
+    ``inspect``; the registered model its keys fit, when one does)."""
+    from ..checkpoint.formats import INDEX_SUFFIX, SAFETENSORS_SUFFIX, TORCH_SUFFIXES
+
+    if not model.lower().endswith((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX, INDEX_SUFFIX)):
+        return
+    import os
+
+    from ..errors import TorchsmithError
+
+    hint = f"To list its tensors: torchsmith inspect {model}."
+    if os.path.isfile(model):
+        from .. import models_io  # noqa: F401 - registers the guess of which registered model the keys fit
+        from ..checkpoint import inspect_checkpoint
+        from ..checkpoint.keys import guess_layout
+
+        fits = guess_layout({key: tuple(shape) for key, shape, _ in inspect_checkpoint(model, verify=False).entries})
+        if fits:
+            hint += (f" Its keys fit the registered model {fits}: torchsmith {command} {fits.name} (and torchsmith diff "
+                     f"{model} {fits.name} compares them).")
+    else:
+        hint = f"(There is no file {model!r} either.) " + hint
+    raise TorchsmithError(
+        f"{model!r} is a weights file, not a model: torchsmith {command} takes a registered model name, a save_model "
+        f"directory or a spec file (.yaml/.json). {hint}"
+    )
+
+
+def load_model_arg(model: str, *, meta: bool, command: str):
+    """A registered model name or a spec file (built on the meta device when ``meta``), or a save_model directory;
+    a weights file is refused with what ``command`` takes and what to run instead."""
     import contextlib
     import os
 
     import torch
 
-    from ..registry import create_model
-
+    create_model = registry().create_model
+    refuse_weights_file(model, command)
     if os.path.isdir(model):
         from ..models_io import load_model
 

@@ -19,7 +19,7 @@ _BACKEND_HELP = "Where the forward runs: meta (no memory, no compute), fake (Fak
 @app.command("summary")
 def summary_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", metavar="SHAPE", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
     depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest level printed."),
     mode: str = typer.Option("same", "--mode", help="same, train or eval (train: the activation memory of a training step)."),
@@ -34,7 +34,7 @@ def summary_cmd(
     """
     from ..inspect import summary
 
-    net = load_model_arg(model, meta=backend == "meta" and not allow_real)
+    net = load_model_arg(model, meta=backend == "meta" and not allow_real, command="summary")
     input_size = input_size or spec_input(model)
     s = summary(net, **example_for(net, input_size, dtype), depth=depth, mode=mode, backend=backend, allow_real=allow_real)
     if as_json:
@@ -46,32 +46,36 @@ def summary_cmd(
     if not s.complete:  # the rows it could compute are printed; the exit code says it is partial
         from ..errors import InspectError
 
-        raise InspectError(f"incomplete summary: {s.error} (--allow-real runs the model for real)")
+        tried_real = allow_real or backend == "real"
+        raise InspectError(f"incomplete summary: {s.error}" + ("" if tried_real else " (--allow-real runs the model for real)"))
 
 
 @app.command("trace")
 def trace_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", metavar="SHAPE", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long: zeros, i.e. token id 0)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts: every call with its path, type, depth and shapes."),
 ) -> None:
     """Run a real forward on random inputs and print every module call with the shapes in and out."""
     import torch
 
     from ..inspect import trace
 
-    net = load_model_arg(model, meta=False).eval()
+    net = load_model_arg(model, meta=False, command="trace").eval()
     input_size = input_size or spec_input(model)
     make = lambda shape, dt: torch.randn(*shape, dtype=dt) if dt.is_floating_point else torch.zeros(*shape, dtype=dt)  # noqa: E731
     with torch.no_grad():
-        trace(net, **example_for(net, input_size, dtype, make))
+        done = trace(net, **example_for(net, input_size, dtype, make), file=None if as_json else "stdout")
+    if as_json:
+        typer.echo(json.dumps({"model": model, **done.to_dict()}, indent=2))
 
 
 @app.command("diagram")
 def diagram_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
     output: str = typer.Option("model.html", "--output", "-o", help="The HTML file to write."),
-    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", help=_INPUT_HELP),
+    input_size: Optional[list[str]] = typer.Option(None, "--input", "-i", metavar="SHAPE", help=_INPUT_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype (long for token ids)."),
     backend: str = typer.Option("meta", "--backend", help=_BACKEND_HELP),
     allow_real: bool = typer.Option(False, "--allow-real", help="Run for real when meta and fake tensors both fail."),
@@ -80,7 +84,7 @@ def diagram_cmd(
     """Write an interactive architecture diagram: one offline HTML file (open it in a browser)."""
     from ..inspect import diagram
 
-    net = load_model_arg(model, meta=backend == "meta" and not allow_real)
+    net = load_model_arg(model, meta=backend == "meta" and not allow_real, command="diagram")
     input_size = input_size or spec_input(model)
     out = diagram(net, **example_for(net, input_size, dtype), path=output, backend=backend, allow_real=allow_real)
     if as_json:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .app import app, err_console
-from .inputs import example_for, parse_inputs, spec_input
+from .inputs import example_for, parse_inputs, registry, spec_input
 
 
 @app.command("list")
@@ -21,12 +21,11 @@ def list_cmd(
     """List registered models with their parameter counts (built on the meta device: no memory, no compute)."""
     import torch
 
-    from ..registry import create_model, list_models
-
+    models = registry()
     rows = []
-    for name in list_models(pattern):
+    for name in models.list_models(pattern):
         with torch.device("meta"):
-            model = create_model(name)
+            model = models.create_model(name)
         rows.append({"name": name, "params": sum(p.numel() for p in model.parameters())})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -45,7 +44,7 @@ def list_cmd(
 @app.command("build")
 def build_cmd(
     spec: str = typer.Argument(..., help="A spec file (.yaml/.json)."),
-    inputs: Optional[list[str]] = typer.Option(None, "--input", help="Input shape, e.g. 1,3,224,224 (or name=shape per graph input); overrides the spec's input."),
+    inputs: Optional[list[str]] = typer.Option(None, "--input", metavar="SHAPE", help="Input shape, e.g. 1,3,224,224 (or name=shape per graph input); overrides the spec's input."),
     save: Optional[str] = typer.Option(None, "--save", help="Save the built model here (config.json + model.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -89,7 +88,9 @@ def build_cmd(
 
 
 @app.command("spec-schema")
-def spec_schema_cmd() -> None:
+def spec_schema_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Accepted as by every command: the schema is printed as JSON either way."),
+) -> None:
     """Print the JSON Schema of model specs (for editors: check and complete spec files)."""
     from ..spec import spec_schema
 

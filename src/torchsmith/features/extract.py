@@ -14,6 +14,7 @@ from torch import Tensor, fx, nn
 
 from ..errors import FeatureExtractionError
 from ..layers import ChildrenRunner
+from ..paths import canonical_path, module_paths, unwrapped
 from .nodes import (
     Mode, ReturnNodes, _chain, _chosen, _cut, _fx_graphs, _known_names, _module_and_call, _normalise, _sequential_chain, _unknown,
 )  # fmt: skip
@@ -239,8 +240,22 @@ def _build_hooks(model: nn.Module, requested: dict[str, str]) -> FeatureExtracto
     unknown = [name for name, call in calls.items() if call is None]
     if unknown:
         hint = " The hooks strategy sees modules only; function nodes need a model torch.fx can trace."
-        raise _unknown(unknown, (n for n, _ in model.named_modules() if n), model, hint)
+        raise _unknown(unknown, module_paths(model), model, hint)
     return _HookExtractor(model, calls, requested)
+
+
+def _by_first_name(model: nn.Module, requested: dict[str, str]) -> dict[str, str]:
+    """``requested`` with each node named by its module's first name (torch.fx and ``named_modules`` know a
+    module registered twice by that one only)."""
+    out: dict[str, str] = {}
+    for node, name in requested.items():
+        first = canonical_path(model, node)
+        if first in out:
+            raise FeatureExtractionError(
+                f"{node!r} is the same node as another one requested ({first!r}); request it once, under one name."
+            )
+        out[first] = name
+    return out
 
 
 def extract_features(model: nn.Module, return_nodes: ReturnNodes, *, mode: Mode = "auto") -> FeatureExtractor:
@@ -253,6 +268,10 @@ def extract_features(model: nn.Module, return_nodes: ReturnNodes, *, mode: Mode 
             :func:`feature_nodes` (``"layer1.0.add"``, ``"layer1.0.relu_1"``).
         mode: ``"auto"`` (children fast path, else fx, else hooks), or force one.
 
+    A module registered under two names may be asked for by either; on a
+    ``torch.compile``d model, names are those of the model it compiles (with
+    or without the ``_orig_mod.`` prefix), and the extractor runs that model.
+
     Raises:
         FeatureExtractionError: unknown names (with the closest valid ones), or a
             strategy that cannot serve the request.
@@ -264,7 +283,8 @@ def extract_features(model: nn.Module, return_nodes: ReturnNodes, *, mode: Mode 
         >>> ex.strategy, ex(torch.randn(1, 3, 16, 16))["act"].shape   # (B, 8, 14, 14)
         ('children', torch.Size([1, 8, 14, 14]))
     """
-    requested = _normalise(return_nodes)
+    model = unwrapped(model)
+    requested = _by_first_name(model, _normalise(return_nodes))
     if mode not in ("auto", "fx", "hooks", "children"):
         raise FeatureExtractionError(f"mode must be 'auto', 'fx', 'hooks' or 'children', got {mode!r}.")
     if mode == "hooks":

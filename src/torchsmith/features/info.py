@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from ..errors import FeatureExtractionError
 from ..layers import FeatureInfo, FeatureInfoList
-from ..runner import example_call, probe, refuse_uninitialised
+from ..paths import unwrapped
+from ..runner import example_call, map_tensors, probe, refuse_uninitialised, tensor_leaves
 from .extract import extract_features
 from .nodes import ReturnNodes, _normalise
 
@@ -42,8 +43,8 @@ def _declared(model: nn.Module) -> dict[str, tuple[int | None, int | None]]:
 
 
 def _bigger(call: tuple[tuple, dict]) -> tuple[tuple, dict] | None:
-    """The same call with every input's spatial (image) or sequence (token ids) dims doubled; None when
-    no input has such dims."""
+    """The same call with every input's spatial (image) or sequence (token ids) dims doubled, at any depth
+    (inside dicts, lists, tuples, dataclasses); None when no input has such dims."""
 
     def grow(x: Any) -> Any:
         if not isinstance(x, Tensor):
@@ -53,10 +54,23 @@ def _bigger(call: tuple[tuple, dict]) -> tuple[tuple, dict] | None:
             return x
         return x.new_zeros(*x.shape[:first], *(2 * n for n in x.shape[first:]))
 
-    args, kwargs = call
-    grown = tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
-    changed = any(g is not a for g, a in zip(grown[0], args)) or any(grown[1][k] is not v for k, v in kwargs.items())
+    grown = map_tensors(call[0], grow), map_tensors(call[1], grow)
+    changed = any(g is not t for (_, g), (_, t) in zip(tensor_leaves(grown), tensor_leaves(call)))
     return grown if changed else None
+
+
+def _stride(x: Tensor | None, x2: Tensor | None, y: Tensor, y2: Tensor | None, layout: str) -> int | None:
+    """Input pixels per map pixel along the width: the change of the input's width over the change of the
+    map's between the two runs (so the answer does not hang on the size asked), else input / map width
+    when the model runs at one size only; 0 for (B, C) and token outputs; None for a map that does not
+    follow the input (adaptive pooling to a fixed size)."""
+    if x is None or not x.is_floating_point() or x.dim() < 3 or y.dim() < 3 or layout not in ("channels_first", "channels_last"):
+        return 0
+    dim = -1 if layout == "channels_first" else -2  # the width: (B, C, H, W) or (B, H, W, C)
+    if y2 is None or x2 is None:
+        return round(x.shape[-1] / y.shape[dim])
+    grown = y2.shape[dim] - y.shape[dim]
+    return round((x2.shape[-1] - x.shape[-1]) / grown) if grown > 0 else None
 
 
 def _grid_of(x: Tensor | None, y: Tensor, channel: int) -> bool:
@@ -101,8 +115,10 @@ def feature_info(
 
     ``return_nodes`` defaults to the modules the model declares in its
     ``feature_info`` (ours, or timm's list of dicts), else its top-level
-    children. The input is ``input_size`` (a float tensor), ``example_inputs``
-    (a tensor, a tuple of positional arguments or a dict of keyword arguments,
+    children whose output follows the input size (adaptive pooling to a fixed
+    size and classifier heads are left out). The input is ``input_size`` (a
+    float tensor), ``example_inputs`` (a tensor, a tuple of positional
+    arguments or a dict of keyword arguments, nested as the forward takes them,
     any dtypes: token ids for BERT), or guessed from the first layer.
 
     Which dimension holds the channels is measured, not assumed: the model is
@@ -112,17 +128,21 @@ def feature_info(
     ``"tokens"`` for ``(B, L, C)``). A model that runs at one input size only
     is read with the channel count it declares; with neither, the node is
     refused with :class:`FeatureExtractionError`. Stride is the model's declared
-    stride (timm's ``reduction``) when it has one, else input width / map width;
-    ``0`` for ``(B, C)`` and token outputs.
+    stride (timm's ``reduction``) when it has one, else the growth of the input
+    over the growth of the map between the two runs (the same at any input
+    size; input width / map width for a model with one size); ``0`` for
+    ``(B, C)`` and token outputs.
 
     Example::
 
         >>> feature_info(create_model("resnet50"), (1, 3, 224, 224), ["layer1", "layer4"])
         [FeatureInfo(channels=256, stride=4, module='layer1'), FeatureInfo(channels=2048, stride=32, module='layer4')]
     """
+    model = unwrapped(model)
     refuse_uninitialised(model, error=FeatureExtractionError, action="measure its feature maps")
     declared = _declared(model)
-    if return_nodes is None:
+    default = return_nodes is None
+    if default:
         return_nodes = list(declared) or [name for name, _ in model.named_children()]
     requested = _normalise(return_nodes)
     call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=FeatureExtractionError)
@@ -135,8 +155,11 @@ def feature_info(
     except FeatureExtractionError as err:  # a model with one input size: the declared channels decide
         logger.info("%s does not run at a second input size (%s)", type(model).__name__, err)
         outputs2 = None
-    x = next((v for v in [*call[0], *call[1].values()] if isinstance(v, Tensor)), None)
-    info = FeatureInfoList()
+    spatial = lambda c: next((t for _, t in tensor_leaves(c) if t.is_floating_point() and t.dim() >= 3), None)  # noqa: E731
+    x = spatial(call)
+    x = x if x is not None else next((t for _, t in tensor_leaves(call)), None)
+    x2 = spatial(bigger) if outputs2 is not None else None
+    info, left_out = FeatureInfoList(), []
     for node, name in requested.items():
         y = outputs[name]
         if not isinstance(y, Tensor) or y.dim() < 2:
@@ -145,22 +168,34 @@ def feature_info(
                 "(B, C, ...) tensor. Pass return_nodes= with nodes whose output is one (feature_nodes(model) lists them)."
             )
         channels, stride = declared.get(node, (None, None))
-        y2 = outputs2[name] if outputs2 is not None else None
-        found = _layout(y, y2 if isinstance(y2, Tensor) else None, channels, x)
+        y2 = outputs2[name] if outputs2 is not None and isinstance(outputs2[name], Tensor) else None
+        if default and node not in declared and y2 is not None and y2.shape == y.shape:
+            left_out.append(node)  # its size does not follow the input: a head, adaptive pooling
+            continue
+        found = _layout(y, y2, channels, x)
         if found is None:
             raise FeatureExtractionError(
                 f"cannot tell which dimension of {node!r}'s output {tuple(y.shape)} holds channels: "
-                f"{type(model).__name__} {'gives ' + str(tuple(y2.shape)) + ' at twice the input size' if isinstance(y2, Tensor) else 'does not run at a second input size'} "
+                f"{type(model).__name__} {'gives ' + str(tuple(y2.shape)) + ' at twice the input size' if y2 is not None else 'does not run at a second input size'} "
                 "and declares no channel count for it. Request a node with a (B, C, ...) output."
             )
         layout, dim = found
         if stride is None:
-            spatial = x is not None and x.is_floating_point() and x.dim() >= 3
-            if layout == "channels_first" and y.dim() >= 3 and spatial:
-                stride = round(x.shape[-1] / y.shape[-1])
-            elif layout == "channels_last" and spatial:
-                stride = round(x.shape[-1] / y.shape[-2])
-            else:
-                stride = 0
+            stride = _stride(x, x2, y, y2, layout)
+        if stride is None:
+            if default:
+                left_out.append(node)
+                continue
+            raise FeatureExtractionError(
+                f"{node!r}'s map {tuple(y.shape)} keeps its size when the input grows (adaptive pooling to a fixed "
+                "size?): it has no stride. Request a node before it."
+            )
         info.append(FeatureInfo(channels=int(y.shape[dim]), stride=int(stride), module=node, layout=layout))
+    if left_out:
+        logger.info("feature_info: %s left out: their size does not follow the input", left_out)
+    if default and not info:
+        raise FeatureExtractionError(
+            f"none of {type(model).__name__}'s top-level children {left_out} gives a map that follows the input size; "
+            "pass return_nodes= (see feature_nodes(model))."
+        )
     return info

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from torch import fx, nn
 
 from ..errors import FeatureExtractionError, closest
+from ..paths import unwrapped
 from ..runner import modes_kept, untouched
 
 __all__ = ["feature_nodes"]
@@ -94,7 +95,7 @@ def _normalise(return_nodes: ReturnNodes) -> dict[str, str]:
 
 def _module_and_call(model: nn.Module, name: str) -> tuple[str, int] | None:
     """``"layer1.0.relu_2"`` -> ``("layer1.0.relu", 2)`` when that names a module; else None."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     if name in modules:
         return name, 0
     match = _CALL_SUFFIX.match(name)
@@ -303,6 +304,7 @@ def feature_nodes(model: nn.Module, *, training: bool = False) -> list[str]:
         >>> [n for n in feature_nodes(create_model("resnet18")) if n.startswith("layer1.0.")]
         ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.relu', 'layer1.0.conv2', 'layer1.0.bn2', 'layer1.0.add', 'layer1.0.relu_1']
     """
+    model = unwrapped(model)
     try:
         with modes_kept(model, training=training):
             graph, names = _trace(model)

@@ -37,19 +37,43 @@ logger = logging.getLogger("torchsmith")
 # helpers
 
 
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def misfit(module: nn.Module, call: Call) -> str:
+    """What ``module`` expects that its input lacks, read off its weights (``", expects 3 input channels"``:
+    a 3-D input to a Conv2d, a channels-last image, a wrong last dimension for a Linear), or ``""`` when the
+    input fits (the failure lies elsewhere, or is one a backend cannot run)."""
+    first = next(iter(output_leaves(call)), None)
+    if first is None:
+        return ""
+    shape = first.shape
+    if isinstance(module, nn.modules.conv._ConvNd):
+        k, c = len(module.kernel_size), module.in_channels
+        full = f"(N, {c}, {_SPATIAL.get(k, '...')})"
+        if len(shape) not in (k + 1, k + 2):
+            return f": a {len(shape)}-D input (the rank is wrong: {type(module).__name__} takes {k + 2}-D {full}, or {k + 1}-D unbatched)"
+        if shape[-(k + 1)] == c:
+            return ""
+        if len(shape) == k + 1:
+            n = shape[0]
+            return (f": a {len(shape)}-D input (the rank is wrong: it expects {k + 2}-D {full}; {k + 1}-D is read as one "
+                    f"unbatched input of {n} channel{'s' if n != 1 else ''}, not {c}): is the batch dimension missing?")
+        if shape[-1] == c:
+            order = ", ".join(map(str, (0, k + 1, *range(1, k + 1))))
+            return (f", expects {c} input channels in dimension 1 {full}: this input is channels-last; "
+                    f"permute it first: x.permute({order})")
+        return f", expects {c} input channels"
+    if isinstance(module, nn.Linear) and shape and shape[-1] != module.in_features:
+        return f", expects a last dimension of {module.in_features}"
+    return ""
+
+
 def describe_failure(path: str, module: nn.Module, call: Call, err: BaseException) -> str:
     """``'layer3.0.conv1 (Conv2d) got (1, 128, 28, 28), expects 256 input channels'`` (plus torch's message)."""
     got = describe(call) or "nothing"
-    expects = ""
-    first = next(iter(output_leaves(call)), None)
-    if isinstance(module, nn.modules.conv._ConvNd) and first is not None and len(first.shape) > len(module.kernel_size):
-        channels = first.shape[-(len(module.kernel_size) + 1)]
-        if channels != module.in_channels:
-            expects = f", expects {module.in_channels} input channels"
-    elif isinstance(module, nn.Linear) and first is not None and first.shape and first.shape[-1] != module.in_features:
-        expects = f", expects a last dimension of {module.in_features}"
     where = path or "the model"
-    return f"{where} ({type(module).__name__}) got {got}{expects}: {type(err).__name__}: {err}"
+    return f"{where} ({type(module).__name__}) got {got}{misfit(module, call)}: {type(err).__name__}: {err}"
 
 
 @dataclass
@@ -99,6 +123,7 @@ class Run:
     saved_bytes: int = 0
     outputs: list = field(default_factory=list)
     error: str | None = None
+    misfit: bool = False  # the failing layer's input does not fit its weights: no backend can run it
     graph: Any = None  # dataflow graph (diagram), when asked for
 
     @property
@@ -301,6 +326,7 @@ def collect(
             if failing is not None:
                 margs, mkwargs = inputs_of.get(id(failing), ((), {}))
                 run.error = describe_failure(failing.path, modules_of[id(failing)], (margs, mkwargs), err)
+                run.misfit = bool(misfit(modules_of[id(failing)], (margs, mkwargs)))
                 failing.status = "failed"
             else:
                 run.error = f"{type(err).__name__}: {err}"

@@ -7,18 +7,21 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from ..display import REPR_ROWS, capped, html_table, more
 from .records import LayerRecord, format_shape
 from .totals import format_bytes, format_flops
 
 if TYPE_CHECKING:
     from .summary import Summary
 
-__all__ = ["rich_table", "render_text", "render_markdown", "footer_lines"]
+__all__ = ["rich_table", "render_text", "render_short", "render_html", "render_markdown", "footer_lines"]
 
 COLUMNS = ("Module", "Type", "Output shape", "Params", "Train", "FLOPs", "Output bytes")
+RIGHT = ("Params", "FLOPs", "Output bytes")
 
 
 def _outputs(rec: LayerRecord) -> str:
@@ -85,30 +88,89 @@ def footer_lines(s: Summary) -> list[str]:
     return lines
 
 
-def rich_table(s: Summary) -> Group:
+DROP_ORDER = ("Train", "Output bytes", "Type", "FLOPs")  # left out, in this order, to fit a narrow terminal
+
+
+def _table(s: Summary, depth: int | None, columns: tuple[str, ...]) -> Table:
     table = Table(title=f"{s.model_type} summary", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in COLUMNS:
-        table.add_column(col, justify="right" if col in ("Params", "FLOPs", "Output bytes") else "left",
-                         overflow="fold")
-    rows = s.rows()
+    for col in columns:
+        table.add_column(col, justify="right" if col in RIGHT else "left", overflow="fold")
+    rows = s.rows(depth)
+    keep = [COLUMNS.index(c) for c in columns]
     for rec, (indent, label) in zip(rows, _names(rows)):
-        table.add_row(*_cells(rec, indent, label))
-    return Group(table, Text("\n".join(footer_lines(s))))
+        cells = _cells(rec, indent, label)
+        table.add_row(*(cells[i] for i in keep))
+    return table
 
 
-def render_text(s: Summary, width: int = 140) -> str:
-    """The table as plain text (no colour), ``width`` characters wide."""
+def rich_table(s: Summary, depth: int | None = None, width: int | None = None) -> Group:
+    """The table and its footer; with ``width``, the columns of DROP_ORDER are left out one by one (and named)
+    until every row fits on one line of ``width`` characters."""
+    columns = COLUMNS
+    table = _table(s, depth, columns)
+    dropped: list[str] = []
+    if width is not None:
+        measure = Console(width=10_000, color_system=None, legacy_windows=False)
+        for col in DROP_ORDER:
+            if Measurement.get(measure, measure.options, table).maximum <= width:
+                break
+            columns = tuple(c for c in columns if c != col)
+            dropped.append(col)
+            table = _table(s, depth, columns)
+    footer = footer_lines(s)
+    if dropped:
+        footer.append(f"Columns left out to fit {width} characters: {', '.join(dropped)} (a wider terminal shows them)")
+    return Group(table, Text("\n".join(footer)))
+
+
+def render_text(s: Summary, width: int = 140, depth: int | None = None) -> str:
+    """The table as plain text (no colour), ``width`` characters wide, rows down to ``depth`` (the summary's)."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
                       legacy_windows=False, highlight=False)
-    console.print(rich_table(s))
+    console.print(rich_table(s, depth))
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
+
+
+def short_depth(s: Summary, rows: int = REPR_ROWS) -> int:
+    """The deepest level, at most the summary's, whose table has at most ``rows`` rows (at least 1)."""
+    depth = s.depth
+    while depth > 1 and len(s.rows(depth)) > rows:
+        depth -= 1
+    return depth
+
+
+def render_short(s: Summary) -> str:
+    """``repr(summary)``: the table down to :func:`short_depth`, and how to see the rest."""
+    depth = short_depth(s)
+    text = render_text(s, depth=depth)
+    if depth < s.depth:
+        text += f"(depth {depth} of {s.depth} shown: print(summary) lists all {len(s.rows()):,} rows)\n"
+    return text
+
+
+def render_html(s: Summary) -> str:
+    """The notebook table (``_repr_html_``): rows down to :func:`short_depth`, every name escaped."""
+    depth = short_depth(s)
+    rows = s.rows(depth)
+    cells = []
+    for rec, (indent, label) in zip(rows, _names(rows)):
+        row = _cells(rec, indent, label)
+        row[0] = "\u00a0" * (2 * indent) + row[0].strip()
+        cells.append(row)
+    notes = footer_lines(s)
+    shown, left = capped(cells, REPR_ROWS)
+    if depth < s.depth:
+        notes.append(f"depth {depth} of {s.depth} shown: print(summary) lists all {len(s.rows()):,} rows")
+    notes.append(more(left, "rows", "print(summary) lists them"))
+    return html_table(f"{s.model_type} summary", COLUMNS, shown, notes=notes,
+                      right={i for i, c in enumerate(COLUMNS) if c in RIGHT})
 
 
 def render_markdown(s: Summary) -> str:
     def esc(cell: str) -> str:
         return cell.replace("|", "\\|").replace("\n", "<br>")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in ("Params", "FLOPs", "Output bytes")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in RIGHT
                                                           else "---" for c in COLUMNS) + "|"]
     rows = s.rows()
     for rec, (indent, label) in zip(rows, _names(rows)):

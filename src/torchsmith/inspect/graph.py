@@ -5,6 +5,11 @@ Built during a :func:`.collect.collect` run: every tensor remembers the node tha
 skip connections included (a U-Net's ``cat``, a ResNet's ``add``). A module without children is one
 node; a module with children is a group holding its children's nodes and the ops of its own forward.
 Runs of three or more identical sibling blocks are folded into one collapsible group.
+
+Each node carries what the page's details panel shows: its input and output shapes and, for a module,
+its constructor arguments read back from its attributes (``kernel_size``, ``stride``, ``bias`` ...,
+:func:`torchsmith.codec.module_arguments`); each edge carries the shapes of the tensors it carries.
+Names and values here come from the model: the page renders them as text only.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..codec import module_arguments
+from ..runner import tensor_leaves
 from .flops import counts_nothing
-from .records import LayerRecord, output_leaves
+from .records import LayerRecord, format_shape, output_leaves
 
 __all__ = ["FlowGraph"]
 
@@ -37,13 +44,34 @@ def _tensors(obj: Any) -> list[Tensor]:
     return out
 
 
+def _shape(t: Tensor) -> str:
+    return format_shape(t.shape)
+
+
+def _inputs(args: tuple, kwargs: dict) -> list[str]:
+    """``["(1, 3, 64, 64)", "mask: (1, 8)"]``: positional inputs by shape, keyword ones named."""
+    return [_shape(t) for t in _tensors(args)] + [f"{k}: {_shape(t)}" for k, t in tensor_leaves(kwargs)]
+
+
+def _details(module: nn.Module) -> dict[str, Any]:
+    """``{"args": [[name, value], ...]}`` read back from the attributes, else ``{"repr": extra_repr}``, else ``{}``."""
+    args = [[k, str(tuple(v)) if isinstance(v, list) else repr(v)] for k, v in module_arguments(module).items()]
+    if args:
+        return {"args": args}
+    try:
+        extra = module.extra_repr()
+    except Exception:  # a module's own printing code is not ours to debug here
+        extra = ""
+    return {"repr": extra[:500]} if isinstance(extra, str) and extra else {}
+
+
 class FlowGraph:
     """Nodes, groups and edges of one forward (ids are ints; ``parent`` is a group id or ``None``)."""
 
     def __init__(self, paths: dict[nn.Module, str]):
         self.leaves = {m for m in paths if next(m.children(), None) is None}
         self.items: list[dict[str, Any]] = []  # nodes and groups, by id
-        self.edges: set[tuple[int, int]] = set()
+        self.edges: dict[tuple[int, int], list[tuple[int, ...]]] = {}  # (src, dst) -> distinct shapes carried
         self.producer: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.groups: list[int] = []  # open groups
         self.open: list[tuple[LayerRecord, int, bool]] = []  # (record, item id, is leaf)
@@ -60,7 +88,9 @@ class FlowGraph:
         for t in _tensors(inputs):
             src = self.producer.get(t)
             if src is not None and src != target:
-                self.edges.add((src, target))
+                shapes = self.edges.setdefault((src, target), [])
+                if tuple(t.shape) not in shapes:
+                    shapes.append(tuple(t.shape))
 
     # hooks from the collector
 
@@ -70,17 +100,18 @@ class FlowGraph:
             self.open.append((rec, -1, True))
             return
         if rec.path == "":
-            for i, t in enumerate(_tensors((args, kwargs))):
-                self.producer[t] = self._add(kind="input", label=f"input {i}", path="", type="input",
-                                             shapes=[str(tuple(t.shape))])
-        leaf = self.by_path[rec.path] in self.leaves
+            for key, t in [*tensor_leaves(args), *tensor_leaves(kwargs)]:  # "input 0", "input mask"
+                self.producer[t] = self._add(kind="input", label=f"input {key}", path="", type="input", shapes=[_shape(t)])
+        module = self.by_path[rec.path]
+        leaf = module in self.leaves
         label = rec.name + (f" ({rec.call})" if rec.call > 1 else "")
+        info = {"inputs": _inputs(args, kwargs), **_details(module)}
         if leaf:
-            node = self._add(kind="module", label=label, path=rec.path, type=rec.type)
+            node = self._add(kind="module", label=label, path=rec.path, type=rec.type, **info)
             self._link((args, kwargs), node)
             self.inside_leaf = 1
         else:
-            node = self._add(kind="group", label=label, path=rec.path, type=rec.type)
+            node = self._add(kind="group", label=label, path=rec.path, type=rec.type, **info)
             self.groups.append(node)
         self.open.append((rec, node, leaf))
 
@@ -103,8 +134,8 @@ class FlowGraph:
         for t in _tensors(output):
             self.producer[t] = node
         if rec.path == "":
-            for i, t in enumerate(_tensors(output)):
-                out = self._add(kind="output", label=f"output {i}", path="", type="output", shapes=[str(tuple(t.shape))])
+            for key, t in tensor_leaves(output):  # "output", "output logits", "output 0"
+                out = self._add(kind="output", label=f"output {key}".strip(), path="", type="output", shapes=[_shape(t)])
                 self._link(t, out)
 
     def op(self, func: Any, args: tuple, kwargs: dict, out: Any, flops: int) -> None:
@@ -121,7 +152,8 @@ class FlowGraph:
             return
         name = func.overloadpacket.__name__
         node = self._add(kind="op", label=name, path=(self.items[self.groups[-1]]["path"] if self.groups else ""),
-                         type="op", shapes=[str(tuple(t.shape)) for t in _tensors(out)], params=0, flops=flops)
+                         type="op", inputs=[_shape(t) for t in ins], shapes=[_shape(t) for t in _tensors(out)], params=0,
+                         flops=flops)
         self._link(ins, node)
         for t in _tensors(out):
             self.producer[t] = node
@@ -129,7 +161,8 @@ class FlowGraph:
     # after the run
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"items": [...], "edges": [[src, dst], ...]}`` with repeated sibling blocks folded."""
+        """``{"items": [...], "edges": [[src, dst], ...], "edge_shapes": [[shape, ...], ...]}`` (one list of
+        the distinct shapes an edge carries per edge) with repeated sibling blocks folded."""
         items = [dict(i) for i in self.items]
         for it in items:  # a label relative to the enclosing group: "encoder.1" inside the U-Net, not "1"
             if it["kind"] in ("module", "group") and it["path"]:
@@ -158,11 +191,12 @@ class FlowGraph:
                     first = items[run[0]]
                     fold = {"id": len(items), "kind": "fold", "parent": parent, "type": first["type"],
                             "label": "", "path": first["path"] + " ...",
-                            "shapes": first.get("shapes", []), "params": sum(items[r].get("params", 0) for r in run[1:]),
+                            "inputs": first.get("inputs", []), "shapes": first.get("shapes", []), "params": sum(items[r].get("params", 0) for r in run[1:]),
                             "flops": sum(items[r].get("flops", 0) for r in run[1:])}
                     fold["label"] = f"{len(run) - 1} x {first['type']} (folded)"
                     items.append(fold)
                     for r in run[1:]:
                         items[r]["parent"] = fold["id"]
                 run = [k] if k is not None and items[k]["kind"] == "group" else []
-        return {"items": items, "edges": sorted(self.edges)}
+        edges = sorted(self.edges)
+        return {"items": items, "edges": [list(e) for e in edges], "edge_shapes": [[list(s) for s in self.edges[e]] for e in edges]}

@@ -54,6 +54,13 @@ class LayerRecord:
     def output_bytes(self) -> int:
         return sum(leaf.nbytes for leaf in self.outputs)
 
+    def __repr__(self) -> str:  # one line: where, what, shapes out, parameters, FLOPs
+        shapes = ", ".join((f"{leaf.key}: " if leaf.key else "") + format_shape(leaf.shape) for leaf in self.outputs)
+        call = f", call {self.call}" if self.call > 1 else ""
+        status = f", {self.status}" if self.status != "ok" else ""
+        return (f"LayerRecord({self.path or '<model>'!r}, {self.type}{call}: out {shapes or '--'}, "
+                f"{self.params:,} params, {self.flops:,} FLOPs{status})")
+
     @property
     def name(self) -> str:
         """The last component of the path (``"conv1"``), or the class name for the root."""

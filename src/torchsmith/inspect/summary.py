@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import InspectError
 from ..runner import backend_order, describe, example_call, refuse_uninitialised, renamed
 from .collect import collect, module_params
-from .format import render_markdown, render_text, rich_table
+from .format import render_html, render_markdown, render_short, render_text, rich_table
 from .records import LayerRecord, OutputLeaf
 from .totals import Totals, model_totals
 
@@ -30,7 +30,8 @@ MODES = ("same", "train", "eval")
 class Summary:
     """What :func:`summary` found: one :class:`LayerRecord` per module call, and the totals.
 
-    ``str()`` is the table (rows down to ``depth``); ``to_json()`` / ``to_dict()`` hold every row;
+    ``str()`` is the table (rows down to ``depth``); ``repr()`` (a REPL) and ``_repr_html_`` (a notebook) show
+    it as deep as fits in about 40 rows; ``to_json()`` / ``to_dict()`` hold every row;
     ``to_markdown()`` is the table in Markdown. ``error`` is set when no backend could run the whole
     forward: rows it could not compute are marked (``status`` other than ``"ok"``, ``?`` in the table).
     """
@@ -86,8 +87,14 @@ class Summary:
     def __str__(self) -> str:
         return render_text(self)
 
-    def __rich__(self):
-        return rich_table(self)
+    def __repr__(self) -> str:  # the REPL: the table, as deep as fits in about 40 rows
+        return render_short(self)
+
+    def _repr_html_(self) -> str:  # a notebook: the same rows as an HTML table
+        return render_html(self)
+
+    def __rich_console__(self, console, options):  # console.print(summary): the table, fitted to the terminal
+        yield rich_table(self, width=options.max_width)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,6 +186,8 @@ def summary(
         if run.error is None:
             best = run
             break
+        if run.misfit:  # the input does not fit a layer's weights: a real run would fail there too
+            raise InspectError(f"summary of {type(model).__name__} stopped at {run.error}")
         attempts.append(f"{name}: {run.error}")
         if best is None or run.finished > best.finished:
             best = run

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from torch import nn
 
+from ..display import REPR_ROWS, capped, html_table, more
 from ..errors import InspectError
 from ..runner import as_call, describe
 from .collect import describe_failure
@@ -37,15 +38,43 @@ class TraceStep:
         return f"{name:<32} {self.type:<24} {self.inputs} -> {self.outputs if self.outputs is not None else '?'}"
 
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "type": self.type, "depth": self.depth, "inputs": self.inputs, "outputs": self.outputs}
+
+
 @dataclass
 class Trace:
-    """Every module call of one forward in call order (parents before their children), and its output."""
+    """Every module call of one forward in call order (parents before their children), and its output.
+
+    ``str()`` lists every call; ``repr()`` (a REPL) and ``_repr_html_`` (a notebook) the first 40 and a count.
+    """
 
     steps: list[TraceStep] = field(default_factory=list)
     output: Any = None
 
     def __str__(self) -> str:
         return "\n".join(str(s) for s in self.steps)
+
+    def _heading(self) -> str:
+        shapes = ", ".join(str(leaf.shape) for leaf in output_leaves(self.output)) or "no tensors"
+        return f"Trace: {len(self.steps):,} module calls; output {shapes}"
+
+    def __repr__(self) -> str:
+        shown, left = capped(self.steps, REPR_ROWS)
+        lines = [self._heading(), *map(str, shown), more(left, "calls", "print(trace) lists them")]
+        return "\n".join(line for line in lines if line)
+
+    def _repr_html_(self) -> str:
+        shown, left = capped(self.steps, REPR_ROWS)
+        rows = [("\u00a0" * (2 * s.depth) + (s.path.rsplit(".", 1)[-1] if s.path else s.type), s.type, s.inputs,
+                 s.outputs if s.outputs is not None else "?") for s in shown]
+        return html_table(self._heading(), ["Module", "Type", "Inputs", "Outputs"], rows,
+                          notes=[more(left, "calls", "print(trace) lists them")])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every call (``path``, ``type``, ``depth``, ``inputs``, ``outputs``) and the output's shapes, for JSON."""
+        return {"calls": [s.to_dict() for s in self.steps],
+                "output": [leaf.to_dict() for leaf in output_leaves(self.output)]}
 
 
 def trace(

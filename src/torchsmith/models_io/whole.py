@@ -21,6 +21,7 @@ looked up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -45,8 +46,10 @@ from ..checkpoint.sources import SafetensorsSource
 from ..checkpoint.torch_format import read_torch_file
 from ..checkpoint.weights import check_fits, check_metadata, dedupe, load_weights, state_dict_of
 from ..codec import decode, describe_module, encode, layer_names
+from ..paths import unwrapped
 from ..registry import model_config
 from ..surgery.freeze import pinned_eval
+from ..surgery.parametrized import original_class
 from .replay import build_from_config, finish_loaded
 
 __all__ = ["save_model", "load_model"]
@@ -55,6 +58,8 @@ FORMAT = "torchsmith.model"
 FORMAT_VERSION = 1
 
 PAIR_TRIES = 16  # reads of config.json + weights while a concurrent save is between its two renames
+
+logger = logging.getLogger("torchsmith")
 
 
 # config
@@ -111,14 +116,27 @@ def _decode_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
     return {"name": doc["name"], "kwargs": kwargs, "steps": steps}
 
 
+def _module_kind(m: nn.Module) -> tuple:
+    """What two modules at one path must share: the class (a parametrized one's original class, since torch
+    makes a ``Parametrized<Name>`` class per instance, plus its parametrizations), and a pin to eval mode."""
+    plists = getattr(m, "parametrizations", None) if original_class(m) is not type(m) else None
+    listed = tuple((name, tuple(type(p) for p in plist)) for name, plist in plists.items()) if plists is not None else ()
+    return original_class(m), listed, pinned_eval(m)
+
+
+def _kind_name(m: nn.Module) -> str:
+    cls, listed, pinned = _module_kind(m)
+    with_p = "; ".join(f"{name}: {', '.join(p.__name__ for p in ps)}" for name, ps in listed)
+    return cls.__name__ + (f" (parametrized {with_p})" if with_p else "") + (" (kept in eval mode)" if pinned else "")
+
+
 def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
-    """Where ``found`` differs from ``expected``: module types along every path, BatchNorm modes pinned by
-    ``freeze``, then state-dict keys, shapes and dtypes; ``path: expected X, found Y``, in model order."""
+    """Where ``found`` differs from ``expected``: module types along every path (parametrized ones by their
+    class and parametrizations), BatchNorm modes pinned by ``freeze``, then state-dict keys, shapes and
+    dtypes; ``path: expected X, found Y``, in model order."""
     out = []
     want, have = dict(expected.named_modules()), dict(found.named_modules())
-
-    def kind(m: nn.Module) -> str:
-        return type(m).__name__ + (" (kept in eval mode)" if pinned_eval(m) else "")
+    kind = _kind_name
 
     for path in dict.fromkeys([*have, *want]):
         where = path or "<model>"
@@ -126,7 +144,7 @@ def _differences(expected: nn.Module, found: nn.Module) -> list[str]:
             out.append(f"{where}: expected nothing, found {kind(have[path])}")
         elif path not in have:
             out.append(f"{where}: expected {kind(want[path])}, found nothing")
-        elif type(want[path]) is not type(have[path]) or kind(want[path]) != kind(have[path]):
+        elif _module_kind(want[path]) != _module_kind(have[path]):
             out.append(f"{where}: expected {kind(want[path])}, found {kind(have[path])}")
     sd_want, sd_have = expected.state_dict(), found.state_dict()
     for key in dict.fromkeys([*sd_have, *sd_want]):
@@ -151,7 +169,7 @@ def check_rebuildable(model: nn.Module, config: dict[str, Any]) -> None:
     decoded = _decode_config(json.loads(json.dumps(config)), "save_model")
     name = config["name"]
     try:
-        rebuilt = build_from_config(decoded, device="meta")
+        rebuilt = rebuild(decoded, device="cpu", error=UnsaveableModelError)
     except TorchsmithError as e:
         raise UnsaveableModelError(f"save_model: the recorded config of this {name!r} does not rebuild: {e}") from e
     diffs = _differences(rebuilt, model)
@@ -169,11 +187,37 @@ def check_rebuildable(model: nn.Module, config: dict[str, Any]) -> None:
         )
 
 
+def rebuild(config: dict[str, Any], *, device: str | torch.device, error: type[CheckpointError] = CheckpointError) -> nn.Module:
+    """``config`` built on the meta device; where the builder computes on tensors there (torchvision's RegNet
+    calls ``.tolist()``), built for real on ``device`` instead.
+
+    Raises:
+        error: neither build works (saying why each failed).
+    """
+    try:
+        return build_from_config(config, device="meta")
+    except TorchsmithError:
+        raise
+    except Exception as meta_err:  # noqa: BLE001 - a builder that reads tensor values cannot run on meta
+        logger.info("%r does not build on the meta device (%s: %s); building it for real",
+                    config["name"], type(meta_err).__name__, meta_err)
+        try:
+            return build_from_config(config, device=device)
+        except TorchsmithError:
+            raise
+        except Exception as err:
+            raise error(
+                f"{config['name']!r} does not build from its recorded config: on the meta device "
+                f"{type(meta_err).__name__}: {meta_err}; for real on {device}: {type(err).__name__}: {err}. "
+                "Check that its builder runs with these keywords."
+            ) from err
+
+
 def _why_unrecorded(expected: nn.Module, found: nn.Module) -> str:
     """Why the first module of ``found`` that ``expected`` lacks was not recorded (the config codec's reasons)."""
     want = dict(expected.named_modules())
     for path, module in found.named_modules():
-        if path and (path not in want or type(want[path]) is not type(module)):
+        if path and (path not in want or _module_kind(want[path]) != _module_kind(module)):
             _, problems = describe_module(module, path=path)
             if problems:
                 return f" {path!r} is not plain data, so it could not be recorded: {'; '.join(problems[:3])}."
@@ -191,8 +235,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, metadata: dict
     and fsynced before either is renamed into place, so a failed save leaves the old pair; ``config.json``
     records the weights header's checksum, so a pair mixed by a crash between the two renames is caught.
     """
-    if type(model).__name__ == "OptimizedModule" and isinstance(model._modules.get("_orig_mod"), nn.Module):
-        model = model._orig_mod  # torch.compile's wrapper: the model it compiles is what is saved
+    model = unwrapped(model)  # torch.compile's wrapper: the model it compiles is what is saved
     config = model_to_config(model)
     check_rebuildable(model, config)
     stored, aliases = dedupe(state_dict_of(model))
@@ -344,8 +387,10 @@ def load_model(
     The model is built on the meta device (no memory, no init), its recorded
     surgery steps are replayed, and the weights are read straight into newly
     allocated tensors that become its parameters: one allocation of the
-    weights in all. Models holding non-persistent buffers are built for real
-    instead, then loaded in place. Every key must match: anything else raises
+    weights in all. Models holding non-persistent buffers, or whose builder
+    reads tensor values (torchvision's RegNet calls ``.tolist()``, which the
+    meta device cannot), are built for real instead, then loaded in place.
+    Every key must match: anything else raises
     :class:`IncompatibleCheckpointError` with the full report as ``.report``.
 
     A legacy whole-model pickle (``torch.save(model)``) is refused with an
@@ -375,7 +420,7 @@ def load_model(
     weights = directory / WEIGHTS_NAME
     config = _decode_config(doc, f"load_model: {str(directory / CONFIG_NAME)!r}")
     try:
-        model = build_from_config(config, device="meta")
+        model = rebuild(config, device=map_location)
     except UnknownModelError as e:
         raise CheckpointError(
             f"load_model: {str(directory)!r} holds a {doc['name']!r}, which is not registered here. "
@@ -388,7 +433,9 @@ def load_model(
     # the very file whose header matched config.json, not the path again (a save may replace it meanwhile)
     source = SafetensorsSource(weights, [st], dict(st.aliases), dict(st.metadata), "safetensors")
     persistent = set(model.state_dict())
-    if any(name not in persistent for name, _ in model.named_buffers()):
+    tensors = [*model.parameters(), *model.buffers()]
+    on_meta = bool(tensors) and tensors[0].is_meta  # else rebuild() built it for real (its builder needs values)
+    if on_meta and any(name not in persistent for name, _ in model.named_buffers()):
         # non-persistent buffers need a real build: first the meta model must fit the weights' header,
         # so a config asking for more than the file holds allocates nothing
         check_fits(model, source)

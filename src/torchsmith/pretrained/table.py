@@ -71,6 +71,11 @@ class Weights:
     crop_mode: str = "center"
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the REPL: one line (the dataclass's own repr printed all 1,000 category names)
+        classes = f"{self.num_classes} classes" if self.num_classes is not None else "no classifier"
+        facts = "".join(f", {fmt.format(self.meta[k])}" for k, fmt in (("acc@1", "top-1 {}%"), ("file_size_mb", "{} MB")) if k in self.meta)
+        return f"<Weights {self.name}: {classes}{facts}; {self.file_name}, sha256 {self.sha256[:8]}...>"
+
     @property
     def name(self) -> str:
         """``"model.tag"``, as :func:`list_pretrained` lists it."""

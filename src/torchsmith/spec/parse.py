@@ -48,7 +48,7 @@ TOP_KEYS = ("name", "description", "input", "layers", "graph", "model")
 BODY_KEYS = ("layers", "graph", "model")
 GRAPH_KEYS = ("inputs", "nodes", "outputs")
 MAX_REPEAT = 1024
-_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")  # \Z: "$" would let a trailing newline through
 _MODULE_ATTRS = frozenset(vars(nn.Module()))  # training, _parameters, ...: set on every instance
 
 
@@ -354,6 +354,9 @@ class _Parser:
                 modules.append(name)
             entries.append(GraphEntry(name, sources, node))
         outputs = value.get("outputs", list(nodes)[-1])
+        for k in outputs if isinstance(outputs, dict) else ():  # output keys name things too (in pages, messages)
+            if not isinstance(k, str) or not _NAME.match(k):
+                self.add(f"{path}.outputs[{k!r}]", f"{k!r} cannot name an output: use letters, digits and _")
         out_names = [outputs] if isinstance(outputs, str) else list(outputs.values()) if isinstance(outputs, dict) else outputs
         if not isinstance(out_names, list) or not out_names or not all(isinstance(o, str) for o in out_names):
             self.add(f"{path}.outputs", f"expected a node name, a list of names or {{key: name}}, got {_fmt(outputs)}")

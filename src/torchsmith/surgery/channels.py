@@ -6,51 +6,66 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..runner import CONV_TYPES, Call, example_call, probe
 from ..errors import SurgeryError
+from ..paths import inner_path, unwrapped
+from ..runner import (
+    CONV_TYPES, Call, example_call, map_tensors, probe, refuse_uninitialised, restored_on_failure, tensor_leaves,
+)  # fmt: skip
 from ..steps import record, recorded_op
+from .check import check_runs
 from .modules import get_module, update_attrs
+from .parametrized import reparametrize, unparametrized
 
 __all__ = ["adapt_input_channels"]
 
 
+def _conv_inputs(model: nn.Module, call: Call) -> tuple[dict[str, str | None], list[str]]:
+    """One shape-only run: ``{conv path: key of the model input it reads (``"0"``, ``"1.img.0"``), or None when
+    it reads anything else}``, and the convs in the order they were first called."""
+    given: dict[int, str] = {}
+    reads: dict[str, str | None] = {}
 
-def _first_conv(model: nn.Module) -> str:
-    for name, module in model.named_modules():
-        if isinstance(module, CONV_TYPES):
-            return name
-    raise SurgeryError(f"{type(model).__name__} has no Conv1d/2d/3d layer; pass path= to name the input layer.")
+    def inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:  # every attempt of the runner starts afresh
+        given.clear()
+        reads.clear()
+        given.update((id(t), key) for key, t in tensor_leaves((args, kwargs)))
+
+    def conv_input(path: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            key = given.get(id(args[0])) if args and isinstance(args[0], Tensor) else None
+            if path not in reads or key is not None:
+                reads[path] = key
+        return hook
+
+    with ExitStack() as es:
+        es.callback(model.register_forward_pre_hook(inputs, with_kwargs=True).remove)
+        for path, m in model.named_modules():
+            if isinstance(m, CONV_TYPES):
+                es.callback(m.register_forward_pre_hook(conv_input(path)).remove)
+        probe(model, call, error=SurgeryError, purpose="find the convs that read its input")
+    return reads, list(reads)
 
 
-def _check_takes_the_input(model: nn.Module, path: str, call: Call) -> None:
-    """Refuse a conv whose input is not the model's input as given (inception_v3's ``transform_input``
-    mixes channels, detectors normalise per channel): changing its channels cannot keep the model equivalent."""
-    given: list[Any] = []
-    received: list[Any] = []
-    conv = model.get_submodule(path)
-    handles = [
-        model.register_forward_pre_hook(lambda m, args, kwargs: given.extend([*args, *kwargs.values()]), with_kwargs=True),
-        conv.register_forward_pre_hook(lambda m, args: received.append(args[0])),
-    ]
-    try:
-        probe(model, call, error=SurgeryError, purpose=f"check that {path!r} reads its input")
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not received:
-        raise SurgeryError(f"{type(model).__name__}'s forward never calls {path!r}; pass path= to name the input conv.")
-    if not any(received[0] is x for x in given):
-        raise SurgeryError(
-            f"{type(model).__name__}'s forward changes its input before {path!r} (e.g. inception_v3's transform_input "
-            "indexes the RGB channels, detectors normalise each channel): adapting that conv's channels would not "
-            "keep the model equivalent, or would break its forward. Turn that step off (transform_input=False) "
-            "or adapt the model's input handling yourself, then call adapt_input_channels."
-        )
+def _refuse_changed_input(model: nn.Module, path: str) -> SurgeryError:
+    return SurgeryError(
+        f"{type(model).__name__}'s forward changes its input before {path!r} (e.g. inception_v3's transform_input "
+        "indexes the RGB channels, detectors normalise each channel): adapting that conv's channels would not "
+        "keep the model equivalent, or would break its forward. Turn that step off (transform_input=False) "
+        "or adapt the model's input handling yourself, then call adapt_input_channels."
+    )
+
+
+def _with_channels(call: Call, key: str, in_chans: int) -> Call:
+    """``call`` with the input at ``key`` given ``in_chans`` channels (a meta tensor of that shape)."""
+    old = dict(tensor_leaves(call))[key]
+    new = torch.empty(old.shape[0], in_chans, *old.shape[2:], dtype=old.dtype, device="meta")  # (B, in_chans, ...)
+    return map_tensors(call[0], lambda t: new if t is old else t), map_tensors(call[1], lambda t: new if t is old else t)
 
 
 @recorded_op("adapt_input_channels", replay=lambda model, step: adapt_channels(model, step["in_chans"], step["path"]))
@@ -62,10 +77,15 @@ def adapt_input_channels(
     input_size: Sequence[int] | None = None,
     example_inputs: Any = None,
 ) -> nn.Module:
-    """Make the first conv (or ``path``) take ``in_chans`` channels, keeping what it computes; returns ``model``.
+    """Make the convs that read the model's input take ``in_chans`` channels, keeping what they compute; returns ``model``.
 
-    From ``C`` to ``N = in_chans`` channels. The equivalence that holds, for any ``C`` and ``N``:
-    an input ``x`` with ``N`` channels and one ``x'`` with ``C`` channels give equal outputs when
+    The convs are found by a shape probe on ``input_size`` / ``example_inputs``
+    (else a guessed ``(1, C, 224, 224)``; inputs may be nested in dicts, lists
+    and tuples): the first conv the forward calls, or ``path``, and every other
+    conv that reads that very input tensor (RepVGG's stem has a 3x3 and a 1x1
+    branch on the image: both change). From ``C`` to ``N = in_chans`` channels,
+    each keeps this equivalence, for any ``C`` and ``N``: an input ``x`` with
+    ``N`` channels and one ``x'`` with ``C`` channels give equal outputs when
     channels whose indices are equal modulo ``min(C, N)`` are equal. In words:
 
     - ``N <= C`` (fewer): old channel ``c`` folds onto ``c % N``: the model on ``x`` equals the original
@@ -78,9 +98,12 @@ def adapt_input_channels(
     Equal outputs need the conv to see the model's input unchanged: a model
     whose forward changes it first (inception_v3 with ``transform_input=True``,
     torchvision detectors' per-channel normalisation) is refused with
-    :class:`SurgeryError`, checked by a shape probe on ``input_size`` /
-    ``example_inputs`` (else a guessed ``(1, C, 224, 224)``); the model is
-    left as it was.
+    :class:`SurgeryError`. A conv with a ``weight_norm`` parametrization keeps
+    it (re-applied to the new weight); one whose parametrization cannot hold
+    the new weight (``spectral_norm``, ``orthogonal``) is refused, naming it.
+    Afterwards the model is run once on the input with ``in_chans`` channels;
+    if it does not run, it is restored and :class:`SurgeryError` names the
+    layer that fails. A refused call leaves the model as it was.
 
     Example::
 
@@ -90,18 +113,39 @@ def adapt_input_channels(
     """
     if in_chans < 1:
         raise SurgeryError(f"in_chans must be >= 1, got {in_chans}.")
-    path = path if path is not None else _first_conv(model)
-    conv = get_module(model, path)
-    if not isinstance(conv, CONV_TYPES) or conv.groups != 1:
-        raise SurgeryError(f"{path!r} is {conv}; adapt_input_channels needs an ungrouped Conv1d/2d/3d.")
-    call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
-    _check_takes_the_input(model, path, call)
-    return adapt_channels(model, in_chans, path)
+    inner = unwrapped(model)
+    refuse_uninitialised(inner, error=SurgeryError, action="adapt its input channels")
+    call = example_call(inner, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
+    reads, called = _conv_inputs(inner, call)
+    if path is not None:
+        path = inner_path(path)
+        if not isinstance(get_module(inner, path), CONV_TYPES):
+            raise SurgeryError(f"{path!r} is {get_module(inner, path)}; adapt_input_channels needs an ungrouped Conv1d/2d/3d.")
+        if path not in reads:
+            raise SurgeryError(f"{type(inner).__name__}'s forward never calls {path!r}; pass path= to name the input conv.")
+    elif not called:
+        raise SurgeryError(
+            f"{type(inner).__name__} calls no Conv1d/2d/3d layer on this input; pass path= to name the input layer.")
+    first = path if path is not None else called[0]
+    key = reads[first]
+    if key is None:
+        raise _refuse_changed_input(inner, first)
+    targets = [p for p in called if reads[p] == key]
+    for p in targets:
+        conv = get_module(inner, p)
+        if conv.groups != 1:
+            raise SurgeryError(f"{p!r} is {conv}; adapt_input_channels needs an ungrouped Conv1d/2d/3d.")
+    with restored_on_failure(inner):
+        for p in targets:
+            adapt_channels(inner, in_chans, p)
+        check_runs(inner, _with_channels(call, key, in_chans), action="adapt_input_channels")
+    return model
 
 
 def adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
     """The weight change of :func:`adapt_input_channels`, recorded (replayed by ``load_model`` with no probe)."""
     conv = get_module(model, path)
+    parametrizations = unparametrized(conv)  # weight_norm ...: edited as the weight it computes, then put back
     weight = conv.weight.detach()  # (O, C, *k)
     source = weight.shape[1]
     if in_chans <= source:
@@ -115,6 +159,7 @@ def adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
         new = weight[:, old_of_new.to(weight.device)] / scale  # (O, in_chans, *k)
     conv.weight = nn.Parameter(new, requires_grad=conv.weight.requires_grad)
     conv.in_channels = in_chans
+    reparametrize(conv, parametrizations, path=path, action="adapt_input_channels")
     update_attrs(model, in_chans=in_chans)
     record(model, "adapt_input_channels", in_chans=in_chans, path=path)
     return model

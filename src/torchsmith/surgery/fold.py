@@ -6,26 +6,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..runner import CONV_TYPES
 from ..errors import SurgeryError
-from ..layers import FrozenBatchNorm2d
+from ..paths import unwrapped
+from ..runner import Call, example_input, map_tensors, on_stand_ins, restored_on_failure, tensor_leaves
 from ..steps import record, recorded_op
+from .check import checking_call
+from .fold_proof import foldable_bn, observed_pairs, traced_pairs
 from .freeze import pinned_eval
-from .modules import put
+from .modules import first_tensor, put
+from .parametrized import unparametrized
 
 __all__ = ["fold_batchnorm", "optimize_for_inference"]
 
 logger = logging.getLogger("torchsmith")
 
+TOLERANCE = 1e-4  # a fold may change float32 outputs by at most this much of max|y| (more in lower precision)
+SMALL = 64  # the side of a guessed input the check runs for real: a 3-D conv's guess of 224^3 would be costly
+
 
 def _fold(conv: nn.Module, bn: nn.Module) -> None:
-    """Fold ``bn``'s affine map and statistics into ``conv`` (in place)."""
+    """Fold ``bn``'s affine map and statistics into ``conv`` (in place); a parametrized conv (weight_norm ...)
+    first becomes a plain one holding its current weight."""
+    unparametrized(conv)
     with torch.no_grad():
         scale = bn.weight * (bn.running_var + bn.eps).rsqrt() if bn.weight is not None else (bn.running_var + bn.eps).rsqrt()
         shift = (bn.bias if bn.bias is not None else 0) - bn.running_mean * scale
@@ -36,62 +48,119 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
     conv.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=conv.weight.requires_grad)
 
 
-def _foldable_bn(module: nn.Module) -> bool:
-    """FrozenBatchNorm2d, or an eval BatchNorm with statistics and BatchNorm's own forward (not timm's
-    ``BatchNormAct2d``, whose activation would be lost)."""
-    if isinstance(module, FrozenBatchNorm2d):
-        return True
-    plain = type(module).forward in (_BatchNorm.forward, nn.BatchNorm2d.forward) and not module._modules
-    return isinstance(module, _BatchNorm) and plain and module.running_mean is not None and not module.training
-
-
-class _NormLeafTracer(fx.Tracer):
-    """torch.fx's tracer, keeping FrozenBatchNorm2d as one call (not traced into) so it can be folded."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, FrozenBatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
-
-
-def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) paths where the BatchNorm only ever sees that conv's output and nothing else reads it."""
+def _check_call(model: nn.Module, input_size: Sequence[int] | None, example_inputs: Any) -> Call | None:
+    """The call the fold is proven and checked on: the given one, else a small guessed image (``SMALL`` a side)
+    when the model runs at that size, else the runner's guess; None when nothing runs it."""
+    if input_size or example_inputs is not None:
+        return checking_call(model, input_size=input_size, example_inputs=example_inputs, action="fold_batchnorm")
     try:
-        graph = _NormLeafTracer().trace(model)
-    except Exception as err:  # noqa: BLE001 - untraceable: only Sequential neighbours are certain
-        logger.info("torch.fx cannot trace %s (%s); folding BatchNorm in nn.Sequential only", type(model).__name__, err)
-        pairs = []
-        for prefix, seq in model.named_modules():
-            if isinstance(seq, nn.Sequential):
-                names = list(seq._modules)
-                pairs += [(f"{prefix}.{a}" if prefix else a, f"{prefix}.{b}" if prefix else b) for a, b in zip(names, names[1:])]
-        counts: dict[int, int] = {}
-        for _, m in model.named_modules(remove_duplicate=False):
-            counts[id(m)] = counts.get(id(m), 0) + 1
-        return [(c, b) for c, b in pairs if counts[id(model.get_submodule(c))] == 1 and counts[id(model.get_submodule(b))] == 1]
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    pairs = []
-    for node in graph.nodes:
-        source = node.args[0] if node.op == "call_module" and node.args else None
-        if isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1:
-            if calls[node.target] == 1 and calls[source.target] == 1:
-                pairs.append((source.target, node.target))
-    return pairs
+        guess = example_input(model, error=SurgeryError)
+    except SurgeryError:
+        return None
+    if guess.dim() >= 3 and guess.is_floating_point():
+        small = (*guess.shape[:2], *[SMALL] * (guess.dim() - 2))
+        with contextlib.suppress(SurgeryError):  # a model with one input size: the full guess below
+            return checking_call(model, input_size=small, action="fold_batchnorm")
+    return checking_call(model, action="fold_batchnorm")
+
+
+def _proven_pairs(model: nn.Module, call: Call | None) -> list[tuple[str, str]]:
+    """The (conv, BatchNorm) pairs a torch.fx graph proves, else one observed run (nothing without a call)."""
+    pairs = traced_pairs(model)
+    if pairs is not None:
+        return pairs
+    if call is None:
+        logger.info("fold_batchnorm: torch.fx cannot trace %s and no example input runs it: nothing folded "
+                    "(pass example_inputs= to fold what one run proves)", type(model).__name__)
+        return []
+    logger.info("fold_batchnorm: torch.fx cannot trace %s; folding the pairs one run proves", type(model).__name__)
+    return observed_pairs(model, call)
+
+
+# the outputs, before and after
+
+
+def _real_call(model: nn.Module, call: Call) -> Call | None:
+    """``call`` with inputs given by shape made real (floats random, seeded; integers zeros) on the model's
+    device; None when the model has no real weights to compute with."""
+    ref = first_tensor(model)
+    if ref is None or ref.is_meta:
+        return None
+    generator = torch.Generator().manual_seed(0)
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_meta:
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(ref.device)
+        return torch.zeros(t.shape, dtype=t.dtype, device=ref.device)
+
+    return map_tensors(call[0], real), map_tensors(call[1], real)
+
+
+def _outputs(model: nn.Module, call: Call) -> Any:
+    """One real eval-mode run (running statistics untouched); None when it cannot run."""
+    try:
+        with torch.no_grad(), on_stand_ins(model, call, backend="real", training=False) as run:
+            return run.forward()
+    except Exception as err:  # noqa: BLE001 - no reference: the fold is not checked (logged)
+        logger.info("fold_batchnorm: %s does not run for real on the example input (%s); the fold is not checked",
+                    type(model).__name__, err)
+        return None
+
+
+def _difference(before: Any, after: Any) -> float:
+    """The largest change between two outputs, relative to each floating tensor's ``max|y|``: ``inf`` when
+    their structure, shapes or exact (integer) values differ."""
+    old, new = list(tensor_leaves(before)), list(tensor_leaves(after))
+    if [k for k, _ in old] != [k for k, _ in new] or any(a.shape != b.shape for (_, a), (_, b) in zip(old, new)):
+        return math.inf
+    worst = 0.0
+    for (_, a), (_, b) in zip(old, new):
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return math.inf
+            continue
+        scale = max(float(a.abs().max()), torch.finfo(a.dtype).tiny) if a.numel() else 1.0
+        worst = max(worst, float((a.float() - b.float()).abs().max()) / scale if a.numel() else 0.0)
+    return worst
+
+
+def _check_outputs(model: nn.Module, call: Call, reference: Any, pairs: list[list[str]]) -> None:
+    """Raise :class:`SurgeryError` when the folded model's outputs differ from ``reference`` beyond tolerance."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    tolerance = max(TOLERANCE, 10 * torch.finfo(dtype).eps)
+    changed = _difference(reference, _outputs(model, call))
+    if changed > tolerance:
+        shown = ", ".join(f"{c} + {b}" for c, b in pairs[:4]) + (" ..." if len(pairs) > 4 else "")
+        raise SurgeryError(
+            f"fold_batchnorm: folding {len(pairs)} BatchNorm layers ({shown}) would change the outputs of "
+            f"{type(model).__name__} by {changed:.2e} of max|y| (more than {tolerance:.0e}); nothing was folded. "
+            "A layer's forward does more than its class says: fold by hand, or leave those BatchNorms."
+        )
 
 
 @recorded_op("fold_batchnorm", replay=lambda model, step: fold_pairs(model, step["pairs"]))
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a conv into that conv; returns ``model``.
+def fold_batchnorm(model: nn.Module, *, example_inputs: Any = None, input_size: Sequence[int] | None = None) -> nn.Module:
+    """Fold every eval-mode BatchNorm fed by a conv alone into that conv; returns ``model``.
 
     The BatchNorm becomes ``nn.Identity``; module names and the model's class stay.
-    Pairs come from a torch.fx trace, or, for a model fx cannot trace, from
-    neighbours in ``nn.Sequential`` containers.
+    Only proven pairs are folded: a torch.fx trace shows the BatchNorm reads
+    the conv's output and nothing else does, or, for a model fx cannot trace,
+    one run on ``example_inputs`` / ``input_size`` (else a guessed input, 64
+    pixels a side where the model runs at that size) shows it with hooks; and the conv is a plain one (a subclass with its own
+    forward, such as timm's weight-standardised ``StdConv2d``, is left). Then
+    the folded model is run against the original on that input (random values,
+    eval mode) and the fold is rolled back if an output moved more than
+    ``1e-4 * max|y|`` (float32). A model with no weights to run (meta) or no
+    input that runs it is folded unchecked (logged); an untraceable one with no
+    such input is not folded. A parametrized conv (``weight_norm`` ...) becomes
+    a plain conv holding its folded weight.
 
     Raises:
         SurgeryError: a BatchNorm of a pair is in train mode (it normalises with
             the batch's statistics, which no fold can reproduce): call
-            ``model.eval()`` first. Nothing is folded then.
+            ``model.eval()`` first; or the outputs would change. Nothing is folded then.
 
     Example::
 
@@ -99,20 +168,26 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         >>> model.bn1, model.conv1.bias.shape
         (Identity(), torch.Size([64]))
     """
-    pairs = []
-    for conv_path, bn_path in _conv_bn_pairs(model):
-        conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
-        if isinstance(conv, CONV_TYPES) and isinstance(bn, (_BatchNorm, FrozenBatchNorm2d)) and bn.num_features == conv.out_channels:
-            pairs.append((conv_path, bn_path))
-    training = [b for _, b in pairs if isinstance(model.get_submodule(b), _BatchNorm) and model.get_submodule(b).training]
-    training = [b for b in training if not pinned_eval(model.get_submodule(b))]
+    inner = unwrapped(model)
+    call = _check_call(inner, input_size, example_inputs)
+    pairs = _proven_pairs(inner, call)
+    training = [b for _, b in pairs if isinstance(inner.get_submodule(b), _BatchNorm) and inner.get_submodule(b).training]
+    training = [b for b in training if not pinned_eval(inner.get_submodule(b))]
     if training:
         raise SurgeryError(
             f"fold_batchnorm needs eval mode: {len(training)} BatchNorm layers after a conv are in train mode "
             f"({', '.join(training[:3])}{' ...' if len(training) > 3 else ''}) and use each batch's statistics. "
             "Call model.eval() first (or use optimize_for_inference, which works on an eval copy)."
         )
-    fold_pairs(model, [[c, b] for c, b in pairs if _foldable_bn(model.get_submodule(b))])
+    pairs = [[c, b] for c, b in pairs if foldable_bn(inner.get_submodule(b))]
+    if not pairs:
+        return model
+    real = _real_call(inner, call) if call is not None else None
+    reference = _outputs(inner, real) if real is not None else None
+    with restored_on_failure(inner):
+        fold_pairs(inner, pairs)
+        if reference is not None:
+            _check_outputs(inner, real, reference, pairs)
     return model
 
 
@@ -140,13 +215,22 @@ def _after_load_optimized(model: nn.Module, step) -> None:
 
 
 @recorded_op("optimize_for_inference", replay=_replay_optimized, after_load=_after_load_optimized)
-def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    channels_last: bool = True,
+    compile: bool = False,
+    example_inputs: Any = None,
+    input_size: Sequence[int] | None = None,
+) -> nn.Module:
     """Make ``model`` faster for inference, in place: eval mode, and what follows; returns ``model``.
 
     ``copy.deepcopy(model)`` first to keep the original. Conv+BatchNorm folded (:func:`fold_batchnorm`), 4-D weights in
     channels-last memory format (oneDNN's fast path on CPU, tensor cores on
     GPU), parameters with ``requires_grad=False`` (no autograd bookkeeping even
-    outside ``no_grad``). Outputs equal the original's within ``1e-4 * max|y|``.
+    outside ``no_grad``). Outputs equal the original's within ``1e-4 * max|y|``:
+    the fold is checked on ``example_inputs`` / ``input_size`` (else a guessed
+    input) and refused, leaving the model as it was, when they would not.
 
     With ``compile=True`` the model is also wrapped in ``torch.compile`` with
     Inductor's weight freezing (constant-folded, pre-packed weights, fused
@@ -164,14 +248,16 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, comp
         ...     faster(torch.randn(8, 784)).shape   # compiles once (resnet50: ~1.5x eager on CPU after)
         torch.Size([8, 10])
     """
-    fast = model.eval()
-    fold_batchnorm(fast)
+    fast = unwrapped(model)
+    with restored_on_failure(fast):  # a refused fold leaves the model's modes as they were too
+        fast.eval()
+        fold_batchnorm(fast, example_inputs=example_inputs, input_size=input_size)
     inference_ready(fast, channels_last=channels_last)
     record(fast, "optimize_for_inference", channels_last=channels_last)
     if compile:
         # per-call Inductor options: no global switch is flipped
-        fast = torch.compile(fast, options={"freezing": True})
-    return fast
+        return torch.compile(fast, options={"freezing": True})
+    return model
 
 
 def inference_ready(model: nn.Module, *, channels_last: bool) -> None:

@@ -10,16 +10,19 @@ import functools
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..display import html_table
 from ..errors import SurgeryError, did_you_mean
 from ..layers import FrozenBatchNorm2d
-from ..runner import refuse_uninitialised
+from ..paths import inner_path, module_paths, unwrapped
+from ..runner import refuse_uninitialised, restored_on_failure
 from ..steps import record, recorded_op
+from .check import check_runs, checking_call
 from .modules import put
 
 __all__ = ["FreezeReport", "freeze", "freeze_report", "unfreeze", "pinned_eval"]
@@ -30,8 +33,9 @@ _UNDO_ATTR = "_torchsmith_freeze_undo"
 
 
 def _matching(model: nn.Module, patterns: Iterable[str], what: str) -> set[str]:
-    """Module paths matched by glob ``patterns``, each with everything under it ("" is the model)."""
-    paths = [name for name, _ in model.named_modules()]
+    """Module paths matched by glob ``patterns``, each with everything under it ("" is the model); a module
+    registered under two names is matched by either (and its paths under both are in the set)."""
+    paths = ["", *module_paths(model)]
     roots, unknown = set(), []
     for pattern in patterns:
         hits = [p for p in paths if fnmatch.fnmatchcase(p, pattern)]
@@ -41,7 +45,9 @@ def _matching(model: nn.Module, patterns: Iterable[str], what: str) -> set[str]:
     if unknown:
         lines = [f"  {p!r}.{did_you_mean(p, paths[1:])}" for p in unknown]
         raise SurgeryError(f"{what} pattern(s) match no module of {type(model).__name__}:\n" + "\n".join(lines))
-    return {p for p in paths if any(p == r or r == "" or p.startswith(r + ".") for r in roots)}
+    under = {p for p in paths if any(p == r or r == "" or p.startswith(r + ".") for r in roots)}
+    chosen = {id(model.get_submodule(p)) for p in under}
+    return under | {p for p, m in model.named_modules(remove_duplicate=False) if id(m) in chosen}  # and their other names
 
 
 def _covering(model: nn.Module, keep) -> list[str]:
@@ -117,6 +123,13 @@ class FreezeReport:
             )
         return "\n".join(lines)
 
+    def __repr__(self) -> str:  # the REPL: the same lines as print()
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        rows = [(line.partition(": ")[0], line.partition(": ")[2]) for line in str(self).splitlines()]
+        return html_table("FreezeReport", ["", "modules and parameters"], rows)
+
 
 def freeze_report(model: nn.Module) -> FreezeReport:
     """What is frozen in ``model`` now: top-most frozen / trainable modules, counts, BatchNorm layers pinned or replaced.
@@ -130,6 +143,7 @@ def freeze_report(model: nn.Module) -> FreezeReport:
         >>> report.trainable, report.frozen_params
         (['layer2', 'layer3', 'layer4'], 2274344)
     """
+    model = unwrapped(model)
     refuse_uninitialised(model, error=SurgeryError, action="report what is frozen")
     undos = model.__dict__.get(_UNDO_ATTR, [])
     frozen = _numel(p for p in model.parameters() if not p.requires_grad)
@@ -147,20 +161,33 @@ def freeze_report(model: nn.Module) -> FreezeReport:
     )
 
 
-@recorded_op("freeze", replay=lambda model, step: freeze(model, step["patterns"], exclude=step["exclude"], bn=step["bn"]))
+@recorded_op("freeze", replay=lambda model, step: freeze(
+    model, step["patterns"], exclude=step["exclude"], bn=step["bn"], check=False))  # fmt: skip
 def freeze(
-    model: nn.Module, patterns: str | Sequence[str] = ("*",), *, exclude: Sequence[str] = (), bn: BnPolicy = "eval"
+    model: nn.Module,
+    patterns: str | Sequence[str] = ("*",),
+    *,
+    exclude: Sequence[str] = (),
+    bn: BnPolicy = "eval",
+    check: bool = True,
+    input_size: Sequence[int] | None = None,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Stop training the modules matched by glob ``patterns`` on module paths, minus ``exclude``; returns ``model``.
 
     A pattern matches a module and everything under it; ``"*"`` is the whole
-    model. BatchNorm layers among the frozen ones follow ``bn``:
+    model; a module registered under two names is matched by either, and on a
+    ``torch.compile``d model paths may carry the ``_orig_mod.`` prefix or not.
+    BatchNorm layers among the frozen ones follow ``bn``:
 
     - ``"eval"``: kept in eval mode even after ``model.train()``: running statistics stay as they are;
     - ``"frozen"``: replaced by :class:`FrozenBatchNorm2d` (plain 2-D ones; other
       BatchNorms, and subclasses with their own forward or extra layers such as
       timm's ``BatchNormAct2d``, get ``"eval"`` and are listed in
-      ``freeze_report(model).bn_not_replaced``);
+      ``freeze_report(model).bn_not_replaced``); then the model is run once on
+      ``example_inputs`` / ``input_size`` (else a guessed input that ran it
+      before; ``check=False`` or no such input: not checked) and restored,
+      with :class:`SurgeryError` naming the failing layer, if it no longer runs;
     - ``"train"``: left alone.
 
     A parameter shared by a frozen and an excluded module (GPT-2's ``lm_head``
@@ -176,47 +203,41 @@ def freeze(
     """
     if bn not in ("eval", "frozen", "train"):
         raise SurgeryError(f"bn must be 'eval', 'frozen' or 'train', got {bn!r}.")
-    refuse_uninitialised(model, error=SurgeryError, action="freeze it")
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    chosen = _matching(model, patterns, "freeze") - (_matching(model, exclude, "exclude") if exclude else set())
-    ordered = [p for p, _ in model.named_modules() if p in chosen]
+    inner = unwrapped(model)
+    refuse_uninitialised(inner, error=SurgeryError, action="freeze it")
+    patterns = [inner_path(p) for p in ([patterns] if isinstance(patterns, str) else list(patterns))]
+    exclude = [inner_path(p) for p in exclude]
+    chosen = _matching(inner, patterns, "freeze") - (_matching(inner, exclude, "exclude") if exclude else set())
+    ordered = [p for p, _ in inner.named_modules(remove_duplicate=False) if p in chosen]
+    call = None
+    if check and bn == "frozen":
+        call = checking_call(inner, input_size=input_size, example_inputs=example_inputs, action="freeze")
     undo = {"requires_grad": {}, "bn_eval": [], "bn_replaced": {}, "bn": bn, "bn_not_replaced": []}
-    originals: dict[str, nn.Module] = {}  # for a rollback: the very modules, with their modes
-    modes: dict[str, bool] = {}
-    try:
+    with restored_on_failure(inner):
         for path in ordered:
-            module = model.get_submodule(path)
+            module = inner.get_submodule(path)
             for name, param in module.named_parameters(recurse=False):
                 if param.requires_grad:
                     param.requires_grad_(False)
                     undo["requires_grad"][f"{path}.{name}" if path else name] = True
+        replaced: dict[int, nn.Module] = {}  # one FrozenBatchNorm2d for a BatchNorm registered under two names
         for path in ordered:
-            module = model.get_submodule(path)
+            module = inner.get_submodule(path)
             if not isinstance(module, _BatchNorm) or bn == "train":
                 continue
             if bn == "frozen" and _plain_batchnorm2d(module):
                 undo["bn_replaced"][path] = _bn_spec(module)
-                originals[path] = module
-                put(model, path, FrozenBatchNorm2d.from_batchnorm(module))
+                put(inner, path, replaced.setdefault(id(module), FrozenBatchNorm2d.from_batchnorm(module)))
                 continue
             if bn == "frozen" and isinstance(module, nn.BatchNorm2d):
                 undo["bn_not_replaced"].append(path)
-            modes[path] = module.training
             undo["bn_eval"].append(path)
             _pin_eval(module)
-    except BaseException:  # leave the model exactly as it was
-        for path, module in originals.items():
-            put(model, path, module)
-        for path, training in modes.items():
-            module = model.get_submodule(path)
-            _unpin(module)
-            module.training = training
-        for name in undo["requires_grad"]:
-            model.get_parameter(name).requires_grad_(True)
-        raise
-    model.__dict__.setdefault(_UNDO_ATTR, []).append(undo)  # plain attribute: no state_dict key
-    record(model, "freeze", patterns=patterns, exclude=list(exclude), bn=bn)
-    _warn_ties(model, chosen)
+        inner.__dict__.setdefault(_UNDO_ATTR, []).append(undo)  # plain attribute: no state_dict key
+        record(inner, "freeze", patterns=patterns, exclude=list(exclude), bn=bn)
+        if undo["bn_replaced"]:
+            check_runs(inner, call, action="freeze(bn='frozen')")
+    _warn_ties(inner, chosen)
     return model
 
 
@@ -291,17 +312,20 @@ def unfreeze(model: nn.Module) -> nn.Module:
         >>> type(unfreeze(model).bn1).__name__, model.conv1.weight.requires_grad
         ('BatchNorm2d', True)
     """
-    undos = model.__dict__.pop(_UNDO_ATTR, [])
+    inner = unwrapped(model)
+    undos = inner.__dict__.pop(_UNDO_ATTR, [])
     for undo in reversed(undos):
+        restored: dict[int, nn.Module] = {}  # one BatchNorm2d for a layer registered under two names
         for path, spec in undo["bn_replaced"].items():
-            put(model, path, _unfrozen_bn(model.get_submodule(path), spec))
-            model.get_submodule(path).train(model.get_submodule(path.rpartition(".")[0]).training)
+            frozen = inner.get_submodule(path)
+            put(inner, path, restored.setdefault(id(frozen), _unfrozen_bn(frozen, spec)))
+            inner.get_submodule(path).train(inner.get_submodule(path.rpartition(".")[0]).training)
         for path in undo["bn_eval"]:
-            module = model.get_submodule(path)
+            module = inner.get_submodule(path)
             _unpin(module)
-            module.train(model.get_submodule(path.rpartition(".")[0]).training)
+            module.train(inner.get_submodule(path.rpartition(".")[0]).training)
         for name in undo["requires_grad"]:
-            model.get_parameter(name).requires_grad_(True)
+            inner.get_parameter(name).requires_grad_(True)
     if undos:
-        record(model, "unfreeze")
+        record(inner, "unfreeze")
     return model

@@ -16,12 +16,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..codec import nn_layer
-from ..runner import CONV_TYPES, Call, example_call, main_output, output_tensors, probe, refuse_uninitialised
 from ..errors import HeadNotFoundError, SurgeryError, TorchsmithError
+from ..paths import inner_path, unwrapped
+from ..registry import model_config
+from ..runner import (
+    CONV_TYPES, Call, example_call, main_output, output_tensors, probe, refuse_uninitialised, restored_on_failure,
+)  # fmt: skip
 from ..steps import record, recorded_op
-from .modules import find_path, get_module, put, update_attrs
+from .check import check_runs, checking_call
+from .modules import find_path, first_tensor, get_module, put, update_attrs
 
 __all__ = ["replace_head"]
 
@@ -216,8 +222,116 @@ def _head_options(step: Mapping[str, Any]) -> dict[str, Any]:
     return {k: step[k] for k in HEAD_OPTIONS if k in step}
 
 
-@recorded_op("replace_head", replay=lambda model, step: replace_head(
-    model, step["num_classes"], path=step["path"], **_head_options(step)))  # fmt: skip
+# buffers tied to the head's width
+
+
+_ADDS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
+_SAME = {"to", "type", "type_as", "contiguous", "clone", "detach", "view", "reshape", "expand", "expand_as", "unsqueeze"}
+
+
+class _Added(TorchFunctionMode):
+    """Notes which ``watched`` buffers (by the stand-in a run sees, and what ``.to()`` / views make of it) are
+    added to a head's output."""
+
+    def __init__(self, outputs: dict[int, Tensor], aliases: dict[int, str]) -> None:
+        super().__init__()
+        self.outputs, self.aliases, self.found = outputs, aliases, set()
+        self.kept: list[Tensor] = []  # what the aliases' ids stand for, alive so no id is reused
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if name in _ADDS and any(id(t) in self.outputs for t in tensors):
+            self.found.update(self.aliases[id(t)] for t in tensors if id(t) in self.aliases)
+        elif name in _SAME and tensors and id(tensors[0]) in self.aliases and isinstance(out, Tensor):
+            self.aliases[id(out)] = self.aliases[id(tensors[0])]
+            self.kept.append(out)
+        return out
+
+
+def tied_buffers(model: nn.Module, heads: Sequence[str], call: Call | None) -> list[str]:
+    """Buffers outside the heads whose last dim is the head's width and that the forward adds to a head's
+    output (BART / Marian / Pegasus's ``final_logits_bias``), seen on one shape-only run of ``call``."""
+    width = out_features(get_module(model, heads[0]))
+    inside = lambda name: any(name.startswith(h + ".") for h in heads)  # noqa: E731
+    candidates = [n for n, b in model.named_buffers() if b.dim() and b.shape[-1] == width and not inside(n)]
+    if not candidates or call is None or width is None:
+        return []
+    outputs: dict[int, Tensor] = {}
+    aliases: dict[int, str] = {}
+
+    def stand_ins(module: nn.Module, args: tuple) -> None:  # each attempt: the buffers the run sees now
+        outputs.clear()
+        aliases.clear()
+        aliases.update((id(model.get_buffer(n)), n) for n in candidates)
+
+    def head_output(module: nn.Module, args: tuple, output: Any) -> None:
+        if isinstance(output, Tensor):
+            outputs[id(output)] = output
+
+    handles = [model.register_forward_pre_hook(stand_ins)]
+    handles += [get_module(model, h).register_forward_hook(head_output) for h in heads]
+    try:
+        with _Added(outputs, aliases) as mode:
+            probe(model, call, error=SurgeryError, purpose="find buffers added to its head's output")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [n for n in candidates if n in mode.found]
+
+
+def _resize_buffer(model: nn.Module, name: str, num_classes: int) -> None:
+    """Give the buffer ``name`` ``num_classes`` entries in its last dim (zeros: the head is new), kept persistent or not."""
+    owner_path, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_path)
+    old = owner._buffers[leaf]
+    persistent = leaf not in owner._non_persistent_buffers_set
+    owner.register_buffer(leaf, old.new_zeros(*old.shape[:-1], num_classes), persistent=persistent)
+
+
+# the edit
+
+
+def put_heads(model: nn.Module, num_classes: int, paths: Sequence[str], options: Mapping[str, Any],
+              buffers: Sequence[str] = ()) -> nn.Module:  # fmt: skip
+    """New heads at ``paths`` and ``buffers`` resized, recorded (the structure of :func:`replace_head`,
+    replayed by ``load_model`` with no probe); returns ``model``."""
+    new = {p: _new_head(model, p, get_module(model, p), num_classes, **options) for p in paths}
+    for p, layer in new.items():
+        put(model, p, layer)
+    for name in buffers:
+        _resize_buffer(model, name, num_classes)
+    update_attrs(model, num_classes=num_classes)
+    for i, p in enumerate(new):
+        resized = {"buffers": list(buffers)} if buffers and not i else {}  # on the main head's step
+        record(model, "replace_head", num_classes=num_classes, path=p, **options, **resized)
+    return model
+
+
+def reset_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """The model's own ``reset_classifier(num_classes)`` (timm's convention: every head, ``head_dist`` too), its new
+    layers put on the model's device and dtype, recorded unless it records itself (torchsmith's zoo does)."""
+    before = {id(m) for m in model.modules()}
+    config = model_config(model)
+    ref = first_tensor(model)
+    model.reset_classifier(num_classes)
+    for m in model.modules():
+        if id(m) not in before and ref is not None:
+            m.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+    update_attrs(model, num_classes=num_classes)
+    if config is not None and len(model_config(model)["steps"]) == len(config["steps"]):
+        record(model, "replace_head", num_classes=num_classes, reset_classifier=True)
+    return model
+
+
+def _replay_replace_head(model: nn.Module, step: Mapping[str, Any]) -> nn.Module:
+    if step.get("reset_classifier"):
+        return reset_head(model, step["num_classes"])
+    return put_heads(model, step["num_classes"], [step["path"]], _head_options(step), step.get("buffers", ()))
+
+
+@recorded_op("replace_head", replay=_replay_replace_head)
 def replace_head(
     model: nn.Module,
     num_classes: int,
@@ -232,19 +346,24 @@ def replace_head(
 ) -> nn.Module:
     """Swap the classifier for a freshly initialised one with ``num_classes`` outputs; returns ``model``.
 
-    The classifier is ``path`` when given, else ``model.get_classifier()``
-    where the model has one (ours, timm's), else the last Linear / 1x1 conv
-    whose output is the model's prediction, found by a shape-only probe on
-    ``input_size`` / ``example_inputs`` (a tensor, a tuple of positional
-    arguments or a dict of keyword arguments: token ids for BERT), or on a
-    guessed ``(1, C, 224, 224)``. A head found by the probe brings the
-    auxiliary heads the train-mode forward returns with it (inception_v3's
-    ``AuxLogits.fc``, googlenet's ``aux1.fc2`` / ``aux2.fc2``): all are
-    replaced; train-only outputs of the old width that no layer explains are
-    named in a warning. Every setting of the old layer is kept (bias; a conv's
-    kernel, stride, padding, dilation, groups, padding mode), and its device
-    and dtype; ``num_classes=0`` puts an ``nn.Identity`` (pooled features).
-    ``model.num_classes`` follows.
+    A model with timm's ``reset_classifier(num_classes)`` (timm's, ours) is
+    given to it when no ``path`` and no layer options are asked for: it
+    changes every head (deit's and LeViT's ``head`` and ``head_dist``), and
+    ``load_model`` calls it again. Otherwise the classifier is ``path`` when
+    given, else ``model.get_classifier()`` where the model has one, else the
+    last Linear / 1x1 conv whose output is the model's prediction, found by a
+    shape-only probe on ``input_size`` / ``example_inputs`` (a tensor, a tuple
+    of positional arguments or a dict of keyword arguments: token ids for
+    BERT), or on a guessed ``(1, C, 224, 224)``. A head found by the probe
+    brings the auxiliary heads the train-mode forward returns with it
+    (inception_v3's ``AuxLogits.fc``, googlenet's ``aux1.fc2`` / ``aux2.fc2``):
+    all are replaced; train-only outputs of the old width that no layer
+    explains are named in a warning. Every setting of the old layer is kept
+    (bias; a conv's kernel, stride, padding, dilation, groups, padding mode),
+    and its device and dtype; ``num_classes=0`` puts an ``nn.Identity`` (pooled
+    features). ``model.num_classes`` follows. Buffers the forward adds to the
+    head's output with the head's width (BART / Marian / mBART / Pegasus's
+    ``final_logits_bias``, seen on a probe) get ``num_classes`` zeros.
 
     A head of several layers, in one recorded step: ``hidden`` widths give
     ``Linear -> ReLU`` pairs (each followed by ``Dropout(dropout)`` when
@@ -256,6 +375,11 @@ def replace_head(
     Linear head takes these options, as do an Identity one on a model with
     ``num_features`` and a head built this way (replaced again, it becomes a
     Linear without them).
+
+    Afterwards the model is run once on the example input (or a guessed one that
+    ran it before; with none, the change is not checked): if it no longer runs
+    (another layer still has the old width), it is restored and
+    :class:`SurgeryError` names the layer that fails.
 
     Example::
 
@@ -273,28 +397,42 @@ def replace_head(
     """
     if num_classes < 0:
         raise SurgeryError(f"num_classes must be >= 0, got {num_classes}.")
-    refuse_uninitialised(model, error=SurgeryError, action="replace its head")
-    call = None
-    if input_size or example_inputs is not None:
-        call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
-    aux: list[str] = []
-    if path is None:
-        path = find_head(model, call)
-        if not callable(getattr(model, "get_classifier", None)):
-            aux, left = _aux_heads(model, call, path)
-            if left:
-                warnings.warn(
-                    f"replace_head({type(model).__name__}, {num_classes}) changed {[path, *aux]}, but train-mode "
-                    f"outputs {left} keep the old width and come from no Linear / 1x1 conv; change them with replace_module.",
-                    stacklevel=2,
-                )
+    inner = unwrapped(model)
+    refuse_uninitialised(inner, error=SurgeryError, action="replace its head")
     listed = lambda v: [v] if isinstance(v, (int, str)) else list(v or ())  # noqa: E731 - hidden=128, names="fc"
     options = {"hidden": listed(hidden), "dropout": dropout, "names": listed(names), "output": output}
     options = {k: v for k, v in options.items() if v}  # the defaults are left out of the step
-    new = {p: _new_head(model, p, get_module(model, p), num_classes, **options) for p in [path, *aux]}
-    for p, layer in new.items():
-        put(model, p, layer)
-    update_attrs(model, num_classes=num_classes)
-    for p in new:
-        record(model, "replace_head", num_classes=num_classes, path=p, **options)
+    check = checking_call(inner, input_size=input_size, example_inputs=example_inputs, action="replace_head")
+    resets = callable(getattr(inner, "reset_classifier", None))
+    if path is None and not options and resets:
+        with restored_on_failure(inner):
+            try:
+                reset_head(inner, num_classes)
+            except TorchsmithError:
+                raise
+            except Exception as err:  # the model's own code: said as ours, the model as it was
+                raise SurgeryError(
+                    f"{type(inner).__name__}.reset_classifier({num_classes}) failed ({type(err).__name__}: {err}); "
+                    "pass path='...' to replace its head layer instead."
+                ) from err
+            check_runs(inner, check, action=f"{type(inner).__name__}.reset_classifier({num_classes})")
+        return model
+    call = check if bool(input_size) or example_inputs is not None else None
+    aux: list[str] = []
+    if path is None:
+        path = find_head(inner, call)
+        if not callable(getattr(inner, "get_classifier", None)):
+            aux, left = _aux_heads(inner, call, path)
+            if left:
+                warnings.warn(
+                    f"replace_head({type(inner).__name__}, {num_classes}) changed {[path, *aux]}, but train-mode "
+                    f"outputs {left} keep the old width and come from no Linear / 1x1 conv; change them with replace_module.",
+                    stacklevel=2,
+                )
+    path = inner_path(path)
+    buffers = tied_buffers(inner, [path, *aux], check)
+    hint = "It has reset_classifier(num_classes), which changes every head: call replace_head without path=." if resets else ""
+    with restored_on_failure(inner):
+        put_heads(inner, num_classes, [path, *aux], options, buffers)
+        check_runs(inner, check, action="replace_head", hint=hint)
     return model

@@ -9,12 +9,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-from ..runner import Call, example_call, main_output, probe
 from ..errors import HeadNotFoundError, SurgeryError
+from ..paths import unwrapped
 from ..registry import model_config, set_config
+from ..runner import Call, example_call, main_output, probe, restored_on_failure
 from ..steps import record, recorded_op
+from .check import check_runs
 from ..zoo.multi_input import MultiInputModel, check_fusion
 from .heads import find_head, recording, replace_head
 from .modules import first_tensor, get_module, put
@@ -127,8 +130,10 @@ def add_inputs(
     or added to a projection of (``"add"``) the extra input, then a Linear
     gives ``num_classes`` logits. A wrong extra width raises
     :class:`SurgeryError` naming both widths. The result exports with
-    ``torch.export`` (all but the run-up-to-the-head case). A failure leaves
-    ``model`` as it was.
+    ``torch.export`` (all but the run-up-to-the-head case). The wrapper is run
+    once on the example input (one positional input) and an extra one; if it
+    does not run, or anything else fails, ``model`` is left as it was and
+    :class:`SurgeryError` names the failing layer.
 
     Example::
 
@@ -143,21 +148,28 @@ def add_inputs(
     if fuse not in FUSES:
         raise SurgeryError(f"fuse must be 'features' or 'output', got {fuse!r}.")
     check_fusion(extra_features=extra_features, num_classes=num_classes, fusion=fusion, dropout=dropout)
+    model = unwrapped(model)
     call = example_call(model, input_size=input_size or None, example_inputs=example_inputs, error=SurgeryError)
-    backbone, y = _features_into_head(model, call) if fuse == "features" else (model, _output(model, call))
-    step = {
-        "op": "add_inputs",
-        "num_features": int(y.shape[1]),
-        "extra_features": extra_features,
-        "num_classes": num_classes,
-        "fusion": fusion,
-        "fuse": fuse,
-        "relu": bool(relu),
-        "dropout": dropout,
-    }
-    if isinstance(backbone, _HeadInput):
-        step["head_input"] = backbone.head
-    return wrap_inputs(model, step)
+    with restored_on_failure(model):
+        backbone, y = _features_into_head(model, call) if fuse == "features" else (model, _output(model, call))
+        step = {
+            "op": "add_inputs",
+            "num_features": int(y.shape[1]),
+            "extra_features": extra_features,
+            "num_classes": num_classes,
+            "fusion": fusion,
+            "fuse": fuse,
+            "relu": bool(relu),
+            "dropout": dropout,
+        }
+        if isinstance(backbone, _HeadInput):
+            step["head_input"] = backbone.head
+        both = wrap_inputs(model, step)
+        args, kwargs = call
+        if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):  # the wrapper's forward(image, extra)
+            extra = torch.empty(args[0].shape[0], extra_features, device="meta")  # (B, extra_features)
+            check_runs(both, ((args[0], extra), {}), action="add_inputs")
+    return both
 
 
 def wrap_inputs(model: nn.Module, step: dict) -> MultiInputModel:

@@ -7,22 +7,23 @@ a new layer follows, and the attributes (``num_classes``, ``in_chans``) kept tru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from torch import Tensor, nn
 
 from ..codec import build_module, describe_module
 from ..errors import SurgeryError, did_you_mean
+from ..paths import inner_path, module_paths, unwrapped
 from ..registry import model_config
+from ..runner import restored_on_failure
 from ..steps import build_from_config, record, recorded_op
+from .check import check_runs, checking_call
 
 __all__ = ["get_module", "replace_module"]
 
 
 # helpers
-
-
-
-def module_paths(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_modules() if name]
 
 
 def first_tensor(*modules: nn.Module) -> Tensor | None:
@@ -50,28 +51,40 @@ def update_attrs(model: nn.Module, **kwargs: int) -> None:
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at dotted ``path`` (``""`` is the model itself).
+    """The submodule at dotted ``path`` (``""`` is the model itself), by any name it is registered under.
+
+    On a ``torch.compile``d model the path is inside the model it compiles,
+    with or without the wrapper's ``_orig_mod.`` prefix (as every surgery path).
 
     Example::
 
         >>> get_module(create_model("resnet50"), "layer3.1.conv2")
         Conv2d(256, 256, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
+    inner = unwrapped(model)
     try:
-        return model.get_submodule(path)
+        return inner.get_submodule(inner_path(path))
     except AttributeError as err:
-        raise SurgeryError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, module_paths(model))}") from err
+        raise SurgeryError(f"{type(inner).__name__} has no module {path!r}.{did_you_mean(path, module_paths(inner))}") from err
 
 
 def _replay_replace_module(model: nn.Module, step) -> nn.Module:
     """The module of a step rebuilt from its config (``module``) or its plain-data description (``spec``)."""
     if "spec" in step:
-        return replace_module(model, step["path"], build_module(step["spec"], path=str(step["path"])))
-    return replace_module(model, step["path"], build_from_config(step["module"], device=None))
+        return put_recorded(model, step["path"], build_module(step["spec"], path=str(step["path"])))
+    return put_recorded(model, step["path"], build_from_config(step["module"], device=None))
 
 
 @recorded_op("replace_module", replay=_replay_replace_module)
-def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
+def replace_module(
+    model: nn.Module,
+    path: str,
+    new: nn.Module,
+    *,
+    check: bool = True,
+    input_size: Sequence[int] | None = None,
+    example_inputs: Any = None,
+) -> nn.Module:
     """Put ``new`` at ``path``, moved to the device (and floating dtype) of what it replaces; returns ``model``.
 
     ``new`` is recorded for ``save_model`` when torchsmith can describe it
@@ -82,12 +95,29 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     module works the same in memory, and ``save_model`` refuses the model,
     naming the path and why.
 
+    Afterwards the model is run once on ``example_inputs`` / ``input_size``
+    (else a guessed input that ran it before; with none, the change is not
+    checked): if it no longer runs, it is restored and :class:`SurgeryError`
+    names the layer that fails. ``check=False`` skips that run, for one step
+    of several that only fit together (a conv's width, then the next layer's).
+
     Example::
 
         >>> model = replace_module(create_model("resnet18"), "layer1.0.relu", nn.GELU())
         >>> type(model.layer1[0].relu).__name__, model_config(model)["steps"]
         ('GELU', [{'op': 'replace_module', 'path': 'layer1.0.relu', 'spec': 'GELU'}])
     """
+    inner = unwrapped(model)
+    call = checking_call(inner, input_size=input_size, example_inputs=example_inputs, action="replace_module") if check else None
+    with restored_on_failure(inner):
+        put_recorded(inner, inner_path(path), new)
+        check_runs(inner, call, action=f"replace_module at {path!r}")
+    return model
+
+
+def put_recorded(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
+    """:func:`put`, recorded when the module can be described (the structure of :func:`replace_module`,
+    replayed by ``load_model``); returns ``model``."""
     put(model, path, new)
     if model_config(model) is None:
         return model  # nothing records: no need to describe

@@ -1,4 +1,4 @@
-"""Step 9 - real data: train a zoo ResNet on scikit-learn's digits, then transfer it to a new task.
+"""Step 8 - real data: train a zoo ResNet on scikit-learn's digits, then transfer it to a new task.
 
 1,797 real 8x8 handwritten digits (shipped inside scikit-learn: nothing is
 downloaded). A zoo resnet18 adapted to 1 input channel learns the 10 digits;

@@ -1,4 +1,4 @@
-"""Step 4 - whole models that survive surgery: build, change, save, load in a fresh process, same outputs.
+"""Step 5 - whole models that survive surgery: build, change, save, load in a fresh process, same outputs.
 
 A user's real sequence: build a model, change it (gray-scale input, a new
 head, frozen BatchNorm, folded for inference), save it, and rebuild it later

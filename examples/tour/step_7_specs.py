@@ -1,4 +1,4 @@
-"""Step 6 - specs: the tutorial's compositions and its U-Net as data, built, checked, saved and rebuilt.
+"""Step 7 - specs: the tutorial's compositions and its U-Net as data, built, checked, saved and rebuilt.
 
 The tutorial composes layers by hand and computes every input width itself. Here each composition
 is a YAML spec in examples/specs/: a named and a positional sequential, a list, a dict, and the U-Net
@@ -6,7 +6,7 @@ as a graph whose node names give the zoo U-Net's state-dict keys. Each is valida
 widths inferred on the meta device), summarized, and saved under out/specs/ as config.json (the spec)
 + model.safetensors, which load_model rebuilds with no code.
 
-Run alone: python examples/tour/step_6_specs.py
+Run alone: python examples/tour/step_7_specs.py
 """
 
 from __future__ import annotations
@@ -26,24 +26,34 @@ SPECS = Path(__file__).resolve().parents[1] / "specs"
 OUT = Path("out") / "specs"
 
 
-def main() -> None:
+def specs_table(save: bool = True) -> Table:
+    """Each spec of examples/specs built: its model class, parameters, output shape and FLOPs."""
     table = Table(title="the tutorial's compositions as specs (examples/specs/*.yaml)")
-    for col in ("spec", "model", "children", "parameters", "output", "FLOPs"):
+    for col in ("spec", "model", "parameters", "output", "FLOPs"):
         table.add_column(col, justify="right" if col in ("parameters", "FLOPs") else "left")
     for name in ("conv_stack", "conv_stack_positional", "mlp", "mlp_list", "mlp_dict", "unet"):
         path = SPECS / f"{name}.yaml"
         model = ts.build(path)
-        children = [n for n, _ in model.named_children()]
+        flops = ts.summary(model, input_size=yaml.safe_load(path.read_text())["input"]).total_flops
         table.add_row(
             name,
             type(model).__name__,
-            " ".join(children) if len(children) <= 4 else f"{' '.join(children[:3])} +{len(children) - 3}",
             f"{sum(p.numel() for p in model.parameters()):,}",
             "x".join(map(str, output_shapes(path))),
-            f"{ts.summary(model, input_size=yaml.safe_load(path.read_text())['input']).total_flops / 1e6:,.1f} M",
+            f"{flops / 1e9:.2f} G" if flops >= 1e9 else f"{flops / 1e6:.2f} M",
         )
-        ts.save_model(model, OUT / name)
-    console.print(table)
+        if save:
+            ts.save_model(model, OUT / name)
+    return table
+
+
+def tables() -> list:
+    """What this step prints as tables (tests/test_examples.py checks they fit 80 columns)."""
+    return [specs_table(save=False), ts.summary(ts.build(SPECS / "conv_stack.yaml"), input_size=(1, 3, 224, 224))]
+
+
+def main() -> None:
+    console.print(specs_table())
     console.print(f"saved each to {OUT}/<name> (config.json holds the spec)")
     console.print(ts.summary(ts.build(SPECS / "conv_stack.yaml"), input_size=(1, 3, 224, 224)))  # the tutorial's stack
 

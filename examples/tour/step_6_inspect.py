@@ -1,10 +1,11 @@
-"""Step 5 - inspection: summaries of the FPN backbone and the U-Net, a printing forward, an interactive diagram.
+"""Step 6 - inspection: summaries of the FPN backbone and the U-Net, a printing forward, an interactive diagram.
 
-Run alone: python examples/tour/step_5_inspect.py   (writes out/unet.html and out/unet.png)
+Run alone: python examples/tour/step_6_inspect.py   (writes out/unet.html; out/unet.png too where Chromium is)
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torchsmith
 
 console = Console()
 OUT = Path("out")
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def dict_of_layers() -> nn.Module:
@@ -37,8 +38,9 @@ def dict_of_layers() -> nn.Module:
 
 
 def screenshot(page: Path, png: Path) -> bool:
+    """A picture of the page with the deepest encoder block open, when Chromium is on this machine (not needed:
+    the page itself is the result)."""
     if not Path(CHROMIUM).exists():
-        console.print(f"[yellow]{CHROMIUM} not found (make demo installs it); no screenshot[/]")
         return False
     from playwright.sync_api import sync_playwright
 
@@ -48,21 +50,33 @@ def screenshot(page: Path, png: Path) -> bool:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         tab = browser.new_page(viewport={"width": 1400, "height": 900})
         tab.goto(page.resolve().as_uri())
-        tab.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+        drawn = "body[data-ready='1']"  # the page sets it once a layout is drawn (its CSP forbids eval: no wait_for_function)
+        tab.wait_for_selector(drawn, state="attached", timeout=60_000)
         tab.click("g.node[data-path='encoder.3']", position={"x": 12, "y": 10})  # open the deepest encoder block
-        tab.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+        tab.wait_for_selector(drawn, state="attached", timeout=60_000)
         tab.screenshot(path=str(png))
         browser.close()
     return True
 
 
+def summaries() -> list:
+    """The FPN backbone's and the U-Net's summaries (console.print fits them to the terminal)."""
+    fpn = torchsmith.create_model("resnet152_fpn")
+    unet = torchsmith.create_model("unet")
+    return [torchsmith.summary(fpn, (1, 3, 224, 224), depth=1),
+            torchsmith.summary(unet, (1, 3, 256, 256), depth=1, mode="train")]
+
+
+def tables() -> list:
+    """What this step prints as tables (tests/test_examples.py checks they fit 80 columns)."""
+    return summaries()
+
+
 def main() -> None:
     # shapes, parameters (frozen ones counted), FLOPs and memory, on the meta device: nothing allocated
-    fpn = torchsmith.create_model("resnet152_fpn")
-    print(torchsmith.summary(fpn, (1, 3, 224, 224), depth=1))  # str(): the table, 140 columns
-    unet = torchsmith.create_model("unet")
-    s = torchsmith.summary(unet, (1, 3, 256, 256), depth=1, mode="train")
-    print(s)
+    fpn_summary, s = summaries()
+    console.print(fpn_summary)  # the table, as wide as the terminal allows (print(summary): 140 columns)
+    console.print(s)
     console.print(f"U-Net training step at 256x256: {s.totals.training_bytes / 2**20:.0f} MiB "
                   f"({s.saved_bytes / 2**20:.0f} MiB of it activations kept for backward)\n")
 
@@ -76,11 +90,13 @@ def main() -> None:
         console.print(f"[red]InspectError:[/] {str(err).split(': RuntimeError')[0]}", highlight=False)
 
     # one self-contained HTML page: open it in any browser, offline
+    unet = torchsmith.create_model("unet")
     page = torchsmith.diagram(unet, (1, 3, 256, 256), path=OUT / "unet.html")
-    console.print(f"\nwrote {page} ({page.stat().st_size / 2**20:.1f} MiB, layout engine inlined)")
+    console.print(f"\nwrote {page} ({page.stat().st_size / 2**20:.1f} MiB, layout engine inlined): open it in any "
+                  f"browser, offline ({page.resolve().as_uri()})", highlight=False)
     png = OUT / "unet.png"
     if screenshot(page, png):
-        console.print(f"wrote {png} (headless Chromium)")
+        console.print(f"wrote {png} (a picture of it, by headless Chromium)")
 
 
 if __name__ == "__main__":

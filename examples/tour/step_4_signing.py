@@ -1,4 +1,4 @@
-"""Step 3b - intact is not authentic: checksums catch damage, a signature catches a swapped model.
+"""Step 4 - intact is not authentic: checksums catch damage, a signature catches a swapped model.
 
 Checksums (xxh3-64) say the bytes are the ones written with them; whoever rewrites a
 checkpoint writes new checksums too. A signature made with a private key (the OpenSSF
