@@ -19,7 +19,7 @@ IPY          := $(INTEROP)/bin/python
 INTEROP_LOCK := tests/interop/requirements.txt
 ISTAMP       := $(INTEROP)/.installed
 
-.PHONY: install interop demo demo-distributed test test-main test-interop faults fuzz bench clean vendor-elk
+.PHONY: install interop demo demo-distributed test test-main test-interop sweep faults fuzz bench clean vendor-elk
 
 # the browser tests (the diagram page, the notebook tables) drive Debian's Chromium through Playwright (no
 # browser download). Another Chromium: make test CHROMIUM=/path/to/chromium. Without it the main suite does not
@@ -92,6 +92,13 @@ test-main: $(STAMP) $(CHROMIUM)
 test-interop: $(ISTAMP)
 	@echo "== test-interop: peer models (torchvision, timm, transformers) in $(INTEROP)"
 	PYTHONPATH=$(CURDIR)/src $(IPY) -m pytest tests/interop
+
+# every operation on every torchvision builder, ~170 timm and ~30 transformers models (an hour or more on 2 cores):
+# writes docs/compatibility.md and docs/compatibility.json; resumes from .sweep/ after an interruption.
+# SWEEP_ARGS="--sample 20" or "--only 'timm.*'" for a part (written to .sweep/), "--fresh" to start over,
+# "--publish" to publish a stopped sweep's finished models (the page says how many of how many)
+sweep: $(ISTAMP)
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(IPY) -m sweep $(SWEEP_ARGS)
 
 # the reliability suite's long versions (docs/reliability.md): 64 MiB files, 100 kills, every truncation, the long fuzz
 faults: $(STAMP)

@@ -134,6 +134,40 @@ def test_function_nodes_and_values_before_in_place_ops(resnet18):
     assert (out["layer1.0.add"] < 0).any()  # really before the ReLU
 
 
+def _shortcut(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """As torchvision MViT's ``_add_shortcut``: writes into ``x``; the caller ignores the result."""
+    x.add_(skip)
+    return x
+
+
+torch.fx.wrap("_shortcut")
+
+
+class WritesInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)  # (B, 4)
+        _shortcut(y, x)  # kept whole by fx (wrapped), result unused
+        z = self.b(y)
+        z.mul_(2)  # an in-place method, result unused
+        return self.c(z)
+
+
+def test_in_place_writes_whose_result_is_unused_are_kept():
+    """Found by the sweep (torchvision mvit_v2_s): dead-code elimination dropped `_add_shortcut(x, q)`, whose
+    result is unused but which writes into x; every later value was wrong (error 1.4 at scale 1.4)."""
+    model = WritesInPlace().eval()
+    x = torch.randn(2, 4)
+    seen = hooked_outputs(model, x, ["a", "b", "c"])
+    out = extract_features(model, ["a", "b", "c"], mode="fx")(x)
+    for name in ("a", "b", "c"):
+        torch.testing.assert_close(out[name], seen[name][0], rtol=0, atol=0)
+    torch.testing.assert_close(extract_features(model, ["b"], mode="fx")(x)["b"], seen["b"][0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["fx", "hooks"])
 def test_module_called_twice_first_call_by_name_then_suffixes(resnet18, mode):
     ex = extract_features(resnet18, ["layer1.0.relu", "layer1.0.relu_1"], mode=mode)
@@ -424,3 +458,16 @@ def test_feature_info_takes_example_inputs_of_any_dtype():
     assert info == [FeatureInfo(16, 0, "mix", layout="tokens")]
     with pytest.raises(FeatureExtractionError, match="example_inputs="):
         feature_info(Tokens(), return_nodes=["mix"], example_inputs=torch.randn(2, 7))  # floats: embedding refuses
+
+
+def test_feature_info_of_a_node_without_a_tensor_output_says_which_nodes_to_ask_for():
+    """Found by the sweep (transformers' vision models, timm's efficientvim): the refusal named no next step."""
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x.mean()
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Pair())
+    with pytest.raises(FeatureExtractionError, match=r"node '1' of Sequential gives tuple.*Pass return_nodes=.*feature_nodes\(model\)"):
+        feature_info(model, (1, 3, 16, 16), ["1"])
+    assert feature_info(model, (1, 3, 16, 16), ["0"]) == [FeatureInfo(4, 1, "0")]

@@ -322,7 +322,10 @@ def convert_checkpoint(
     from .dcp import is_dcp, read_dcp  # torch.distributed.checkpoint is imported only when converting
     from .weights import read_weights
 
-    src, dst = checked_path(src), checked_path(dst, action="write")
+    from .hub import is_hf_source
+
+    src = src if is_hf_source(src) else checked_path(src)  # hf://ORG/NAME is a source, not a path to normalise
+    dst = checked_path(dst, action="write")
     if os.path.realpath(dst) == os.path.realpath(src):  # realpath: a loop of links is a name, not an error
         raise CheckpointError(f"convert: output {str(dst)!r} is the input; choose another path.")
     if max_shard_size is not None:

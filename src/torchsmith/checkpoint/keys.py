@@ -1,4 +1,4 @@
-"""Matching a checkpoint's keys to a model's: wrapper prefixes, user prefixes, training-loop dicts.
+"""Matching a checkpoint's keys to a model's: renames, wrapper prefixes, user prefixes, training-loop dicts.
 
 ``module.`` (DataParallel / DistributedDataParallel) and ``_orig_mod.``
 (``torch.compile``) are path segments a wrapper adds; they are recognised in
@@ -8,10 +8,13 @@ any nesting and repetition, on either side (file or model).
     ('layer1.0.conv1.weight', ('module.', '_orig_mod.'))
     >>> find_state_dict({"epoch": 3, "model_state_dict": {"w": torch.ones(1)}})[1]
     'model_state_dict'
+    >>> rename_keys(["stem.conv.weight", "fc.bias"], {"^stem[.]": "conv1.", "^fc[.]": "head."})
+    {'stem.conv.weight': 'conv1.conv.weight', 'fc.bias': 'head.bias'}
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,9 +25,11 @@ import torch
 from ..errors import CheckpointError
 
 __all__ = [
-    "WRAPPER_SEGMENTS", "STATE_DICT_KEYS", "strip_wrappers", "find_state_dict", "match_keys", "KeyMatch",
-    "explaining_prefix", "LayoutGuess", "register_layout_guesser", "guess_layout",
+    "WRAPPER_SEGMENTS", "STATE_DICT_KEYS", "Rename", "strip_wrappers", "find_state_dict", "rename_keys", "apply_prefix",
+    "match_keys", "KeyMatch", "explaining_prefix", "LayoutGuess", "register_layout_guesser", "guess_layout",
 ]
+
+Rename = Mapping[str, str] | Callable[[str], "str | None"]
 
 WRAPPER_SEGMENTS = ("module", "_orig_mod")
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -36,6 +41,57 @@ def strip_wrappers(key: str) -> tuple[str, tuple[str, ...]]:
     kept = [p for p in parts[:-1] if p not in WRAPPER_SEGMENTS] + parts[-1:]
     removed = tuple(f"{p}." for p in parts[:-1] if p in WRAPPER_SEGMENTS)
     return ".".join(kept), removed
+
+
+def rename_keys(keys: Iterable[str], rename: Rename | None) -> dict[str, str]:
+    """``file key -> new name`` for the keys ``rename`` keeps (a callable returning None drops a key).
+
+    ``rename`` is a mapping of regular expressions to replacements, applied in order with ``re.sub``
+    (``{"^encoder[.]": "backbone.", "[.]gamma$": ".weight"}``), or a callable ``key -> key``: timm's
+    ``checkpoint_filter_fn`` and Hugging Face's key renames, before matching.
+
+    Raises:
+        CheckpointError: a pattern that is not a regular expression, a callable returning a non-string, or two
+            keys renamed to the same name (naming both).
+    """
+    keys = list(keys)
+    if rename is None:
+        return {k: k for k in keys}
+    if isinstance(rename, Mapping):
+        rules = []
+        for pattern, repl in rename.items():
+            try:
+                rules.append((re.compile(pattern), repl))
+            except (re.error, TypeError) as e:
+                raise CheckpointError(f"rename: {pattern!r} is not a regular expression ({e}). Escape dots as '[.]' or '\\\\.'.") from e
+
+        def apply(key: str) -> str | None:
+            for rx, repl in rules:
+                key = rx.sub(repl, key)
+            return key
+    elif callable(rename):
+        apply = rename
+    else:
+        raise CheckpointError(f"rename= takes a mapping of regular expression -> replacement or a callable key -> key, got {type(rename).__name__}.")
+    out: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for key in keys:
+        try:
+            new = apply(key)
+        except re.error as e:
+            raise CheckpointError(f"rename: the replacement for {key!r} failed ({e}).") from e
+        if new is None:
+            continue
+        if not isinstance(new, str) or not new:
+            raise CheckpointError(f"rename turned {key!r} into {new!r}; it must return a non-empty string, or None to drop the key.")
+        if new in owner:
+            raise CheckpointError(
+                f"rename maps both {owner[new]!r} and {key!r} to {new!r}; two tensors cannot share a name. "
+                "Make the patterns more specific (anchor them with ^ and $)."
+            )
+        owner[new] = key
+        out[key] = new
+    return out
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -97,6 +153,22 @@ def _user_prefix_direction(file_keys: list[str], model_keys: list[str], prefix: 
     return ""
 
 
+def apply_prefix(file_keys: list[str], model_keys: list[str], prefix: str | None) -> tuple[dict[str, str], Counter, Counter]:
+    """``file key -> key`` after a user prefix (``"backbone."``) is stripped or added, whichever fits; and the
+    counts removed / added. Wrapper segments and ``None`` / ``"auto"`` leave keys as they are."""
+    removed, added = Counter(), Counter()
+    if prefix in (None, "auto", ""):
+        return {k: k for k in file_keys}, removed, added
+    direction = _user_prefix_direction(file_keys, model_keys, prefix)
+    if direction == "strip":
+        removed[prefix] = sum(k.startswith(prefix) for k in file_keys)
+        return {k: k[len(prefix) :] if k.startswith(prefix) else k for k in file_keys}, removed, added
+    if direction == "add":
+        added[prefix] = len(file_keys)
+        return {k: prefix + k for k in file_keys}, removed, added
+    return {k: k for k in file_keys}, removed, added
+
+
 def _canonical(keys: Iterable[str]) -> dict[str, tuple[str, tuple[str, ...]]] | None:
     """key -> (stripped key, segments); None when stripping would merge two keys."""
     out = {k: strip_wrappers(k) for k in keys}
@@ -117,15 +189,7 @@ def match_keys(file_keys: Iterable[str], model_keys: Iterable[str], *, prefix: s
     if prefix in (None, "auto", "") and len(file_keys) == len(model_keys) and set(file_keys) == set(model_keys):
         return KeyMatch(pairs=dict(zip(model_keys, model_keys)))  # the same keys: the common case, at C speed
     result = KeyMatch()
-    renamed = {k: k for k in file_keys}  # file key -> key after the user prefix
-    if prefix not in (None, "auto", ""):
-        direction = _user_prefix_direction(file_keys, model_keys, prefix)
-        if direction == "strip":
-            renamed = {k: k[len(prefix) :] if k.startswith(prefix) else k for k in file_keys}
-            result.removed[prefix] = sum(k.startswith(prefix) for k in file_keys)
-        elif direction == "add":
-            renamed = {k: prefix + k for k in file_keys}
-            result.added[prefix] = len(file_keys)
+    renamed, result.removed, result.added = apply_prefix(file_keys, model_keys, prefix)  # file key -> key after it
     by_name = {v: k for k, v in renamed.items()}
     if prefix is None or set(model_keys) <= set(by_name) or not (
         (f_can := _canonical(renamed.values())) and (m_can := _canonical(model_keys))

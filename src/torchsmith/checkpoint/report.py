@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..display import capped, html_table, more
 from ..units import format_bytes
+from .upgrades import Upgrade
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class LoadReport:
         on_meta: tensors of the model still on the meta device after the load (no values): a failure.
         unlisted: tensors a shard holds that its index does not list (never loaded).
         values / nbytes: numbers of values and bytes loaded.
+        renamed: ``(file key, new name)`` for each key ``rename=`` changed; dropped: the keys it dropped.
+        upgraded: the changes the model's modules declared for older checkpoints and made while loading
+            (:class:`~torchsmith.checkpoint.upgrades.Upgrade`: torchvision FPN's old key layout, BatchNorm's
+            missing ``num_batches_tracked``), as ``load_state_dict`` would.
     """
 
     path: str
@@ -100,6 +105,9 @@ class LoadReport:
     nbytes: int = 0
     model_keys: int = 0
     unlisted: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    upgraded: list[Upgrade] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -129,6 +137,10 @@ class LoadReport:
         for label, table in (("removed", self.prefixes_removed), ("added", self.prefixes_added)):
             for prefix, n in sorted(table.items()):
                 rows.append(("prefixes", f"{label} {prefix!r} {'from' if label == 'removed' else 'to'} {n} keys"))
+        if self.renamed or self.dropped:
+            dropped = f", dropped {len(self.dropped)}" if self.dropped else ""
+            first = f" (e.g. {self.renamed[0][0]!r} -> {self.renamed[0][1]!r})" if self.renamed else ""
+            rows.append(("renamed", f"{len(self.renamed)} keys by rename={first}{dropped}"))
         if self.unlisted:
             shown = ", ".join(self.unlisted[:5]) + (f" and {len(self.unlisted) - 5} more" if len(self.unlisted) > 5 else "")
             rows.append(("unlisted", f"{len(self.unlisted)} in the shards but not in the index, not loaded: {shown}"))
@@ -143,6 +155,7 @@ class LoadReport:
             ("tied", [(a, t, "stored once in the file") for a, t in self.tied]
              + [(k, t, "same tensor in the model, absent from the file") for k, t in self.tied_in_model],
              lambda x: (x[0], f"= {x[1]}  ({x[2]})")),
+            ("upgraded", self.upgraded, lambda u: u.describe()),
             ("recomputed", self.recomputed, lambda k: (k, "not in the file; computed by building the model again")),
             ("on meta", self.on_meta, lambda k: (k, "no values: not loaded, and the model cannot recompute it")),
         ]
@@ -190,4 +203,4 @@ class LoadReport:
 
 REPR_KEYS = 5  # keys of each kind repr() shows
 _FIELDS = {"missing": "missing", "unexpected": "unexpected", "mismatched": "mismatched", "casts": "casts",
-           "tied": "tied", "recomputed": "recomputed", "on meta": "on_meta"}
+           "tied": "tied", "upgraded": "upgraded", "recomputed": "recomputed", "on meta": "on_meta"}

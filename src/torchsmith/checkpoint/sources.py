@@ -54,6 +54,7 @@ class Source:
     source_key: str | None = None
     other_keys: tuple[str, ...] = ()
     unlisted: list[str] = []  # tensors in a shard that the index does not list: never loaded
+    module_metadata: dict | None = None  # a torch state dict's ``_metadata`` (module path -> {"version": n})
 
     def keys(self) -> list[str]:
         """Stored keys, then aliases."""
@@ -314,6 +315,9 @@ def _open_torch(path: Path, trusted: bool, inside: Path | None) -> TensorSource:
         source_key, others = None, []
     src = TensorSource(path, tensors, checksums, metadata)
     src.source_key, src.other_keys = source_key, tuple(others)
+    inner = obj.get(source_key or STATE_DICT_KEYS[0]) if isinstance(obj, dict) and (source_key or TORCHSMITH_KEY in obj) else obj
+    found = getattr(inner, "_metadata", None)  # the versions load_state_dict's upgrades read (BatchNorm's is 2)
+    src.module_metadata = found if isinstance(found, Mapping) else None
     return src
 
 

@@ -7,9 +7,8 @@
     >>> report.ok
     True
 
-Loading validates everything (keys, shapes, dtypes, checksums) before writing
-a single byte into the model, then reads each tensor straight from the file
-into the parameter it belongs to: no second copy of the weights in memory.
+Loading validates everything (keys, shapes, dtypes, checksums) before writing a single byte into the model, then
+reads each tensor straight from the file into the parameter it belongs to: no second copy of the weights in memory.
 """
 
 from __future__ import annotations
@@ -31,13 +30,14 @@ from ._gc import gc_paused
 from ._interrupts import deferred_interrupts
 from .atomic import atomic_write
 from .formats import DTYPE_NAMES, META_ALIASES, META_INDEX_DIGEST, RESERVED_PREFIX, dtype_name, format_for, index_path, is_shard_of, shard_names
-from .keys import explaining_prefix, guess_layout, match_keys
+from .keys import Rename, explaining_prefix, guess_layout
 from .limits import Limits, takes_limits
 from .materialize import meta_tensors, put, recompute
 from .report import Cast, LoadReport, Mismatch
 from .safetensors_format import write_safetensors
 from .sources import SafetensorsSource, Source, TensorSource, index_digest, open_source, tensor_identity
 from .torch_format import write_torch_file
+from .upgrades import plan_keys
 
 __all__ = ["save_weights", "load_weights", "read_weights", "parse_size", "state_dict_of", "dedupe", "check_metadata"]
 
@@ -247,39 +247,33 @@ def read_weights(path: str | os.PathLike, *, map_location: str | torch.device = 
 
 
 def _castable(a: torch.dtype, b: torch.dtype) -> bool:
-    if a == b:
-        return True
-    if a.is_floating_point and b.is_floating_point:
+    if a == b or (a.is_floating_point and b.is_floating_point):
         return True
     ints = a not in (torch.bool,) and not a.is_floating_point and not a.is_complex
     return ints and b not in (torch.bool,) and not b.is_floating_point and not b.is_complex
 
 
-def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport, list]:
-    """Check every key, shape and dtype; return the report and ``(target, file_key)`` writes."""
+def _plan(src: Source, model: nn.Module, prefix: str | None, rename: Rename | None = None, verify: bool = True) -> tuple[LoadReport, list, list]:
+    """Check every key, shape and dtype; return the report, the ``(target, file_key)`` reads and the
+    ``(target, tensor)`` writes of values a module's upgrade made (BatchNorm's ``num_batches_tracked``)."""
     targets = model.state_dict(keep_vars=True)
-    match = match_keys(src.keys(), targets, prefix=prefix)
+    keys = plan_keys(model, src.keys(), targets, prefix=prefix, rename=rename, spec=src.spec,
+                     read=lambda fk: src.read(fk, verify=verify), metadata=getattr(src, "module_metadata", None))  # fmt: skip
     report = LoadReport(
-        path=str(src.path),
-        format=src.format,
-        missing=list(match.missing),
-        unexpected=list(match.unexpected),
-        prefixes_removed=dict(match.removed),
-        prefixes_added=dict(match.added),
-        source_key=src.source_key,
-        other_keys=list(src.other_keys),
-        tied=sorted(src.aliases.items()),
-        model_keys=len(targets),
-        unlisted=list(src.unlisted),
+        path=str(src.path), format=src.format, missing=keys.missing, unexpected=keys.unexpected,
+        prefixes_removed=keys.removed, prefixes_added=keys.added, source_key=src.source_key,
+        other_keys=list(src.other_keys), tied=sorted(src.aliases.items()), model_keys=len(targets),
+        unlisted=list(src.unlisted), renamed=keys.renamed, dropped=keys.dropped, upgraded=keys.upgraded,
     )
-    writes = []
+    writes, values = [], []
     done: dict[tuple, str] = {}
     # one loop of plain lookups: a 100k-key plan in a fraction of a second
     specs, aliases, loaded = src._specs(), src.aliases, report.loaded
-    values = nbytes = 0
-    for mk, fk in match.pairs.items():
+    n_values = nbytes = 0
+    for mk, fk in keys.pairs.items():
         target = targets[mk]
-        shape, dtype = specs[aliases.get(fk, fk)]
+        value = fk if isinstance(fk, torch.Tensor) else None
+        shape, dtype = (tuple(value.shape), value.dtype) if value is not None else specs[aliases.get(fk, fk)]
         same = dtype == target.dtype
         if target.shape != shape or not (same or _castable(dtype, target.dtype)):
             report.mismatched.append(Mismatch(mk, shape, tuple(target.shape), dtype_name(dtype), dtype_name(target.dtype)))
@@ -291,23 +285,27 @@ def _plan(src: Source, model: nn.Module, prefix: str | None) -> tuple[LoadReport
         if ident in done:  # tied in the model: one write serves both keys
             continue
         done[ident] = mk
+        if value is not None:
+            if value is not target:  # a module's upgrade kept the model's own value: nothing to write
+                values.append((target, value))
+            continue
         writes.append((target, fk))
         n = target.numel()
-        values += n
+        n_values += n
         nbytes += n * target.element_size()
-    report.values, report.nbytes = values, nbytes
+    report.values, report.nbytes = n_values, nbytes
     # a model key the file lacks whose tensor is one the load fills is tied (save_pretrained drops lm_head.weight)
     for mk in list(report.missing):
         partner = done.get(tensor_identity(targets[mk]))
         if partner is not None:
             report.missing.remove(mk)
             report.tied_in_model.append((mk, partner))
-    return report, writes
+    return report, writes, values
 
 
 def _left_on_meta(report: LoadReport, model: nn.Module, writes: list, map_location) -> dict[str, torch.Tensor]:
     """Meta tensors the writes will not fill: recompute the ones the model can (returned), name the rest."""
-    filled = {id(target) for target, _ in writes}
+    filled = {id(target) for target, _ in writes}  # values (upgrades) included: the caller passes both
     left = {name: t for name, t in meta_tensors(model).items() if id(t) not in filled}
     if not left:
         return {}
@@ -347,10 +345,8 @@ def _refuse(report: LoadReport, model: nn.Module, strict: bool, skip_mismatched:
     if report.mismatched and not skip_mismatched:
         hints.append("pass skip_mismatched=True to skip the mismatched ones (e.g. a new head)")
     if strict and report.on_meta:
-        hints.append(
-            "build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
-            "tensors under 'on meta' values before using the model"
-        )
+        hints.append("build the model with real buffers (only its parameters on meta), or pass strict=False and give the "
+                     "tensors under 'on meta' values before using the model")  # fmt: skip
     advice = "; ".join(hints)
     raise IncompatibleCheckpointError(
         f"load_weights: {report.path} does not fit {type(model).__name__}: {', '.join(problems)}. "
@@ -365,7 +361,7 @@ def check_fits(model: nn.Module, src: Source) -> None:
 
     ``load_model`` runs it on the model built on the meta device before any real allocation.
     """
-    report, _ = _plan(src, model, None)
+    report, _, _ = _plan(src, model, None)
     report.checksums = src.checksum_status
     _refuse(report, model, strict=True, skip_mismatched=False, src=src)
 
@@ -416,6 +412,7 @@ def load_weights(
     strict: bool = True,
     prefix: str | None = "auto",
     skip_mismatched: bool = False,
+    rename: Rename | None = None,
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     trusted: bool = False,
@@ -424,30 +421,20 @@ def load_weights(
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and report what happened.
 
-    Reads safetensors (single or sharded), torch files (``weights_only=True``;
-    training-loop dicts under ``state_dict`` / ``model_state_dict`` / ``model``
-    are found) and ``save_model`` directories. ``prefix="auto"`` handles
-    ``module.`` / ``_orig_mod.`` on either side; a string such as
-    ``"backbone."`` is stripped from or added to the file's keys; ``None``
-    matches keys exactly. Parameters on the meta device are materialised on
-    ``map_location``; others are written in place, on their own device. A key
-    the file lacks whose tensor is the very tensor of a loaded key (an output
-    layer tied to the embedding) is ``tied``, not missing. Tensors no file holds
-    (non-persistent buffers) that are still on meta are recomputed when the model
-    can be rebuilt (registry config, transformers ``config``), else named under
-    ``on_meta``: a failure, refused when ``strict``.
-    Floating-point dtypes are cast (and reported); other dtype changes are mismatches.
+    Reads safetensors (single or sharded), torch files (``weights_only=True``; training-loop dicts are found) and
+    ``save_model`` directories. ``prefix="auto"`` handles ``module.`` / ``_orig_mod.`` on either side; a string
+    such as ``"backbone."`` is stripped or added; ``None`` matches exactly. Meta parameters are materialised on
+    ``map_location``, others written in place. A key the file lacks whose tensor is that of a loaded key is
+    ``tied``; non-persistent buffers still on meta are recomputed when the model can be rebuilt, else named under
+    ``on_meta``. Floating-point dtypes are cast (and reported). ``rename``: ``{regex: repl}`` or a callable
+    ``key -> key`` (None drops it), applied before matching (``report.renamed``). Upgrades modules declare
+    (``_load_from_state_dict``, pre-hooks, a file's ``version``) apply as in ``load_state_dict``
+    (``report.upgraded``). ``mmap=True`` (safetensors, CPU): meta tensors become views of a private mapping of
+    the checked file (a file truncated under it kills the process: SIGBUS). docs/checkpoints.md says more.
 
-    ``mmap=True`` (safetensors, CPU): meta tensors become views of a private mapping of the file, checked
-    first (as ``torch.load(mmap=True)``); opt-in: a file truncated in place under it kills the process (SIGBUS).
-
-    Transactional: keys, shapes, dtypes and checksums are all checked before
-    anything is written; on any error the model is byte-for-byte unchanged.
-
-    Bounded: a file that asks for more than :class:`Limits` allow (a header over
-    100 MB, a torch file whose tensors would take over 2x its size) is refused
-    before anything is allocated, naming the bound; ``limits=Limits(...)`` raises
-    one for a file you trust (every load function and ``--limit`` take it too).
+    Transactional: keys, shapes, dtypes and checksums are all checked before anything is written; on any error the
+    model is byte-for-byte unchanged. Bounded: a file asking for more than :class:`Limits` allow is refused before
+    anything is allocated, naming the bound (``limits=Limits(...)`` raises one for a file you trust).
 
     Raises:
         IncompatibleCheckpointError: missing / unexpected keys or tensors left on meta (``strict``), or
@@ -467,8 +454,8 @@ def load_weights(
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"load_weights expects an nn.Module to load into, got {type(model).__name__}.")
     src = open_source(path, trusted=trusted)
-    report, writes = _plan(src, model, prefix)
-    rebuilt = _left_on_meta(report, model, writes, map_location)
+    report, writes, values = _plan(src, model, prefix, rename, verify)
+    rebuilt = _left_on_meta(report, model, writes + values, map_location)
     checking = verify and src.checksum_status == "present"
     report.checksums = "present" if src.checksum_status == "present" else "absent"  # what a refusal reports
     _refuse(report, model, strict, skip_mismatched, src)
@@ -488,6 +475,7 @@ def load_weights(
         fresh = [(target, fk, _empty(src.spec(fk))) for target, fk in batch]
         src.read_many([(fk, t) for _, fk, t in fresh], verify=on_the_fly)
         new.update((id(target), t.to(device=map_location, dtype=target.dtype)) for target, _, t in fresh)
+    new.update((id(target), v.to(device=map_location, dtype=target.dtype)) for target, v in values if target.is_meta)
     # the copy: a Ctrl-C now would leave some tensors old and some new; it is raised when the copy ends
     with deferred_interrupts(), torch.no_grad():
         # live targets: straight into the parameter's memory when it has the file's layout, else through a temporary
@@ -499,6 +487,9 @@ def load_weights(
         src.read_many(direct, verify=False)
         for fk, dst in other:
             dst.copy_(src.tensors[src.real(fk)] if isinstance(src, TensorSource) else src.read(fk, verify=False))
+        for target, v in values:
+            if not target.is_meta:
+                target.data.copy_(v)
         if on_the_fly:
             report.checksums_checked = len(writes)
         _assign(model, new)

@@ -163,7 +163,10 @@ def feature_info(
     for node, name in requested.items():
         y = outputs[name]
         if not isinstance(y, Tensor) or y.dim() < 2:
-            raise FeatureExtractionError(f"node {node!r} gives {type(y).__name__} {getattr(y, 'shape', '')}, not a (B, C, ...) tensor.")
+            raise FeatureExtractionError(
+                f"node {node!r} of {type(model).__name__} gives {type(y).__name__} {tuple(getattr(y, 'shape', ()))}, not a "
+                "(B, C, ...) tensor. Pass return_nodes= with nodes whose output is one (feature_nodes(model) lists them)."
+            )
         channels, stride = declared.get(node, (None, None))
         y2 = outputs2[name] if outputs2 is not None and isinstance(outputs2[name], Tensor) else None
         if default and node not in declared and y2 is not None and y2.shape == y.shape:

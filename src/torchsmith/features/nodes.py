@@ -146,6 +146,67 @@ def _overwritten_later(node: fx.Node, root: nn.Module) -> bool:
     return False
 
 
+_VIEWS = {
+    "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "flatten", "unflatten", "squeeze", "unsqueeze",
+    "narrow", "select", "expand", "expand_as", "unbind", "split", "chunk", "t", "movedim", "swapaxes", "diagonal",
+    "unfold", "as_strided", "detach", "contiguous", "__getitem__", "getitem", "real", "imag",
+}  # fmt: skip
+
+
+def _is_view(node: fx.Node) -> bool:
+    """Whether ``node`` may return a view of its first argument (over-approximated: a needless keep is harmless)."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+    return name in _VIEWS
+
+
+def _opaque(node: fx.Node) -> bool:
+    """A call of a Python function fx kept whole (``torch.fx.wrap``): it may write into any tensor it is given."""
+    module = (getattr(node.target, "__module__", None) or "").split(".")[0]
+    return node.op == "call_function" and module not in ("torch", "_operator", "operator", "builtins", "math", "")
+
+
+def _eliminate_dead_code(graph: fx.Graph, root: nn.Module) -> None:
+    """fx's dead-code elimination, but an in-place write stays when a live node reads the written tensor (or a view
+    of it) later: fx would drop torchvision MViT's ``_add_shortcut(x, q)`` (its result unused, ``x`` written in
+    place), and every value after it would be wrong."""
+    nodes = list(graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    group = {n: n for n in nodes}  # tensors that may share memory: a node and the views taken of it
+
+    def find(n: fx.Node) -> fx.Node:
+        while group[n] is not n:
+            group[n] = group[group[n]]
+            n = group[n]
+        return n
+
+    for n in nodes:
+        if _is_view(n) and n.args and isinstance(n.args[0], fx.Node):
+            group[find(n)] = find(n.args[0])
+    members: dict[fx.Node, list[fx.Node]] = {}
+    for n in nodes:
+        members.setdefault(find(n), []).append(n)
+    live: set[fx.Node] = set()
+    changed = True
+    while changed:
+        changed = False
+        for n in reversed(nodes):
+            if n in live:
+                continue
+            keep = n.op in ("placeholder", "output") or n.is_impure() or any(u in live for u in n.users)
+            if not keep and (_writes_in_place(n, root) or _opaque(n)):
+                written = n.all_input_nodes if _opaque(n) else [a for a in n.args[:1] if isinstance(a, fx.Node)]
+                keep = any(
+                    u in live and u.op != "output" and order[u] > order[n]
+                    for a in written for alias in members[find(a)] for u in alias.users if u is not n
+                )  # fmt: skip
+            if keep:
+                live.add(n)
+                changed = True
+    for n in reversed(nodes):
+        if n not in live:
+            graph.erase_node(n)
+
+
 # graphs
 
 
@@ -181,7 +242,7 @@ def _cut(model: nn.Module, graph: fx.Graph, chosen: dict[str, fx.Node], requeste
         if node.op == "output":
             graph.erase_node(node)
     output = graph.output({requested[query]: chosen[query] for query in requested})
-    graph.eliminate_dead_code()
+    _eliminate_dead_code(graph, model)
     for node in chosen.values():
         if _overwritten_later(node, model):
             with graph.inserting_after(node):

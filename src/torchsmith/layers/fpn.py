@@ -110,6 +110,19 @@ class FeaturePyramidNetwork(nn.Module):
             )
         self.extra_blocks = extra_blocks
 
+    _version = 2  # 1: a conv per block (``inner_blocks.0.weight``), as torchvision's FPN before 0.13
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # checkpoints of the old layout (torchvision's too) load: ``inner_blocks.0.weight`` -> ``inner_blocks.0.0.weight``
+        if local_metadata.get("version", None) is None or local_metadata["version"] < 2:
+            for block in ("inner_blocks", "layer_blocks"):
+                for i in range(len(self.inner_blocks)):
+                    for kind in ("weight", "bias"):
+                        old = f"{prefix}{block}.{i}.{kind}"
+                        if old in state_dict:
+                            state_dict[f"{prefix}{block}.{i}.0.{kind}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         names = list(x.keys())
         feats = list(x.values())
