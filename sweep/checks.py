@@ -52,6 +52,7 @@ class Subject:
     kwargs: dict
     output: object
     traces: list | None = None  # what summary() left on the model, when the summary check ran it
+    _noise: float | None = None  # see noise
 
     @property
     def inputs(self):
@@ -63,6 +64,26 @@ class Subject:
     def run(self, model: nn.Module | None = None, args: tuple | None = None):
         with torch.no_grad():
             return (model or self.model)(*(self.args if args is None else args), **self.kwargs)
+
+    @property
+    def noise(self) -> float:
+        """The model's own float32 rounding on this input: the largest difference between its float32 output
+        and the same model run in float64 (0 where float64 does not run). An ill-conditioned model (timm's
+        fbnetv3_b at random BatchNorm statistics: 1.2 at scale 1,930) moves that far under any rewrite that
+        reorders float32 sums, so a difference within it is rounding, not a wrong answer."""
+        if self._noise is None:
+            double = lambda v: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+            try:
+                wide = copy.deepcopy(self.model).double()
+                with torch.no_grad():
+                    out = wide(*[double(a) for a in self.args], **{k: double(v) for k, v in self.kwargs.items()})
+                a, b = leaves(self.output), leaves(out)
+                self._noise = max((float((a[k].double() - b[k]).abs().max()) for k in a
+                                   if k in b and a[k].is_floating_point() and a[k].shape == b[k].shape and a[k].numel()),
+                                  default=0.0)
+            except Exception:  # noqa: BLE001 - a model float64 cannot run: no floor
+                self._noise = 0.0
+        return self._noise
 
     def result(self, model: nn.Module, what: str, args: tuple | None = None):
         """The output of a model an operation returned; one that no longer runs is a wrong result."""
@@ -138,8 +159,9 @@ def prediction(out) -> torch.Tensor | None:
     return None
 
 
-def differences(got, expected, *, tolerance: float = TOLERANCE) -> list[str]:
-    """How two outputs differ beyond ``tolerance`` relative to the largest expected value (empty when they agree)."""
+def differences(got, expected, *, tolerance: float = TOLERANCE, floor: float = 0.0) -> list[str]:
+    """How two outputs differ beyond ``tolerance`` relative to the largest expected value, plus ``floor`` (twice
+    the model's own float32 rounding, ``Subject.noise``), empty when they agree."""
     a, b = leaves(got), leaves(expected)
     if a.keys() != b.keys():
         return [f"outputs differ in structure: {sorted(a)[:5]} vs {sorted(b)[:5]}"]
@@ -154,8 +176,8 @@ def differences(got, expected, *, tolerance: float = TOLERANCE) -> list[str]:
         elif y.is_floating_point() or y.is_complex():
             scale = float(y.abs().max()) if y.numel() else 0.0
             err = float((x.to(y.dtype) - y).abs().max()) if y.numel() else 0.0
-            if not err <= tolerance * scale + 1e-6:
-                problems.append(f"{k}: max error {err:.3g} at scale {scale:.3g}")
+            if not err <= tolerance * scale + 1e-6 + 2 * floor:
+                problems.append(f"{k}: max error {err:.3g} at scale {scale:.3g}" + (f", float32 rounding {floor:.3g}" if floor else ""))
         elif not torch.equal(x, y):
             problems.append(f"{k}: values differ")
     return problems
@@ -187,7 +209,7 @@ def hooked(model: nn.Module, paths: list[str], run: Callable[[], object]) -> dic
 def compare_models(subject: Subject, changed: nn.Module, what: str) -> None:
     """``changed`` gives the original's outputs; detectors (whose box selection is discrete) by their backbone's."""
     got, expected = subject.result(changed, what), subject.output
-    problems = differences(got, expected)
+    problems = differences(got, expected) and differences(got, expected, floor=subject.noise)
     if problems and subject.case.kind == "detection" and hasattr(subject.model, "backbone"):
         run = lambda m: hooked(m, ["backbone"], lambda: subject.run(m))["backbone"][0]  # noqa: E731
         problems = differences(run(changed), run(subject.model))
@@ -402,10 +424,28 @@ def op_adapt_input_channels(s: Subject) -> str:
         gray = tuple(a[:, :1] for a in s.args)
         got = s.result(model, "adapt_input_channels", args=gray)
         expected = s.run(args=tuple(g.expand(-1, 3, *g.shape[2:]) for g in gray))
-    problems = differences(got, expected)
+        if differences(got, expected) and _wide_adapt_agrees(s, gray):
+            return "1 channel (float32 rounding only: exact in float64)"
+    problems = differences(got, expected) and differences(got, expected, floor=s.noise)
     if problems:
         raise Wrong(f"model(x) != original(x repeated to 3 channels): {'; '.join(problems[:3])}")
     return "1 channel"
+
+
+def _wide_adapt_agrees(s: Subject, gray: tuple) -> bool:
+    """The equivalence adapt_input_channels promises, checked in float64, where rounding cannot hide a wrong
+    weight (an ill-conditioned model, fbnetv3_b, moves 0.3 at scale 1,900 from float32 rounding alone)."""
+    try:
+        wide = copy.deepcopy(s.model).double()
+        wide_gray = tuple(g.double() for g in gray)
+        adapted = ts.adapt_input_channels(copy.deepcopy(wide), 1, example_inputs=tuple(g.expand(-1, 3, *g.shape[2:]) for g in wide_gray)
+                                          if len(wide_gray) > 1 else wide_gray[0].expand(-1, 3, *wide_gray[0].shape[2:]))
+        with torch.no_grad():
+            got = adapted(*wide_gray, **s.kwargs)
+            expected = wide(*(g.expand(-1, 3, *g.shape[2:]) for g in wide_gray), **s.kwargs)
+    except Exception:  # noqa: BLE001 - float64 does not run: no second opinion
+        return False
+    return not differences(got, expected, tolerance=1e-9)
 
 
 def op_fold_batchnorm(s: Subject) -> str:

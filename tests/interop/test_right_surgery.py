@@ -284,3 +284,29 @@ def test_strides_do_not_hang_on_the_input_size(build):
         assert [f.stride for f in ts.feature_info(model, (1, 3, size, size), nodes)] == expected
     default = ts.feature_info(model, (1, 3, 64, 64))
     assert [f.module for f in default] == ["features"] and default[0].stride == expected[-1]
+
+
+# adapt_input_channels on Hugging Face vision models (found by the compatibility sweep: refused, then fixed)
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet", "convnext"])
+def test_adapt_input_channels_on_hugging_face_vision_models(name):
+    """The embeddings check the input against ``num_channels`` (theirs and the config's): both follow the conv.
+    Reference: the original model on the gray image repeated to 3 channels."""
+    cfg = {
+        "vit": lambda: transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                              intermediate_size=37, image_size=32, patch_size=8),
+        "resnet": lambda: transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
+        "convnext": lambda: transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
+    }[name]()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForImageClassification.from_config(cfg).eval()
+    randomise_bn_(model)
+    x = torch.randn(2, 3, 32, 32)
+    gray = x[:, :1]
+    with torch.no_grad():
+        want = model(pixel_values=gray.expand(-1, 3, -1, -1)).logits
+    ts.adapt_input_channels(model, 1, example_inputs={"pixel_values": x})
+    assert model.config.num_channels == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=gray).logits, want, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -98,7 +99,10 @@ def adapt_input_channels(
     Equal outputs need the conv to see the model's input unchanged: a model
     whose forward changes it first (inception_v3 with ``transform_input=True``,
     torchvision detectors' per-channel normalisation) is refused with
-    :class:`SurgeryError`. A conv with a ``weight_norm`` parametrization keeps
+    :class:`SurgeryError`, and so is a conv whose forward is not linear in its
+    weight (weight standardisation, timm's StdConv2d: checked on a small input).
+    ``num_channels`` that Hugging Face vision models check the input against
+    (embeddings, config) follow. A conv with a ``weight_norm`` parametrization keeps
     it (re-applied to the new weight); one whose parametrization cannot hold
     the new weight (``spectral_norm``, ``orthogonal``) is refused, naming it.
     Afterwards the model is run once on the input with ``in_chans`` channels;
@@ -135,11 +139,61 @@ def adapt_input_channels(
         conv = get_module(inner, p)
         if conv.groups != 1:
             raise SurgeryError(f"{p!r} is {conv}; adapt_input_channels needs an ungrouped Conv1d/2d/3d.")
-    with restored_on_failure(inner):
-        for p in targets:
-            adapt_channels(inner, in_chans, p)
-        check_runs(inner, _with_channels(call, key, in_chans), action="adapt_input_channels")
+    configs = {id(c): (c, c.num_channels) for m in inner.modules() if hasattr(c := getattr(m, "config", None), "num_channels")}
+    try:
+        with restored_on_failure(inner):
+            for p in targets:
+                before = copy.deepcopy(get_module(inner, p))
+                adapt_channels(inner, in_chans, p)
+                _check_kept(before, get_module(inner, p), p)
+            check_runs(inner, _with_channels(call, key, in_chans), action="adapt_input_channels")
+    except BaseException:
+        for config, value in configs.values():  # a shared config object is not a module attribute: put back here
+            config.num_channels = value
+        raise
     return model
+
+
+def _count_channels(model: nn.Module, path: str, source: int, in_chans: int) -> None:
+    """The channel counts a model checks its input against (Hugging Face vision models: ``num_channels`` on the
+    embeddings on the way to the input conv, and on their config), set to ``in_chans`` where they said ``source``."""
+    parts = path.split(".")
+    for i in range(len(parts)):
+        module = model.get_submodule(".".join(parts[:i]))
+        if type(getattr(module, "num_channels", None)) is int and module.num_channels == source:
+            module.num_channels = in_chans
+        config = getattr(module, "config", None)
+        if type(getattr(config, "num_channels", None)) is int and config.num_channels == source:
+            config.num_channels = in_chans
+
+
+def _check_kept(before: nn.Module, after: nn.Module, path: str) -> None:
+    """Refuse a conv whose forward is not linear in its weight (weight standardisation: timm's StdConv2d,
+    ScaledStdConv2d): there, summing input channels' weights does not keep what it computes. Checked, not
+    guessed from the class: on a small random input whose channels repeat as the adapted weight assumes,
+    ``after(x)`` must equal ``before(x repeated)`` (a conv that only pads in its forward, Conv2dSame, passes)."""
+    if before.weight.is_meta:
+        return
+    source, target = before.in_channels, after.in_channels
+    spatial = [(k - 1) * d + 1 + 2 * st for k, d, st in zip(before.kernel_size, before.dilation, before.stride)]
+    gen = torch.Generator().manual_seed(0)
+    if target <= source:
+        x_new = torch.randn(2, target, *spatial, generator=gen).to(before.weight)  # (2, target, *spatial)
+        x_old = x_new[:, torch.arange(source) % target]  # (2, source, *spatial): channel c is new channel c % target
+    else:
+        x_old = torch.randn(2, source, *spatial, generator=gen).to(before.weight)  # (2, source, *spatial)
+        x_new = x_old[:, torch.arange(target) % source]  # (2, target, *spatial): new channel j is old j % source
+    with torch.no_grad():
+        want, got = before(x_old), after(x_new)
+    err, scale = float((got - want).abs().max()), float(want.abs().max())
+    if not err <= 1e-4 * scale + 1e-6:
+        raise SurgeryError(
+            f"adapt_input_channels cannot keep what {path!r} ({type(before).__name__}) computes: its forward is not "
+            f"linear in its weight (weight standardisation, as timm's StdConv2d), so summing input channels' weights "
+            f"changes its output on repeated input (max error {err:.3g} at scale {scale:.3g}). Replace it with a plain "
+            f"nn.Conv2d first (replace_module), or build the model with its library's in_chans= and fine-tune. "
+            f"The model is as it was."
+        )
 
 
 def adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
@@ -166,5 +220,6 @@ def adapt_channels(model: nn.Module, in_chans: int, path: str) -> nn.Module:
     conv.in_channels = in_chans
     reparametrize(conv, parametrizations, path=path, action="adapt_input_channels")
     update_attrs(model, in_chans=in_chans)
+    _count_channels(model, path, source, in_chans)
     record(model, "adapt_input_channels", in_chans=in_chans, path=path)
     return model
