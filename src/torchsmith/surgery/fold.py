@@ -134,10 +134,13 @@ def _check_outputs(model: nn.Module, call: Call, reference: Any, pairs: list[lis
     changed = _difference(reference, _outputs(model, call))
     if changed > tolerance:
         shown = ", ".join(f"{c} + {b}" for c, b in pairs[:4]) + (" ..." if len(pairs) > 4 else "")
+        how = (f"would change integer outputs of {type(model).__name__} (labels, indices: a selection such as a "
+               "detector's boxes, which float rounding can flip)" if math.isinf(changed) else
+               f"would change the outputs of {type(model).__name__} by {changed:.2e} of max|y| (more than {tolerance:.0e})")
         raise SurgeryError(
-            f"fold_batchnorm: folding {len(pairs)} BatchNorm layers ({shown}) would change the outputs of "
-            f"{type(model).__name__} by {changed:.2e} of max|y| (more than {tolerance:.0e}); nothing was folded. "
-            "A layer's forward does more than its class says: fold by hand, or leave those BatchNorms."
+            f"fold_batchnorm: folding {len(pairs)} BatchNorm layers ({shown}) {how}; nothing was folded. Either a "
+            "layer's forward does more than its class says, or the outputs select discretely: use fold_batchnorm on "
+            "a submodule whose outputs are continuous (a detector's model.backbone), or leave those BatchNorms."
         )
 
 
