@@ -425,3 +425,25 @@ def test_surgery_paths_on_a_compiled_model_with_or_without_the_prefix():
     assert model.layer3[0].conv1.weight.requires_grad
     replace_module(compiled, "layer4.0.relu", nn.GELU())
     assert isinstance(model.layer4[0].relu, nn.GELU)
+
+
+def test_optimize_for_inference_with_a_five_dimensional_parameter():
+    """Was: RuntimeError 'required rank 4 tensor to use channels_last format' (timm's lambda_resnet26t holds a
+    5-D relative-position parameter; Module.to(memory_format=) converts 5-D tensors too). 4-D tensors go
+    channels-last, the rest stay, and the outputs are kept (reference: the model before)."""
+
+    class Lambda(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+            self.pos = nn.Parameter(torch.randn(1, 4, 1, 1, 1))  # (1, C, 1, 1, 1)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) + self.pos.squeeze(-1)
+
+    model = randomise_bn_(Lambda()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    ref = model(x).detach()
+    fast = optimize_for_inference(model)
+    assert fast.conv.weight.is_contiguous(memory_format=torch.channels_last) and fast.pos.dim() == 5
+    torch.testing.assert_close(fast(x), ref, rtol=1e-5, atol=1e-6)

@@ -283,5 +283,7 @@ def optimize_for_inference(
 def inference_ready(model: nn.Module, *, channels_last: bool) -> None:
     """The rest of :func:`optimize_for_inference` after folding (also replayed after ``load_model`` reads weights)."""
     model.eval().requires_grad_(False)
-    if channels_last and any(p.dim() == 4 for p in model.parameters()):
-        model.to(memory_format=torch.channels_last)
+    if channels_last:  # 4-D tensors only: Module.to(memory_format=) fails on 5-D ones (timm's lambda layers)
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
