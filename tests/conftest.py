@@ -8,6 +8,23 @@ from helpers import DATA
 pytest_plugins = ["hub_fixtures"]  # torch_home, weights_table, hf_cache: hubs the tests build themselves
 
 
+@pytest.fixture
+def registered():
+    """``registered(builder, name)`` registers a model builder for one test; unregistered afterwards."""
+    import torchsmith as ts
+    from torchsmith.registry import _REGISTRY
+
+    names = []
+
+    def add(fn, name):
+        names.append(name)
+        return ts.register_model(fn, name=name)
+
+    yield add
+    for name in names:
+        _REGISTRY.pop(name, None)
+
+
 @pytest.fixture(scope="session")
 def reference() -> dict:
     """Facts read off torchvision's models (copied from shared/fixtures)."""

@@ -139,6 +139,11 @@ def formula_input() -> torch.Tensor:
     return torch.sin(torch.arange(n, dtype=torch.float64) * 0.01).reshape(1, 3, 224, 224).float()
 
 
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest difference between ``a`` and the reference ``b``, relative to ``max|b|``."""
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
+
+
 def randomise_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BatchNorm statistics and affine parameters, so folding and freezing are really tested."""
     g = torch.Generator().manual_seed(seed)

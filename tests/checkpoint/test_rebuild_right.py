@@ -10,20 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import torchsmith as ts
-from torchsmith.registry import _REGISTRY
 
-
-@pytest.fixture
-def registered():
-    names = []
-
-    def add(fn, name):
-        names.append(name)
-        return ts.register_model(fn, name=name)
-
-    yield add
-    for name in names:
-        _REGISTRY.pop(name, None)
 
 
 class WeightNormed(nn.Module):

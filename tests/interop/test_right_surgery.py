@@ -17,25 +17,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import torchsmith as ts
-from helpers import fingerprint, randomise_bn_
-from torchsmith.registry import _REGISTRY
+from helpers import fingerprint, randomise_bn_, relative
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().abs().max() / b.detach().abs().max())
-
-
-@pytest.fixture
-def registered():
-    names = []
-
-    def add(fn, name):
-        names.append(name)
-        return ts.register_model(fn, name=name)
-
-    yield add
-    for name in names:
-        _REGISTRY.pop(name, None)
 
 
 # 1. folding only what is proven, and checked

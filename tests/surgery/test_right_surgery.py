@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from helpers import fingerprint, randomise_bn_
+from helpers import fingerprint, randomise_bn_, relative
 from torchsmith import (
     FrozenBatchNorm2d,
     SurgeryError,
@@ -29,33 +29,15 @@ from torchsmith import (
     load_model,
     model_config,
     optimize_for_inference,
-    register_model,
     replace_head,
     replace_module,
     save_model,
     unfreeze,
 )
-from torchsmith.registry import _REGISTRY
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().abs().max() / b.detach().abs().max())
-
-
-@pytest.fixture
-def registered():
-    """Register builders for one test, unregistered afterwards."""
-    names = []
-
-    def add(fn, name):
-        names.append(name)
-        return register_model(fn, name=name)
-
-    yield add
-    for name in names:
-        _REGISTRY.pop(name, None)
 
 
 # 1. folding only what is proven, and checked
