@@ -235,7 +235,10 @@ def op_summary(s: Subject) -> str:
     if not s_.complete:
         s_ = _summary(s, allow_real=True)
     params = sum(p.numel() for p in {id(p): p for p in s.model.parameters()}.values())
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+    # attention in its math form and recurrent layers without oneDNN's fused kernel (mkldnn_rnn_layer): both
+    # then run as the matrix products FlopCounterMode has formulas for (it has none for the fused kernels)
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False), \
+            FlopCounterMode(display=False) as fc:
         s.model(*s.args, **s.kwargs)
     problems = []
     if s_.total_params != params:

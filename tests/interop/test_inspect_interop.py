@@ -21,7 +21,8 @@ from torchsmith.inspect.records import output_leaves
 def reference(model, args, kwargs):
     """Output leaves and FLOPs of a real forward (attention in its math form, which FlopCounterMode counts;
     with grad enabled, as nn.MultiheadAttention's fused inference kernel has no FLOP formula)."""
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:  # grad on: no fused MHA fast path
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False), \
+            FlopCounterMode(display=False) as fc:  # grad on: no fused MHA fast path; no fused oneDNN LSTM kernel
         out = model(*args, **kwargs)
     return [(leaf.key, leaf.shape, leaf.dtype) for leaf in output_leaves(out)], fc.get_total_flops()
 

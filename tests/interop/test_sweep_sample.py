@@ -70,6 +70,20 @@ def test_outputs_are_compared_leaf_by_leaf_with_a_relative_tolerance():
     assert differences(a, {"logits": torch.ones(2, 3) * 100 + 1e-3, "aux": [torch.zeros(1)]}, tolerance=0) != []
 
 
+def test_the_flop_reference_counts_recurrent_layers_as_the_analytic_formula():
+    # timm's sequencer2d_s was judged "wrong" (1.10 GFLOPs vs 0.65): FlopCounterMode has no formula for oneDNN's
+    # fused LSTM kernel, so the reference left the LSTMs out; it now runs them as the matrix products it counts
+    from sweep.cases import Case
+    from sweep.checks import Subject, op_summary
+
+    seq, batch, n_in, hidden = 6, 2, 5, 7
+    model = nn.LSTM(n_in, hidden, batch_first=True, bidirectional=True).eval()
+    x = torch.randn(batch, seq, n_in)
+    s = Subject(Case("lstm", "torch", "torch", "tokens"), {}, model, (x,), {}, model(x))
+    analytic = 2 * 2 * seq * batch * 4 * hidden * (n_in + hidden)  # two directions, four gates
+    assert op_summary(s) == f"{sum(p.numel() for p in model.parameters()):,} parameters, {analytic:,} FLOPs (meta)"
+
+
 @pytest.mark.parametrize("text", ["<script>alert(1)</script>", "a | b", "`x` *y* [z](http://e)", "line\nbreak"])
 def test_what_reaches_the_page_is_escaped(text):
     cell = md(text)
