@@ -223,7 +223,7 @@ def test_deepcopy_and_pickle_keep_values_and_stop_sharing(resnet18):
         out = clone(X)
         for k in ref:
             torch.testing.assert_close(out[k], ref[k], rtol=0, atol=0)
-        assert clone.layer3[0].conv1.weight is not resnet18.layer3[0].conv1.weight
+        assert clone.get_submodule("layer3.0.conv1").weight is not resnet18.layer3[0].conv1.weight
 
 
 def test_extractor_follows_train_and_eval():

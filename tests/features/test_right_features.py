@@ -121,3 +121,94 @@ def test_features_of_a_compiled_model_by_its_own_names():
     out = extract_features(compiled, ["layer1", "_orig_mod.layer2"])(x)
     assert [tuple(v.shape) for v in out.values()] == [(1, 64, 16, 16), (1, 128, 8, 8)]
     assert feature_info(compiled, (1, 3, 64, 64), ["layer3"]) == [FeatureInfo(256, 16, "layer3")]
+
+
+class ListBlock(nn.Module):
+    """A block that takes ``[x]`` or ``[x, skip]`` and returns a list (the SelecSLS pattern): what it does depends on
+    the Python type of its input, which a module kept whole by torch.fx hides behind a proxy."""
+
+    def __init__(self, channels: int, first: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        if not isinstance(x, list):
+            x = [x]
+        out = torch.relu(self.conv(x[0]))
+        return [out, out] if self.first else [out + x[1], x[1]]
+
+
+class ListPassing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.features = nn.Sequential(*[ListBlock(4, first=i == 0) for i in range(4)])
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.features([self.stem(x)])[0]
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "nodes", [["features.2.conv"], ["stem", "features.3.conv", "head"], ["features.1.add", "head"], ["features.1", "features.2"]]
+)  # fmt: skip
+def test_modules_passing_lists_run_as_the_model_runs_them(nodes):
+    # timm.selecsls42: blocks not asked for were kept whole, so the next block wrapped their list in a list
+    torch.manual_seed(0)
+    model, x = ListPassing().eval(), torch.randn(2, 3, 16, 16)
+    seen, handles = {}, []
+    for node in nodes:
+        if node.endswith(".add"):  # the function node: the block's first output, by a hook on the block
+            block = model.get_submodule(node.removesuffix(".add"))
+            handles.append(block.register_forward_hook(lambda m, i, o, n=node: seen.__setitem__(n, o[0])))
+        else:
+            handles.append(model.get_submodule(node).register_forward_hook(lambda m, i, o, n=node: seen.__setitem__(n, o)))
+    with torch.no_grad():
+        model(x)
+        for h in handles:
+            h.remove()
+        extractor = extract_features(model, nodes)
+        got = extractor(x)
+    assert extractor.strategy == "fx"
+    for node in nodes:  # a block asked for gives the list it returns
+        torch.testing.assert_close(got[node], seen[node], rtol=0, atol=0)
+
+
+class Masked(nn.Module):
+    """An optional argument that defaults to None (timm's Hiera: ``forward(x, mask=None)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.body = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+
+    def forward(self, x, mask=None):
+        x = self.stem(x)
+        if mask is not None:
+            x = x * mask.unsqueeze(1)
+        return self.body(x)
+
+
+def test_a_graph_that_reads_an_argument_defaulting_to_none_is_not_run_without_it():
+    # timm.hiera_tiny_224: traced as an input, `mask is not None` was true, and the graph called None.view when run
+    torch.manual_seed(0)
+    model, x, mask = Masked().eval(), torch.randn(2, 3, 16, 16), torch.rand(2, 8, 8)
+    seen = []
+    handle = model.body.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model(x), model(x, mask)
+        handle.remove()
+        auto = extract_features(model, ["body"])  # modules: hooks, exact with and without the mask
+        assert auto.strategy == "hooks"
+        torch.testing.assert_close(auto(x)["body"], seen[0], rtol=0, atol=0)
+        torch.testing.assert_close(auto(x, mask)["body"], seen[1], rtol=0, atol=0)
+        graph = extract_features(model, ["body"], mode="fx")  # traced as the call without it, and refuses it
+        torch.testing.assert_close(graph(x)["body"], seen[0], rtol=0, atol=0)
+        with pytest.raises(FeatureExtractionError, match=r"traced with mask=None .* mode='hooks'"):
+            graph(x, mask)
+        with pytest.raises(FeatureExtractionError, match=r"traced with mask=None"):
+            graph(x, mask=mask)
+    assert [(i.module, i.channels, i.stride) for i in feature_info(model, (1, 3, 32, 32), ["stem", "body"])] == [
+        ("stem", 4, 2), ("body", 6, 4)]  # the layers' strides

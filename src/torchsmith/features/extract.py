@@ -16,7 +16,8 @@ from ..errors import FeatureExtractionError
 from ..layers import ChildrenRunner
 from ..paths import canonical_path, module_paths, unwrapped
 from .nodes import (
-    Mode, ReturnNodes, _chain, _chosen, _cut, _fx_graphs, _known_names, _module_and_call, _normalise, _sequential_chain, _unknown,
+    Mode, ReturnNodes, _chain, _chosen, _cut, _fx_graphs, _known_names, _module_and_call, _normalise, _optional_inputs_used, _sequential_chain,
+    _unknown,
 )  # fmt: skip
 
 __all__ = ["FeatureExtractor", "extract_features"]
@@ -205,12 +206,44 @@ class _HookExtractor(FeatureExtractor):
 # building
 
 
-def _build_fx(model: nn.Module, requested: dict[str, str], *, children: bool) -> FeatureExtractor:
-    graphs, names = _fx_graphs(model, requested)
+def _build_fx(model: nn.Module, requested: dict[str, str], *, mode: Mode) -> FeatureExtractor:
+    try:  # unrequested modules kept whole: shows a chain of top-level children
+        quick: tuple | None = _cut_graphs(model, requested, whole="unrequested")
+    except Exception:  # noqa: BLE001 - the graph below may still trace
+        quick = None
+    if quick is not None:
+        cut, missing = quick
+        same = len(cut) == 1 and not missing[True] and not missing[False]  # one forward for both modes
+        chain = _chain(cut[True], requested) if mode != "fx" and same else None
+        if chain is not None:
+            return _ChildrenExtractor(model, chain, requested)
+    try:  # the graph that runs: traced through every module (see _fx_graphs)
+        cut, missing = _cut_graphs(model, requested, whole="none")
+    except Exception as err:  # noqa: BLE001 - a module fx cannot trace into: keep it whole, as above
+        if quick is None:
+            raise
+        logger.info("torch.fx cannot trace into every module of %s (%s); keeping unrequested ones whole", type(model).__name__, err)
+    optional = sorted({name for graph in cut.values() for name in _optional_inputs_used(model, graph)})
+    if optional:  # the graph holds only when they are passed; run without them it would take the wrong branch
+        if mode == "auto" and all(_module_and_call(model, node) is not None for node in requested):
+            logger.info("%s's graph reads %s, which default to None: using forward hooks", type(model).__name__, optional)
+            return _build_hooks(model, requested)  # exact with and without them
+        cut, missing = _cut_graphs(model, requested, whole="none", none=True)  # refuses them when passed
+    if len(cut) == 1 and not missing[False]:
+        cut[False] = cut[True]
+    return _GraphExtractor(model, cut, requested)
+
+
+def _cut_graphs(
+    model: nn.Module, requested: dict[str, str], *, whole: str, none: bool = False
+) -> tuple[dict[bool, fx.Graph], dict[bool, list[str]]]:
+    """The graphs cut at the requested nodes, per mode that has them all (one when both modes' are the same),
+    and the requested nodes each mode lacks."""
+    graphs, names, outputs = _fx_graphs(model, requested, whole=whole, none=none)
     cut: dict[bool, fx.Graph] = {}
     missing: dict[bool, list[str]] = {}
     for mode in (True, False):
-        chosen = _chosen(graphs[mode], names[mode], requested)
+        chosen = _chosen(graphs[mode], names[mode], requested, outputs[mode])
         missing[mode] = [q for q in requested if q not in chosen]
         if not missing[mode]:
             cut[mode] = _cut(model, graphs[mode], chosen, requested)
@@ -226,13 +259,7 @@ def _build_fx(model: nn.Module, requested: dict[str, str], *, children: bool) ->
         )
     if len(cut) == 2 and cut[True].python_code("self").src == cut[False].python_code("self").src:
         cut = {True: cut[True]}  # the forward does not branch on self.training
-    same = len(cut) == 1 and not missing[True] and not missing[False]  # one forward for both modes
-    chain = _chain(cut[True], requested) if children and same else None
-    if chain is not None:
-        return _ChildrenExtractor(model, chain, requested)
-    if len(cut) == 1 and not missing[False]:
-        cut[False] = cut[True]
-    return _GraphExtractor(model, cut, requested)
+    return cut, missing
 
 
 def _build_hooks(model: nn.Module, requested: dict[str, str]) -> FeatureExtractor:
@@ -293,7 +320,7 @@ def extract_features(model: nn.Module, return_nodes: ReturnNodes, *, mode: Mode 
     if chain is not None and mode in ("auto", "children"):
         return _ChildrenExtractor(model, chain, requested)
     try:
-        extractor = _build_fx(model, requested, children=mode != "fx")
+        extractor = _build_fx(model, requested, mode=mode)
     except FeatureExtractionError:
         raise
     except Exception as err:  # noqa: BLE001 - any tracing failure

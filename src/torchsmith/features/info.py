@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -150,8 +152,9 @@ def feature_info(
     purpose = "measure its feature maps"
     outputs = probe(extractor, call, error=FeatureExtractionError, purpose=purpose)
     bigger = _bigger(call)
-    try:
-        outputs2 = probe(extractor, bigger, error=FeatureExtractionError) if bigger is not None else None
+    try:  # fails on a model with one input size; an fx graph prints its traceback when it fails: not wanted here
+        with contextlib.redirect_stderr(io.StringIO()):
+            outputs2 = probe(extractor, bigger, error=FeatureExtractionError) if bigger is not None else None
     except FeatureExtractionError as err:  # a model with one input size: the declared channels decide
         logger.info("%s does not run at a second input size (%s)", type(model).__name__, err)
         outputs2 = None

@@ -5,17 +5,18 @@ requested node. Nothing here changes the model it traces (:func:`torchsmith.runn
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ..errors import FeatureExtractionError, closest
 from ..paths import unwrapped
-from ..runner import modes_kept, untouched
+from ..runner import map_tensors, modes_kept, untouched
 
 __all__ = ["feature_nodes"]
 
@@ -39,22 +40,34 @@ class _NodePathTracer(fx.Tracer):
     one scope gets ``_1``, ``_2`` ...
     """
 
-    def __init__(self, leaf: Any = None) -> None:
+    def __init__(self, leaf: Any = None, wanted: Iterable[str] = ()) -> None:
         super().__init__()
         self._leaf = leaf or (lambda qualname: False)
+        self._wanted = set(wanted)
         self._scope = ""
         self._seen: dict[str, int] = {}
         self.names: dict[fx.Node, str] = {}
+        self.outputs: dict[str, list[fx.Node]] = {}  # a wanted module traced through: the node of each call's output
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return super().is_leaf_module(m, qualname) or self._leaf(qualname)
 
     def call_module(self, m, forward, args, kwargs):
-        outer, self._scope = self._scope, self.path_of_module(m)
+        path = self.path_of_module(m)
+        outer, self._scope = self._scope, path
         try:
-            return super().call_module(m, forward, args, kwargs)
+            out = super().call_module(m, forward, args, kwargs)
         finally:
             self._scope = outer
+        if path in self._wanted and not self.is_leaf_module(m, path):
+            # what its forward returned; a list or tuple of values stays one for the code after it (kept whole, it
+            # would be a proxy: timm's SelecSLS blocks ask isinstance(x, list)), and a node packs it for the output
+            if isinstance(out, fx.Proxy):
+                node = out.node
+            else:
+                node = super().create_proxy("call_function", _packed, (out,), {}).node
+            self.outputs.setdefault(path, []).append(node)
+        return out
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
@@ -71,12 +84,56 @@ class _NodePathTracer(fx.Tracer):
         return proxy
 
 
-def _trace(model: nn.Module, leaf: Any = None) -> tuple[fx.Graph, dict[fx.Node, str]]:
-    tracer = _NodePathTracer(leaf)
+def _none_defaults(model: nn.Module) -> dict[str, None]:
+    """The forward's arguments that default to ``None`` (``mask=None``). Traced as inputs, ``mask is not None``
+    is true and the graph takes the branch for a mask (timm's Hiera: ``None.view`` when run without one); traced
+    as ``None``, the graph is the forward called without them, and it refuses them when passed."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: None for p in parameters if p.kind in keyword and p.default is None}
+
+
+def _not_passed(value: Any, name: str, model: str) -> None:
+    """In a traced graph: refuse an argument that the graph was traced without."""
+    if value is not None:
+        raise FeatureExtractionError(
+            f"this extractor of {model} was traced with {name}=None (its default), and {name} was passed: the graph "
+            f"has no branch for it. Build the extractor with mode='hooks' to pass {name}."
+        )
+
+
+def _packed(value: Any) -> Any:
+    """In a traced graph: the value a module returned (a list or tuple of tensors), as one node."""
+    return value
+
+
+def _cloned(value: Any) -> Any:
+    """In a traced graph: a copy of a requested value that a later in-place op may overwrite."""
+    return value.clone() if isinstance(value, Tensor) else map_tensors(value, Tensor.clone)
+
+
+def _trace(
+    model: nn.Module, leaf: Any = None, *, none: bool = False, wanted: Iterable[str] = ()
+) -> tuple[fx.Graph, dict[fx.Node, str], dict[str, list[fx.Node]]]:
+    """The graph of ``model``'s forward, each node's name, and the output nodes of each call of the ``wanted``
+    modules traced through; ``none``: the arguments that default to ``None`` traced as ``None``
+    (:func:`_none_defaults`), else as inputs."""
+    tracer = _NodePathTracer(leaf, wanted)
+    none = _none_defaults(model) if none else {}
     with untouched(model, values=True):  # tracing runs python: a traced `num_batches_tracked.add_(1)` really adds
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=none or None)
+    for node in graph.nodes:  # fx's own check of those arguments (an AssertionError), with our message
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
+            name = next((n for n in none if node.args[1].startswith(f"{n} has been specialized")), "an argument")
+            node.target, node.args = _not_passed, (node.args[0], name, type(model).__name__)
+            if isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder" and name in none:
+                node.args[0].target = name  # fx calls it mask_1: callers pass mask=
+            tracer.names.pop(node, None)  # not a node to ask for
     graph.owning_module = model  # lets dead-code elimination ask modules whether they are pure
-    return graph, tracer.names
+    return graph, tracer.names, tracer.outputs
 
 
 def _normalise(return_nodes: ReturnNodes) -> dict[str, str]:
@@ -165,6 +222,12 @@ def _opaque(node: fx.Node) -> bool:
     return node.op == "call_function" and module not in ("torch", "_operator", "operator", "builtins", "math", "")
 
 
+def _guards_input(node: fx.Node) -> bool:
+    """The check that an argument traced as ``None`` is not passed (see :func:`_none_defaults`): it has no users,
+    and without it a mask given to the extractor would be ignored without a word."""
+    return node.op == "call_function" and node.target is _not_passed
+
+
 def _eliminate_dead_code(graph: fx.Graph, root: nn.Module) -> None:
     """fx's dead-code elimination, but an in-place write stays when a live node reads the written tensor (or a view
     of it) later: fx would drop torchvision MViT's ``_add_shortcut(x, q)`` (its result unused, ``x`` written in
@@ -192,7 +255,7 @@ def _eliminate_dead_code(graph: fx.Graph, root: nn.Module) -> None:
         for n in reversed(nodes):
             if n in live:
                 continue
-            keep = n.op in ("placeholder", "output") or n.is_impure() or any(u in live for u in n.users)
+            keep = n.op in ("placeholder", "output") or n.is_impure() or _guards_input(n) or any(u in live for u in n.users)
             if not keep and (_writes_in_place(n, root) or _opaque(n)):
                 written = n.all_input_nodes if _opaque(n) else [a for a in n.args[:1] if isinstance(a, fx.Node)]
                 keep = any(
@@ -210,22 +273,43 @@ def _eliminate_dead_code(graph: fx.Graph, root: nn.Module) -> None:
 # graphs
 
 
-def _fx_graphs(model: nn.Module, requested: dict[str, str]) -> tuple[dict[bool, fx.Graph], dict[bool, dict[fx.Node, str]]]:
-    """Trace in train and eval mode, keeping whole every module that holds no requested node."""
+Traced = tuple[dict[bool, fx.Graph], dict[bool, dict[fx.Node, str]], dict[bool, dict[str, list[fx.Node]]]]
+
+
+def _fx_graphs(model: nn.Module, requested: dict[str, str], *, whole: str = "unrequested", none: bool = False) -> Traced:
+    """Trace in train and eval mode: graphs, node names, output nodes of the requested modules' calls.
+
+    ``whole="unrequested"`` keeps whole every module that holds no requested node (quick, and a chain of
+    top-level children shows); ``whole="none"`` traces through every module but torch's own layers, as
+    torchvision does, and records what each requested module returns. A module kept whole gives a proxy, not the
+    list or tuple it returns, so code after it that asks ``isinstance(x, list)`` (timm's SelecSLS) goes wrong."""
+    kept = {call[0] for r in requested if (call := _module_and_call(model, r)) is not None}
 
     def leaf(qualname: str) -> bool:
+        if whole == "none":
+            return False
         return not any(qualname == "" or r.startswith(qualname + ".") for r in requested)
 
-    graphs, names = {}, {}
+    graphs, names, outputs = {}, {}, {}
     for mode in (True, False):
         with modes_kept(model, training=mode):
-            graphs[mode], names[mode] = _trace(model, leaf)
-    return graphs, names
+            graphs[mode], names[mode], outputs[mode] = _trace(model, leaf, none=none, wanted=kept)
+    return graphs, names, outputs
 
 
-def _chosen(graph: fx.Graph, names: dict[fx.Node, str], requested: Mapping[str, str]) -> dict[str, fx.Node]:
-    """The node each request names in ``graph`` (a module name means the last node inside it)."""
+def _chosen(
+    graph: fx.Graph, names: dict[fx.Node, str], requested: Mapping[str, str], outputs: Mapping[str, list[fx.Node]] | None = None
+) -> dict[str, fx.Node]:
+    """The node each request names in ``graph``: the output of a module's call where it was traced through
+    (``outputs``), a node's own name, or for a module kept whole or one above a node asked for, the last node
+    inside it."""
     chosen: dict[str, fx.Node] = {}
+    for query in requested:
+        match = _CALL_SUFFIX.match(query)
+        path, index = (query, 0) if query in (outputs or {}) else (match["base"], int(match["index"])) if match else (query, 0)
+        calls = (outputs or {}).get(path, [])
+        if index < len(calls):
+            chosen[query] = calls[index]
     for node in reversed(graph.nodes):
         qualname = names.get(node)
         if qualname is None or node.op in ("placeholder", "output"):
@@ -246,11 +330,18 @@ def _cut(model: nn.Module, graph: fx.Graph, chosen: dict[str, fx.Node], requeste
     for node in chosen.values():
         if _overwritten_later(node, model):
             with graph.inserting_after(node):
-                clone = graph.call_method("clone", (node,))
+                clone = graph.call_function(_cloned, (node,)) if node.target is _packed else graph.call_method("clone", (node,))
             output.replace_input_with(node, clone)
     graph.lint()
     graph.owning_module = None  # the extractor keeps the graph, not the model
     return graph
+
+
+def _optional_inputs_used(model: nn.Module, graph: fx.Graph) -> list[str]:
+    """The arguments defaulting to ``None`` that ``graph`` reads: traced as inputs, so it holds only when they are
+    passed (see :func:`_none_defaults`)."""
+    optional = _none_defaults(model)
+    return [n.target for n in graph.nodes if n.op == "placeholder" and n.target in optional and n.users]
 
 
 def _known_names(names: Iterable[str]) -> list[str]:
@@ -307,8 +398,8 @@ def feature_nodes(model: nn.Module, *, training: bool = False) -> list[str]:
     model = unwrapped(model)
     try:
         with modes_kept(model, training=training):
-            graph, names = _trace(model)
+            graph, names, _ = _trace(model)
     except Exception as err:  # noqa: BLE001
         logger.info("torch.fx cannot trace %s (%s); listing module paths", type(model).__name__, err)
         return [name for name, _ in model.named_modules() if name]
-    return [names.get(n, n.name) for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+    return [names.get(n, n.name) for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr") and not _guards_input(n)]
