@@ -358,12 +358,26 @@ class StandIns:
 
 
 @contextmanager
+def _fake_tensor_log_quiet(quiet: bool) -> Iterator[None]:
+    """torch logs a traceback at ERROR for each op that fails on fake tensors; here that failure is an answer
+    (a model that needs its own input size, say) and is raised to the caller, so the log is only noise."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    if quiet:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
 def on_stand_ins(model: nn.Module, call: Call, *, backend: str, training: bool | None = None) -> Iterator[StandIns]:
     """``model`` ready to run ``call`` on ``backend``, in ``training`` mode (``None``: its own flags);
     on exit it is exactly as it was (:func:`untouched`), even when the forward raised."""
     if backend not in BACKENDS:
         raise TorchsmithError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    with untouched(model), modes_kept(model, training=training):
+    with untouched(model), modes_kept(model, training=training), _fake_tensor_log_quiet(backend == "fake"):
         fake_mode = None
         if backend == "fake":
             from torch._subclasses.fake_tensor import FakeTensorMode
