@@ -69,6 +69,8 @@ __all__ = [
     "describe_module",
     "module_arguments",
     "build_module",
+    "CHILD_NAME",
+    "is_child_name",
 ]
 
 # names
@@ -128,7 +130,20 @@ for _table in (ACT_LAYERS, NORM_LAYERS):
     for _name, _cls in _table.items():
         _SHORT.setdefault(_cls, _name)
 _NN_NAME = {cls: name for name, cls in NN_LAYERS.items()}
-_CHILD = re.compile(r"^[A-Za-z0-9_]+\Z")  # what a spec accepts as a child's name (\Z: "$" passes a final newline)
+# the one rule for a child module's name in a spec, a module written as data or a head's layer names; the
+# pattern without anchors, for JSON Schema (whose "$" is the end of input) and for re.fullmatch
+CHILD_NAME = r"[A-Za-z0-9_]+"
+_CHILD = re.compile(CHILD_NAME)
+
+
+def is_child_name(name: object) -> bool:
+    """Whether ``name`` may name a child module in a spec or a module written as data: letters, digits and _
+    (fullmatch: a final newline does not pass, as it would with ``$``).
+
+    >>> is_child_name("fc1"), is_child_name("a.b"), is_child_name("fc\\n"), is_child_name(0)
+    (True, False, False, False)
+    """
+    return isinstance(name, str) and _CHILD.fullmatch(name) is not None
 
 
 def layer_names() -> list[str]:
@@ -360,7 +375,7 @@ def _describe_children(kind: str, module: nn.Module, path: str, problems: list[s
     if own:
         problems.append(f"{where}: the {kind} holds tensors of its own {own[:3]}")
     for name, _ in children:
-        if not _CHILD.match(name):
+        if not is_child_name(name):
             problems.append(f"{where}: the child name {name!r} is not letters, digits and _")
     items = [(n, _describe(c, f"{path}.{n}" if path else n, problems)) for n, c in children]
     numbered = [n for n, _ in items] == [str(i) for i in range(len(items))]
@@ -471,7 +486,7 @@ def _build_container(kind: str, items: Any, path: str) -> nn.Module:
     else:
         expected = "a list" if kind == "ModuleList" else "a mapping"
         raise ModelConfigError(f"{where}: expected {expected} of layers, got {items!r:.200}")
-    bad = [n for n, _ in named if not isinstance(n, str) or not _CHILD.match(n)]
+    bad = [n for n, _ in named if not is_child_name(n)]
     if not named:
         raise ModelConfigError(f"{where}: no layers")
     if bad:

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from torch import nn
 
-from ..codec import decode
+from ..codec import decode, is_child_name
 from ..errors import SpecError, closest, did_you_mean
 from ..registry import get_model_builder, list_models
 from . import names as N
@@ -48,7 +47,6 @@ TOP_KEYS = ("name", "description", "input", "layers", "graph", "model")
 BODY_KEYS = ("layers", "graph", "model")
 GRAPH_KEYS = ("inputs", "nodes", "outputs")
 MAX_REPEAT = 1024
-_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")  # \Z: "$" would let a trailing newline through
 _MODULE_ATTRS = frozenset(vars(nn.Module()))  # training, _parameters, ...: set on every instance
 
 
@@ -218,7 +216,7 @@ class _Parser:
             self.add(path, "no layers")
         for k, v in value.items():
             where = f"{path}.{k}"
-            if not _NAME.match(k) or _is_attribute(cls, k):
+            if not is_child_name(k) or _is_attribute(cls, k):
                 self.add(where, f"{k!r} cannot name a child module: use letters, digits and _ (and not a {cls.__name__} attribute)")
                 continue
             node = self.layer(v, where)
@@ -312,7 +310,7 @@ class _Parser:
         inputs = value.get("inputs", ["input"])
         if isinstance(inputs, str):
             inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) and _NAME.match(i) for i in inputs):
+        if not isinstance(inputs, list) or not inputs or not all(is_child_name(i) for i in inputs):
             self.add(f"{path}.inputs", f"expected a list of input names (letters, digits, _), got {_fmt(inputs)}")
             inputs = ["input"]
         nodes = value.get("nodes")
@@ -326,7 +324,7 @@ class _Parser:
             where = f"{path}.nodes.{name}"
             segments = name.split(".")
             if (
-                not all(_NAME.match(s) for s in segments)
+                not all(is_child_name(s) for s in segments)
                 or _is_attribute(GraphModel, segments[0])
                 or segments[0] in RESERVED_NAMES
                 or any(_is_attribute(LayerDict, s) for s in segments[1:])
@@ -355,7 +353,7 @@ class _Parser:
             entries.append(GraphEntry(name, sources, node))
         outputs = value.get("outputs", list(nodes)[-1])
         for k in outputs if isinstance(outputs, dict) else ():  # output keys name things too (in pages, messages)
-            if not isinstance(k, str) or not _NAME.match(k):
+            if not is_child_name(k):
                 self.add(f"{path}.outputs[{k!r}]", f"{k!r} cannot name an output: use letters, digits and _")
         out_names = [outputs] if isinstance(outputs, str) else list(outputs.values()) if isinstance(outputs, dict) else outputs
         if not isinstance(out_names, list) or not out_names or not all(isinstance(o, str) for o in out_names):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..codec import CHILD_NAME
 from ..registry import list_models
 from . import names as N
 from .parse import MAX_REPEAT
@@ -60,7 +61,7 @@ def spec_schema() -> dict[str, Any]:
             {"type": "object", "additionalProperties": {"$ref": "#/$defs/value"}},
         ],
     }
-    names = {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"}
+    names = {"type": "string", "pattern": rf"^{CHILD_NAME}(\.{CHILD_NAME})*$"}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://torchsmith.dev/schemas/spec.json",
@@ -106,7 +107,7 @@ def spec_schema() -> dict[str, Any]:
             "layer_list": {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1},
             "layer_map": {
                 "type": "object",
-                "propertyNames": {"pattern": "^[A-Za-z0-9_]+$"},
+                "propertyNames": {"pattern": f"^{CHILD_NAME}$"},
                 "additionalProperties": {"$ref": "#/$defs/layer"},
                 "minProperties": 1,
             },

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..codec import nn_layer
+from ..codec import is_child_name, nn_layer
 from ..errors import HeadNotFoundError, SurgeryError, TorchsmithError
 from ..paths import inner_path, unwrapped
 from ..registry import model_config
@@ -195,7 +194,7 @@ def _layered_head(
         layers.append(("output", _output_layer(output)))
     if names is not None:
         default = [n for n, _ in layers]
-        bad = [n for n in names if not isinstance(n, str) or not re.fullmatch(r"[A-Za-z0-9_]+", n)]
+        bad = [n for n in names if not is_child_name(n)]
         if len(names) != len(layers) or bad or len(set(names)) != len(names):
             raise SurgeryError(
                 f"names: {len(layers)} distinct names (letters, digits, _) for the layers {default}, got {names!r}."
