@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import torchsmith as ts
-from helpers import probe_differences, probe_snapshot
+from helpers import flop_reference, probe_differences, probe_snapshot
 
 from .cases import Case, example
 
@@ -53,6 +51,7 @@ class Subject:
     output: object
     traces: list | None = None  # what summary() left on the model, when the summary check ran it
     _noise: float | None = None  # see noise
+    _wide: nn.Module | None = None  # see wide
 
     @property
     def inputs(self):
@@ -66,6 +65,14 @@ class Subject:
             return (model or self.model)(*(self.args if args is None else args), **self.kwargs)
 
     @property
+    def wide(self) -> nn.Module:
+        """One float64 copy of the model, made on first use and never changed (run it; deep-copy it to edit):
+        the second opinion where float32 rounding may hide or fake a difference."""
+        if self._wide is None:
+            self._wide = copy.deepcopy(self.model).double()
+        return self._wide
+
+    @property
     def noise(self) -> float:
         """The model's own float32 rounding on this input: the largest difference between its float32 output
         and the same model run in float64 (0 where float64 does not run). An ill-conditioned model (timm's
@@ -74,9 +81,8 @@ class Subject:
         if self._noise is None:
             double = lambda v: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
             try:
-                wide = copy.deepcopy(self.model).double()
                 with torch.no_grad():
-                    out = wide(*[double(a) for a in self.args], **{k: double(v) for k, v in self.kwargs.items()})
+                    out = self.wide(*[double(a) for a in self.args], **{k: double(v) for k, v in self.kwargs.items()})
                 a, b = leaves(self.output), leaves(out)
                 self._noise = max((float((a[k].double() - b[k]).abs().max()) for k in a
                                    if k in b and a[k].is_floating_point() and a[k].shape == b[k].shape and a[k].numel()),
@@ -235,10 +241,7 @@ def op_summary(s: Subject) -> str:
     if not s_.complete:
         s_ = _summary(s, allow_real=True)
     params = sum(p.numel() for p in {id(p): p for p in s.model.parameters()}.values())
-    # attention in its math form and recurrent layers without oneDNN's fused kernel (mkldnn_rnn_layer): both
-    # then run as the matrix products FlopCounterMode has formulas for (it has none for the fused kernels)
-    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False), \
-            FlopCounterMode(display=False) as fc:
+    with flop_reference() as fc:
         s.model(*s.args, **s.kwargs)
     problems = []
     if s_.total_params != params:
@@ -439,8 +442,7 @@ def _wide_adapt_agrees(s: Subject, gray: tuple) -> bool:
     """The equivalence adapt_input_channels promises, checked in float64, where rounding cannot hide a wrong
     weight (an ill-conditioned model, fbnetv3_b, moves 0.3 at scale 1,900 from float32 rounding alone)."""
     try:
-        wide = copy.deepcopy(s.model).double()
-        wide_gray = tuple(g.double() for g in gray)
+        wide, wide_gray = s.wide, tuple(g.double() for g in gray)
         adapted = ts.adapt_input_channels(copy.deepcopy(wide), 1, example_inputs=tuple(g.expand(-1, 3, *g.shape[2:]) for g in wide_gray)
                                           if len(wide_gray) > 1 else wide_gray[0].expand(-1, 3, *wide_gray[0].shape[2:]))
         with torch.no_grad():

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 # paths
 
@@ -25,6 +28,23 @@ DOCS = ROOT / "docs"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+# the FLOP reference
+
+
+@contextmanager
+def flop_reference() -> Iterator[FlopCounterMode]:
+    """``FlopCounterMode`` with the model's work run as the products it has formulas for: attention in its math
+    form, recurrent layers without oneDNN's fused kernel (``mkldnn_rnn_layer``; timm's sequencer2d_s counted 0.65
+    G without its LSTMs). Run the forward with grad enabled: nn.MultiheadAttention's fused inference path has no
+    formula either. Only the enabled flag of oneDNN changes (its TF32 and precision settings are left alone)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(
+        enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None
+    ), FlopCounterMode(display=False) as counter:
+        yield counter
 
 
 # tensors as bytes and copies

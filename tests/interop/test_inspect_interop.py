@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import probe_differences, probe_snapshot
+from helpers import flop_reference, probe_differences, probe_snapshot
 from models import models
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import torchsmith as ts
 from torchsmith.inspect.records import output_leaves
@@ -21,8 +19,7 @@ from torchsmith.inspect.records import output_leaves
 def reference(model, args, kwargs):
     """Output leaves and FLOPs of a real forward (attention in its math form, which FlopCounterMode counts;
     with grad enabled, as nn.MultiheadAttention's fused inference kernel has no FLOP formula)."""
-    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False), \
-            FlopCounterMode(display=False) as fc:  # grad on: no fused MHA fast path; no fused oneDNN LSTM kernel
+    with flop_reference() as fc:  # grad on: no fused MHA fast path
         out = model(*args, **kwargs)
     return [(leaf.key, leaf.shape, leaf.dtype) for leaf in output_leaves(out)], fc.get_total_flops()
 
