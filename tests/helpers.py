@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 # paths
@@ -39,8 +40,6 @@ def flop_reference() -> Iterator[FlopCounterMode]:
     form, recurrent layers without oneDNN's fused kernel (``mkldnn_rnn_layer``; timm's sequencer2d_s counted 0.65
     G without its LSTMs). Run the forward with grad enabled: nn.MultiheadAttention's fused inference path has no
     formula either. Only the enabled flag of oneDNN changes (its TF32 and precision settings are left alone)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(
         enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None
     ), FlopCounterMode(display=False) as counter:
